@@ -1,0 +1,173 @@
+//! The blocking client: the same names as the async one, for programs without an async runtime.
+//! Do not call it from inside an async runtime (it runs its own, like `reqwest::blocking`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::businesscircle::V3;
+use crate::certificates::{self, PlatformCertificate};
+use crate::chain::Chain;
+use crate::core::{ClientBuilder, Core, Prepared, RawRequest, Response};
+use crate::error::{ConfigError, Error};
+use crate::notify::NotifyParser;
+use crate::trust::TrustStore;
+
+/// The blocking WeChat Pay APIv3 client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    core: Arc<Core>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// Starts configuring a client; finish with [`ClientBuilder::build_blocking`].
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) fn from_core(core: Core) -> Result<Self, ConfigError> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(core.timeout)
+            .connect_timeout(core.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                name: "HTTP client",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            core: Arc::new(core),
+            http,
+        })
+    }
+
+    /// The typed chain.
+    pub fn v3(&self) -> V3<'_, Self> {
+        V3::new(self)
+    }
+
+    /// The raw chain for any APIv3 path template.
+    pub fn chain(&self, template: &str) -> Chain<'_, Self> {
+        Chain::new(self, template)
+    }
+
+    /// The merchant id this client signs as.
+    pub fn mchid(&self) -> &str {
+        self.core.signer.mchid()
+    }
+
+    /// A snapshot of the trusted WeChat keys.
+    pub fn trust_store(&self) -> Arc<TrustStore> {
+        self.core.trust()
+    }
+
+    /// Whether requests currently go to the backup endpoint first.
+    pub fn on_backup(&self) -> bool {
+        self.core.endpoints.on_backup()
+    }
+
+    /// A callback parser sharing this client's trust store, APIv3 key and clock.
+    pub fn notify_parser(&self) -> Result<NotifyParser, ConfigError> {
+        let key = self
+            .core
+            .apiv3_key
+            .clone()
+            .ok_or(ConfigError::Missing("APIv3 key"))?;
+        Ok(
+            NotifyParser::new((*self.core.trust()).clone(), key)
+                .with_clock(self.core.clock.clone()),
+        )
+    }
+
+    /// Signs and sends `req`, verifies the answer.
+    pub fn execute(&self, req: &RawRequest) -> Result<Response, Error> {
+        let mut attempt = 0;
+        loop {
+            let result = match self.exchange(req) {
+                Ok((p, status, headers, body)) => self.core.finish(&p, status, headers, body),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e)
+                    if req.method == Method::GET
+                        && attempt < self.core.retry_gets
+                        && e.is_retryable() =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Core::get_retry_delay(attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn exchange(
+        &self,
+        req: &RawRequest,
+    ) -> Result<(Prepared, StatusCode, HeaderMap, Bytes), Error> {
+        let p = self.core.prepare(req)?;
+        let mut last = None;
+        for (primary, base) in self.core.endpoints.order() {
+            let url = base
+                .join(&p.target)
+                .map_err(|e| Error::Request(e.to_string()))?;
+            let sent = self
+                .http
+                .request(p.method.clone(), url.clone())
+                .headers(p.headers.clone())
+                .body(p.body.to_vec())
+                .send();
+            match sent {
+                Ok(mut resp) => {
+                    self.core.endpoints.report(primary, true);
+                    let status = resp.status();
+                    let headers = std::mem::take(resp.headers_mut());
+                    let body = resp.bytes().map_err(|e| Core::transport_error(&url, e))?;
+                    return Ok((p, status, headers, body));
+                }
+                Err(e) if e.is_connect() => {
+                    self.core.endpoints.report(primary, false);
+                    last = Some(Core::transport_error(&url, e));
+                }
+                Err(e) => return Err(Core::transport_error(&url, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Request("no endpoint configured".into())))
+    }
+
+    /// `GET /v3/certificates`: downloads, decrypts and verifies the platform certificates.
+    pub fn certificates(&self) -> Result<Vec<PlatformCertificate>, Error> {
+        let (p, status, headers, body) = self.exchange(&certificates::request())?;
+        certificates::finish(&self.core, &p, status, headers, body)
+    }
+}
+
+impl Chain<'_, Client> {
+    /// Sends with any method.
+    pub fn send(self, method: Method) -> Result<Response, Error> {
+        let req = self.build(method)?;
+        self.client.execute(&req)
+    }
+    /// `GET`.
+    pub fn get(self) -> Result<Response, Error> {
+        self.send(Method::GET)
+    }
+    /// `POST`.
+    pub fn post(self) -> Result<Response, Error> {
+        self.send(Method::POST)
+    }
+    /// `PUT`.
+    pub fn put(self) -> Result<Response, Error> {
+        self.send(Method::PUT)
+    }
+    /// `PATCH`.
+    pub fn patch(self) -> Result<Response, Error> {
+        self.send(Method::PATCH)
+    }
+    /// `DELETE`.
+    pub fn delete(self) -> Result<Response, Error> {
+        self.send(Method::DELETE)
+    }
+}

@@ -1,0 +1,211 @@
+//! The async client. One reused HTTP connection pool; every request signed, every 2xx verified.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::businesscircle::V3;
+use crate::certificates::{self, PlatformCertificate};
+use crate::chain::Chain;
+use crate::core::{ClientBuilder, Core, Prepared, RawRequest, Response};
+use crate::error::{ConfigError, Error};
+use crate::notify::NotifyParser;
+use crate::trust::TrustStore;
+
+/// The async WeChat Pay APIv3 client. Cheap to clone; clones share the connection pool.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use wechatpay::businesscircle::PointsNotifyRequest;
+/// let client = wechatpay::Client::builder()
+///     .mchid("1900000001")
+///     .serial("3775B6A45ACD588826D15E583A95F5DD5EE7FFFF")
+///     .private_key_file("apiclient_key.pem")
+///     .trust_file(Some("PUB_KEY_ID_0114232134912410000000000000TEST"), "pub_key.pem")
+///     .build()?;
+/// let req = PointsNotifyRequest::new(
+///     "1217752501201407033233368018", "wx1234567890abcdef", "oWmnN4xxxxxxxxxxe92NHIGf1xd8",
+///     true, 100, "2020-05-20T13:29:35.120+08:00",
+/// );
+/// client.v3().businesscircle().points().notify().post(&req).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    core: Arc<Core>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Starts configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) fn from_core(core: Core) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .timeout(core.timeout)
+            .connect_timeout(core.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                name: "HTTP client",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            core: Arc::new(core),
+            http,
+        })
+    }
+
+    /// The typed chain: `client.v3().businesscircle()…`.
+    pub fn v3(&self) -> V3<'_, Self> {
+        V3::new(self)
+    }
+
+    /// The raw chain for any APIv3 path template, e.g. `"v3/businesscircle/user-authorizations/{openid}"`.
+    pub fn chain(&self, template: &str) -> Chain<'_, Self> {
+        Chain::new(self, template)
+    }
+
+    /// The merchant id this client signs as.
+    pub fn mchid(&self) -> &str {
+        self.core.signer.mchid()
+    }
+
+    /// A snapshot of the trusted WeChat keys.
+    pub fn trust_store(&self) -> Arc<TrustStore> {
+        self.core.trust()
+    }
+
+    /// Adds keys to the trust store (e.g. freshly downloaded platform certificates).
+    pub fn add_trusted(&self, extra: TrustStore) {
+        let mut guard = self.core.trust.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        next.extend(extra);
+        *guard = Arc::new(next);
+    }
+
+    /// Whether requests currently go to the backup endpoint first.
+    pub fn on_backup(&self) -> bool {
+        self.core.endpoints.on_backup()
+    }
+
+    /// A callback parser sharing this client's trust store, APIv3 key and clock.
+    pub fn notify_parser(&self) -> Result<NotifyParser, ConfigError> {
+        let key = self
+            .core
+            .apiv3_key
+            .clone()
+            .ok_or(ConfigError::Missing("APIv3 key"))?;
+        Ok(
+            NotifyParser::new((*self.core.trust()).clone(), key)
+                .with_clock(self.core.clock.clone()),
+        )
+    }
+
+    /// Signs and sends `req`, verifies the answer. GETs are retried only if enabled
+    /// with [`ClientBuilder::retry_gets`].
+    pub async fn execute(&self, req: &RawRequest) -> Result<Response, Error> {
+        let mut attempt = 0;
+        loop {
+            let result = match self.exchange(req).await {
+                Ok((p, status, headers, body)) => self.core.finish(&p, status, headers, body),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e)
+                    if req.method == Method::GET
+                        && attempt < self.core.retry_gets
+                        && e.is_retryable() =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Core::get_retry_delay(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Signs and sends once, failing over between endpoints on connection failures.
+    pub(crate) async fn exchange(
+        &self,
+        req: &RawRequest,
+    ) -> Result<(Prepared, StatusCode, HeaderMap, Bytes), Error> {
+        let p = self.core.prepare(req)?;
+        let mut last = None;
+        for (primary, base) in self.core.endpoints.order() {
+            let url = base
+                .join(&p.target)
+                .map_err(|e| Error::Request(e.to_string()))?;
+            let sent = self
+                .http
+                .request(p.method.clone(), url.clone())
+                .headers(p.headers.clone())
+                .body(p.body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(mut resp) => {
+                    self.core.endpoints.report(primary, true);
+                    let status = resp.status();
+                    let headers = std::mem::take(resp.headers_mut());
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| Core::transport_error(&url, e))?;
+                    return Ok((p, status, headers, body));
+                }
+                Err(e) if e.is_connect() => {
+                    self.core.endpoints.report(primary, false);
+                    last = Some(Core::transport_error(&url, e));
+                }
+                Err(e) => return Err(Core::transport_error(&url, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Request("no endpoint configured".into())))
+    }
+
+    /// `GET /v3/certificates`: downloads, decrypts (APIv3 key) and verifies the platform
+    /// certificates. Does not change the trust store; see [`Client::refresh_certificates`].
+    pub async fn certificates(&self) -> Result<Vec<PlatformCertificate>, Error> {
+        let (p, status, headers, body) = self.exchange(&certificates::request()).await?;
+        certificates::finish(&self.core, &p, status, headers, body)
+    }
+
+    /// Downloads the platform certificates and adds them to the trust store.
+    pub async fn refresh_certificates(&self) -> Result<Vec<PlatformCertificate>, Error> {
+        let certs = self.certificates().await?;
+        self.add_trusted(certificates::to_trust_store(&certs)?);
+        Ok(certs)
+    }
+}
+
+impl Chain<'_, Client> {
+    /// Sends with any method.
+    pub async fn send(self, method: Method) -> Result<Response, Error> {
+        let req = self.build(method)?;
+        self.client.execute(&req).await
+    }
+    /// `GET`.
+    pub async fn get(self) -> Result<Response, Error> {
+        self.send(Method::GET).await
+    }
+    /// `POST`.
+    pub async fn post(self) -> Result<Response, Error> {
+        self.send(Method::POST).await
+    }
+    /// `PUT`.
+    pub async fn put(self) -> Result<Response, Error> {
+        self.send(Method::PUT).await
+    }
+    /// `PATCH`.
+    pub async fn patch(self) -> Result<Response, Error> {
+        self.send(Method::PATCH).await
+    }
+    /// `DELETE`.
+    pub async fn delete(self) -> Result<Response, Error> {
+        self.send(Method::DELETE).await
+    }
+}
