@@ -234,7 +234,7 @@ fn compare(
     let wechat_len = wechat_len.unwrap_or(theirs.len());
     if wechat_len == ours.len() {
         SignDifference::KeyMismatch
-    } else if wechat_len == ours.len() + 1 && !ours.ends_with(b"\n") {
+    } else if wechat_len == ours.len() + 1 && ours.iter().filter(|b| **b == b'\n').count() == 4 {
         SignDifference::MissingTrailingNewline
     } else {
         SignDifference::Length {
