@@ -1,1 +1,411 @@
+//! # wechatpay-sim — a local WeChat Pay APIv3 server for the 智慧商圈 family
+//!
+//! It verifies request signatures and fields as WeChat does (401 `SIGN_ERROR` with
+//! `detail.sign_information`, 400 `PARAM_ERROR` naming the field), answers signed in certificate,
+//! public-key or migrating mode, pushes encrypted callbacks on WeChat's retry schedules, and
+//! injects faults (429, 5xx, latency, hangs, connection resets, a global QPS limit).
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use wechatpay_sim::{SimConfig, Simulator, TrustMode};
+//! let sim = Simulator::start(SimConfig::test(TrustMode::Cert)).await?;
+//! let client = sim.client_builder().build()?;
+//! # Ok(()) }
+//! ```
 
+pub mod api;
+pub mod control;
+pub mod faults;
+pub mod push;
+pub mod sandbox;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
+use wechatpay::PrivateKey;
+use wechatpay::clock::{Clock, SystemClock};
+use wechatpay::testing::{CallbackSigner, keys};
+
+pub use control::{ControlError, GenerateSpec, NewMember, NewPayment};
+pub use faults::{Endpoint, FaultConfig, FaultKind, FaultRule};
+pub use push::PushConfig;
+pub use sandbox::{Sandbox, SandboxInfo, TrustMode};
+pub use state::{Counters, Delivery, Member, SyncCall, Transaction};
+
+/// Behaviour switches, several of them for `[INFERRED]` WeChat behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimOptions {
+    /// Reject points sync for members not `AUTHORIZED` (400 `INVALID_REQUEST`). [INFERRED]
+    pub require_authorized: bool,
+    /// Reject a second points sync for a transaction with a different body. [INFERRED]: default accepts and counts it.
+    pub reject_conflicting: bool,
+    /// Answer commit_status with an empty 204 instead of 200 JSON (as some mirrors describe).
+    pub commit_status_204: bool,
+    /// Sign answers with a key that does not match the trusted certificate/public key.
+    pub sign_with_wrong_key: bool,
+    /// Status for points sync of an unknown transaction: 404 `RESOURCE_NOT_EXISTS` or 400 `PARAM_ERROR`. [INFERRED]
+    pub unknown_transaction_status: u16,
+    /// Body characters kept in `truncated_sign_message`.
+    pub truncate_body_chars: usize,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            require_authorized: true,
+            reject_conflicting: false,
+            commit_status_204: false,
+            sign_with_wrong_key: false,
+            unknown_transaction_status: 404,
+            truncate_body_chars: 10,
+        }
+    }
+}
+
+impl SimOptions {
+    pub(crate) fn unknown_transaction(&self) -> (http::StatusCode, &'static str) {
+        if self.unknown_transaction_status == 400 {
+            (http::StatusCode::BAD_REQUEST, "PARAM_ERROR")
+        } else {
+            (http::StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS")
+        }
+    }
+}
+
+/// Everything the simulator starts with.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Keys and ids.
+    pub sandbox: Sandbox,
+    /// Where to listen (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// Callback pushing.
+    pub push: PushConfig,
+    /// Behaviour switches.
+    pub options: SimOptions,
+    /// Faults from the start.
+    pub faults: FaultConfig,
+    /// The simulator's clock.
+    pub clock: Arc<dyn Clock>,
+    /// RNG seed for fault rolls and push decisions.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// The committed test keys, loopback on a free port, callbacks off.
+    pub fn test(mode: TrustMode) -> Self {
+        Self::new(Sandbox::test(mode))
+    }
+
+    /// A sandbox on loopback, a free port, callbacks off.
+    pub fn new(sandbox: Sandbox) -> Self {
+        Self {
+            sandbox,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            push: PushConfig::default(),
+            options: SimOptions::default(),
+            faults: FaultConfig::default(),
+            clock: Arc::new(SystemClock),
+            seed: 1,
+        }
+    }
+}
+
+/// State shared by the server, the pusher and the control API.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) state: Mutex<state::State>,
+    pub(crate) faults: Mutex<faults::Faults>,
+    pub(crate) options: Mutex<SimOptions>,
+    pub(crate) push: Mutex<PushConfig>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Mutex<rand::rngs::StdRng>,
+    pub(crate) wrong_key: Arc<PrivateKey>,
+    pub(crate) signer: CallbackSigner,
+    pub(crate) http: reqwest::Client,
+    pub(crate) pending: AtomicUsize,
+    pub(crate) settled: Notify,
+}
+
+impl Shared {
+    pub(crate) fn opts(&self) -> SimOptions {
+        self.options
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub(crate) fn push_config(&self) -> PushConfig {
+        self.push.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub(crate) fn roll(&self) -> f64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random::<f64>()
+    }
+    pub(crate) fn reset(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state::State::default();
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(FaultConfig::default());
+    }
+}
+
+/// Marks a response whose connection must be closed without answering.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResetConnection;
+
+/// A running simulator. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The whole HTTP app: WeChat's APIs plus `/sim` control routes.
+pub fn app(shared: Arc<Shared>) -> axum::Router {
+    control::routes().fallback(api::wechat).with_state(shared)
+}
+
+impl Simulator {
+    /// Binds and starts serving in the background.
+    pub async fn start(config: SimConfig) -> Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let sandbox = config.sandbox;
+        let signer = if sandbox.info.mode == TrustMode::Pubkey {
+            CallbackSigner::new(
+                sandbox.pubkey_key.clone(),
+                &sandbox.info.pubkey_id,
+                sandbox.apiv3_key.clone(),
+            )
+        } else {
+            CallbackSigner::new(
+                sandbox.platform_key.clone(),
+                &sandbox.info.platform_serial,
+                sandbox.apiv3_key.clone(),
+            )
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.push.timeout_ms))
+            .build()?;
+        let shared = Arc::new(Shared {
+            sandbox,
+            state: Mutex::new(state::State::default()),
+            faults: Mutex::new(faults::Faults::new(config.faults)),
+            options: Mutex::new(config.options),
+            push: Mutex::new(config.push),
+            clock: config.clock,
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
+            wrong_key: Arc::new(PrivateKey::from_pem(keys::OTHER_KEY_PEM)?),
+            signer,
+            http,
+            pending: AtomicUsize::new(0),
+            settled: Notify::new(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, app(shared.clone()), stopped));
+        Ok(Self { shared, addr, stop })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.shared.sandbox
+    }
+
+    /// The shared state, for direct control from tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// An SDK client builder for the sandbox merchant, pointed at this simulator.
+    pub fn client_builder(&self) -> wechatpay::ClientBuilder {
+        self.shared.sandbox.client_builder(&self.base_url())
+    }
+
+    /// Creates a member.
+    pub fn add_member(&self, m: NewMember) -> Result<Member, ControlError> {
+        self.shared.add_member(m)
+    }
+    /// Creates a payment (and pushes its callback).
+    pub fn pay(&self, p: NewPayment) -> Result<Transaction, ControlError> {
+        self.shared.pay(p)
+    }
+    /// Re-pushes a payment under a new id with `commit_tag`.
+    pub fn manual_apply(&self, transaction_id: &str) -> Result<String, ControlError> {
+        self.shared.manual_apply(transaction_id)
+    }
+    /// Refunds (part of) a payment.
+    pub fn refund(
+        &self,
+        transaction_id: &str,
+        amount: i64,
+    ) -> Result<(String, String), ControlError> {
+        self.shared.refund(transaction_id, amount)
+    }
+    /// Generates a stream of payments.
+    pub async fn generate(&self, spec: GenerateSpec) -> Result<Vec<Transaction>, ControlError> {
+        self.shared.generate(spec).await
+    }
+    /// Every points-notify call received.
+    pub fn syncs(&self) -> Vec<SyncCall> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .syncs
+            .clone()
+    }
+    /// Points WeChat was told per transaction (last accepted call).
+    pub fn synced_points(&self) -> std::collections::BTreeMap<String, i64> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced_points()
+    }
+    /// Parking events received.
+    pub fn parkings(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .parkings
+            .clone()
+    }
+    /// Callback deliveries.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        let s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.deliveries.values().cloned().collect()
+    }
+    /// Counters.
+    pub fn counters(&self) -> Counters {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counters
+            .clone()
+    }
+    /// Replaces the fault config.
+    pub fn set_faults(&self, f: FaultConfig) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(f);
+    }
+    /// Replaces the options.
+    pub fn set_options(&self, o: SimOptions) {
+        *self
+            .shared
+            .options
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = o;
+    }
+    /// Replaces the push config (affects callbacks pushed from now on).
+    pub fn set_push(&self, p: PushConfig) {
+        *self.shared.push.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+    /// Clears state, counters and faults.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+    /// Waits until no callback delivery is in progress, or `timeout` passes. Returns whether settled.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.settled.notified();
+            if self
+                .shared
+                .pending
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self
+                    .shared
+                    .pending
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == 0;
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` turns true. A response marked [`ResetConnection`]
+/// closes its connection without an answer.
+async fn serve(listener: TcpListener, app: axum::Router, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let mut stop_conn = stop.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        let res = app
+                            .oneshot(req.map(axum::body::Body::new))
+                            .await
+                            .unwrap_or_else(|e| match e {});
+                        if res.extensions().get::<ResetConnection>().is_some() {
+                            Err(std::io::Error::other("simulated connection reset"))
+                        } else {
+                            Ok(res)
+                        }
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop_conn.changed() => {}
+            }
+        });
+    }
+}

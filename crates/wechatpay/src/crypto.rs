@@ -50,10 +50,12 @@ impl PrivateKey {
                 });
             }
         }
-        .map_err(|e| KeyError::Rejected(e.to_string()))?;
-        let bits = key.public_modulus_len() * 8;
-        if bits < 2048 {
-            return Err(KeyError::TooShort { bits });
+        .map_err(|e| match e.to_string().as_str() {
+            "TooSmall" => KeyError::TooShort,
+            other => KeyError::Rejected(other.to_string()),
+        })?;
+        if key.public_modulus_len() * 8 < 2048 {
+            return Err(KeyError::TooShort);
         }
         Ok(Self { key })
     }

@@ -30,11 +30,8 @@ pub enum KeyError {
     #[error("key rejected: {0}")]
     Rejected(String),
     /// RSA key shorter than 2048 bits.
-    #[error("RSA key is {bits} bits; WeChat Pay requires at least 2048")]
-    TooShort {
-        /// Modulus size.
-        bits: usize,
-    },
+    #[error("RSA key is shorter than 2048 bits; WeChat Pay requires RSA-2048")]
+    TooShort,
     /// The APIv3 key is not 32 bytes.
     #[error("APIv3 key must be exactly 32 bytes, got {len}")]
     ApiV3KeyLength {

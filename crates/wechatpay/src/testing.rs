@@ -130,16 +130,20 @@ pub struct SignedCallback {
 /// Builds callbacks as WeChat does: encrypt the resource with the APIv3 key, sign the envelope.
 #[derive(Debug)]
 pub struct CallbackSigner {
-    key: PrivateKey,
+    key: std::sync::Arc<PrivateKey>,
     serial: String,
     apiv3: ApiV3Key,
 }
 
 impl CallbackSigner {
     /// Signs with `key` under `serial` (certificate serial or `PUB_KEY_ID_…`), encrypts with `apiv3`.
-    pub fn new(key: PrivateKey, serial: impl Into<String>, apiv3: ApiV3Key) -> Self {
+    pub fn new(
+        key: impl Into<std::sync::Arc<PrivateKey>>,
+        serial: impl Into<String>,
+        apiv3: ApiV3Key,
+    ) -> Self {
         Self {
-            key,
+            key: key.into(),
             serial: serial.into(),
             apiv3,
         }

@@ -1,0 +1,1 @@
+//! Callback verification is covered in depth by `notify` tests; see callbacks_* below.

@@ -1,0 +1,15 @@
+//! Integration tests of the `wechatpay` crate: known answers, verification paths, and the async
+//! and blocking clients against the simulator over real loopback HTTP.
+
+mod callbacks;
+mod client;
+mod signing;
+mod verification;
+
+use std::path::PathBuf;
+
+pub fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
