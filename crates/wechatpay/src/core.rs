@@ -341,6 +341,7 @@ pub struct ClientBuilder {
     clock: Arc<dyn Clock>,
     nonces: Arc<dyn NonceSource>,
     retry_gets: u32,
+    allow_empty_trust: bool,
 }
 
 impl Default for ClientBuilder {
@@ -360,6 +361,7 @@ impl Default for ClientBuilder {
             clock: Arc::new(SystemClock),
             nonces: Arc::new(RandomNonce),
             retry_gets: 0,
+            allow_empty_trust: false,
         }
     }
 }
@@ -472,6 +474,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Allows an empty trust store, only to download the first platform certificates with
+    /// [`crate::Client::certificates`] (they authenticate themselves through the APIv3 key). Every
+    /// other call then fails verification with `UnknownSerial`, as it must.
+    pub fn allow_empty_trust_store(mut self, yes: bool) -> Self {
+        self.allow_empty_trust = yes;
+        self
+    }
+
     pub(crate) fn build_core(self) -> Result<Core, ConfigError> {
         let mchid = self
             .mchid
@@ -515,7 +525,7 @@ impl ClientBuilder {
                 source: e,
             });
         }
-        if self.trust.is_empty() {
+        if self.trust.is_empty() && !self.allow_empty_trust {
             return Err(ConfigError::EmptyTrustStore);
         }
         if self
