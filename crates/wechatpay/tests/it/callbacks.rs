@@ -235,10 +235,9 @@ fn decryption_failures_are_named() {
     };
     let mut t = v.clone();
     let ct = t["resource"]["ciphertext"].as_str().unwrap().to_string();
-    let flipped = if ct.starts_with('A') {
-        format!("B{}", &ct[1..])
-    } else {
-        format!("A{}", &ct[1..])
+    let flipped = match ct.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &ct[1..]),
     };
     t["resource"]["ciphertext"] = flipped.into();
     let (h, b) = resign(&t);
