@@ -28,7 +28,8 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; source the sandbox's wxpay.env"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set; source the sandbox's wxpay.env"))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,7 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
     let conc: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let base = env("WECHATPAY_BASE_URL");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         // One member and one payment, made through the simulator's control API.
         let http = reqwest::Client::new();

@@ -2,9 +2,17 @@
 
 fn main() {
     let key = wechatpay::PrivateKey::from_pem(wechatpay::testing::keys::MERCHANT_KEY_PEM).unwrap();
-    let msg = b"POST\n/v3/businesscircle/points/notify\n1700000000\nNONCE\n{\"transaction_id\":\"1\"}\n";
-    for _ in 0..200 { key.sign_base64(msg); }
+    let msg =
+        b"POST\n/v3/businesscircle/points/notify\n1700000000\nNONCE\n{\"transaction_id\":\"1\"}\n";
+    for _ in 0..200 {
+        key.sign_base64(msg);
+    }
     let t = std::time::Instant::now();
-    for _ in 0..3000 { std::hint::black_box(key.sign_base64(msg)); }
-    println!("aws-lc sign: {:.1} us", t.elapsed().as_secs_f64() * 1e6 / 3000.0);
+    for _ in 0..3000 {
+        std::hint::black_box(key.sign_base64(msg));
+    }
+    println!(
+        "aws-lc sign: {:.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / 3000.0
+    );
 }
