@@ -38,6 +38,13 @@ impl Reply {
             signed: true,
         }
     }
+    /// A JSON error from WeChat's gateway, unsigned (429, 500).
+    fn unsigned(status: StatusCode, code: &str, message: &str) -> Self {
+        Self {
+            signed: false,
+            ..Self::error(status, code, message, None)
+        }
+    }
     fn param(field: &str, issue: impl Into<String>) -> Self {
         let issue = issue.into();
         Self::error(
@@ -141,24 +148,24 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
     };
     match fault {
         Some(FaultKind::TooManyRequests) => {
-            let mut r = Reply::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "FREQUENCY_LIMITED",
-                "请求频率超过限制",
-                None,
+            return sim.respond(
+                Reply::unsigned(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "FREQUENCY_LIMITED",
+                    "请求频率超过限制",
+                ),
+                &parts.headers,
             );
-            r.signed = false;
-            return sim.respond(r, &parts.headers);
         }
         Some(FaultKind::SystemError) => {
-            let mut r = Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SYSTEM_ERROR",
-                "系统错误",
-                None,
+            return sim.respond(
+                Reply::unsigned(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "SYSTEM_ERROR",
+                    "系统错误",
+                ),
+                &parts.headers,
             );
-            r.signed = false;
-            return sim.respond(r, &parts.headers);
         }
         Some(FaultKind::BadGateway) => {
             return sim.respond(Reply::gateway(StatusCode::BAD_GATEWAY), &parts.headers);
