@@ -70,35 +70,19 @@ impl Client {
 
     /// A callback parser sharing this client's trust store, APIv3 key and clock.
     pub fn notify_parser(&self) -> Result<NotifyParser, ConfigError> {
-        let key = self
-            .core
-            .apiv3_key
-            .clone()
-            .ok_or(ConfigError::Missing("APIv3 key"))?;
-        Ok(
-            NotifyParser::new((*self.core.trust()).clone(), key)
-                .with_clock(self.core.clock.clone()),
-        )
+        self.core.notify_parser()
     }
 
     /// Signs and sends `req`, verifies the answer.
     pub fn execute(&self, req: &RawRequest) -> Result<Response, Error> {
         let mut attempt = 0;
         loop {
-            let result = match self.exchange(req) {
-                Ok((p, status, headers, body)) => self.core.finish(&p, status, headers, body),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e)
-                    if req.method == Method::GET
-                        && attempt < self.core.retry_gets
-                        && e.is_retryable() =>
-                {
-                    attempt += 1;
-                    std::thread::sleep(Core::get_retry_delay(attempt));
-                }
-                other => return other,
+            let result = self
+                .exchange(req)
+                .and_then(|(p, status, headers, body)| self.core.finish(&p, status, headers, body));
+            match self.core.get_retry_delay(req, &mut attempt, &result) {
+                Some(delay) => std::thread::sleep(delay),
+                None => return result,
             }
         }
     }

@@ -316,9 +316,37 @@ impl Core {
         }
     }
 
-    /// Back-off before GET retry `attempt` (1-based): 100 ms, 200 ms, 400 ms, … capped at 2 s.
-    pub fn get_retry_delay(attempt: u32) -> Duration {
-        Duration::from_millis((100u64 << attempt.min(5).saturating_sub(1)).min(2000))
+    /// The one retry rule of both clients: a GET whose result is retryable is retried up to
+    /// `retry_gets` times, after 100 ms, 200 ms, 400 ms, … (capped at 2 s). `None`: return `result`.
+    pub fn get_retry_delay(
+        &self,
+        req: &RawRequest,
+        attempt: &mut u32,
+        result: &Result<Response, Error>,
+    ) -> Option<Duration> {
+        match result {
+            Err(e)
+                if req.method == Method::GET && *attempt < self.retry_gets && e.is_retryable() =>
+            {
+                *attempt += 1;
+                Some(Duration::from_millis(
+                    (100u64 << (*attempt).min(5).saturating_sub(1)).min(2000),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// A callback parser sharing the trust store, APIv3 key and clock.
+    pub fn notify_parser(&self) -> Result<crate::notify::NotifyParser, ConfigError> {
+        let key = self
+            .apiv3_key
+            .clone()
+            .ok_or(ConfigError::Missing("APIv3 key"))?;
+        Ok(
+            crate::notify::NotifyParser::new((*self.trust()).clone(), key)
+                .with_clock(self.clock.clone()),
+        )
     }
 }
 

@@ -394,3 +394,21 @@ async fn axum_extractor_verifies_limits_and_answers() {
         .unwrap();
     assert_eq!(res.status(), 413);
 }
+
+#[test]
+fn a_client_hands_out_a_parser_with_its_trust_key_and_clock() {
+    let builder = || {
+        wechatpay::Client::builder()
+            .mchid(keys::MCHID)
+            .serial(keys::MERCHANT_SERIAL)
+            .private_key_pem(keys::MERCHANT_KEY_PEM)
+            .trust_public_key_pem(keys::PUBKEY_ID, keys::PUBKEY_PEM)
+            .clock(Arc::new(FixedClock(NOW)))
+    };
+    let without_key = builder().build().unwrap();
+    assert!(matches!(without_key.notify_parser(), Err(wechatpay::ConfigError::Missing(_))));
+    let client = builder().apiv3_key(keys::APIV3_KEY).build().unwrap();
+    let cb = CallbackSigner::test_pubkey().build(&refund(), &spec());
+    let n = client.notify_parser().unwrap().verify(&cb.headers, &cb.body).unwrap();
+    assert_eq!(n.event, refund());
+}
