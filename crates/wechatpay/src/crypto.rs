@@ -50,7 +50,7 @@ impl PrivateKey {
                 });
             }
         }
-        .map_err(|e| match e.to_string().as_str() {
+        .map_err(|e| match e.description_() {
             "TooSmall" => KeyError::TooShort,
             other => KeyError::Rejected(other.to_string()),
         })?;

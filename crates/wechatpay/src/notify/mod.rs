@@ -73,6 +73,9 @@ pub enum NotifyError {
         /// Where and why.
         reason: String,
     },
+    /// The body could not be read (client disconnected, broken stream).
+    #[error("cannot read callback body: {0}")]
+    Body(String),
     /// The body is larger than the configured limit.
     #[error("callback body of {len} bytes exceeds the {limit}-byte limit")]
     TooLarge {
@@ -93,6 +96,7 @@ impl NotifyError {
             Self::Algorithm(_) => "algorithm",
             Self::Decrypt(_) => "decrypt",
             Self::Resource { .. } => "resource",
+            Self::Body(_) => "body",
             Self::TooLarge { .. } => "too_large",
         }
     }

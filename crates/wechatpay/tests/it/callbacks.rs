@@ -406,9 +406,16 @@ fn a_client_hands_out_a_parser_with_its_trust_key_and_clock() {
             .clock(Arc::new(FixedClock(NOW)))
     };
     let without_key = builder().build().unwrap();
-    assert!(matches!(without_key.notify_parser(), Err(wechatpay::ConfigError::Missing(_))));
+    assert!(matches!(
+        without_key.notify_parser(),
+        Err(wechatpay::ConfigError::Missing(_))
+    ));
     let client = builder().apiv3_key(keys::APIV3_KEY).build().unwrap();
     let cb = CallbackSigner::test_pubkey().build(&refund(), &spec());
-    let n = client.notify_parser().unwrap().verify(&cb.headers, &cb.body).unwrap();
+    let n = client
+        .notify_parser()
+        .unwrap()
+        .verify(&cb.headers, &cb.body)
+        .unwrap();
     assert_eq!(n.event, refund());
 }
