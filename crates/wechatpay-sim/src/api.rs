@@ -537,13 +537,11 @@ impl Shared {
         }
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let day = self.clock.now() - 86_400;
+        // first_sync holds exactly the transactions with an accepted points sync
         let pending = s.transactions.values().any(|t| {
             t.openid == openid
                 && t.created_at >= day
-                && !s
-                    .syncs
-                    .iter()
-                    .any(|c| c.status == 204 && c.transaction_id == t.transaction_id)
+                && !s.first_sync.contains_key(&t.transaction_id)
         });
         if self.opts().commit_status_204 {
             return Reply::no_content();
@@ -611,9 +609,7 @@ impl Shared {
 
     /// Builds the HTTP answer, signing it as the trust mode says.
     pub(crate) fn respond(&self, reply: Reply, req_headers: &HeaderMap) -> Response {
-        let mut res = Response::new(Body::from(reply.body.clone()));
-        *res.status_mut() = reply.status;
-        let h = res.headers_mut();
+        let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&wechatpay::crypto::random_token(32)) {
             h.insert("request-id", v);
         }
@@ -657,6 +653,9 @@ impl Shared {
                 &reply.body,
             ));
         }
+        let mut res = Response::new(Body::from(reply.body));
+        *res.status_mut() = reply.status;
+        *res.headers_mut() = h;
         res
     }
 }

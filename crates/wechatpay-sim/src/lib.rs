@@ -145,7 +145,8 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-    pub(crate) fn push_config(&self) -> PushConfig {
+    /// The current push settings.
+    pub fn push_config(&self) -> PushConfig {
         self.push.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub(crate) fn roll(&self) -> f64 {
@@ -207,9 +208,7 @@ impl Simulator {
                 sandbox.apiv3_key.clone(),
             )
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.push.timeout_ms))
-            .build()?;
+        let http = reqwest::Client::builder().build()?;
         let shared = Arc::new(Shared {
             sandbox,
             state: Mutex::new(state::State::default()),

@@ -91,7 +91,14 @@ pub(crate) fn push(sim: &Arc<Shared>, event: Event, key: String) -> String {
     id
 }
 
-async fn send(sim: &Shared, url: &str, event: &Event, id: &str, probe: bool) -> u16 {
+async fn send(
+    sim: &Shared,
+    url: &str,
+    config: &PushConfig,
+    event: &Event,
+    id: &str,
+    probe: bool,
+) -> u16 {
     let spec = CallbackSpec {
         id: id.to_string(),
         probe,
@@ -101,6 +108,7 @@ async fn send(sim: &Shared, url: &str, event: &Event, id: &str, probe: bool) -> 
     let res = sim
         .http
         .post(url)
+        .timeout(Duration::from_millis(config.timeout_ms))
         .headers(cb.headers)
         .body(cb.body)
         .send()
@@ -124,7 +132,7 @@ async fn deliver(
     let mut attempt = 0usize;
     loop {
         if config.probe_rate > 0.0 && sim.roll() < config.probe_rate {
-            let status = send(sim, url, event, id, true).await;
+            let status = send(sim, url, config, event, id, true).await;
             if (200..300).contains(&status) {
                 sim.state
                     .lock()
@@ -133,7 +141,7 @@ async fn deliver(
                     .probes_accepted += 1;
             }
         }
-        let status = send(sim, url, event, id, false).await;
+        let status = send(sim, url, config, event, id, false).await;
         attempt += 1;
         let ok = status == 200 || status == 204;
         {
@@ -151,7 +159,7 @@ async fn deliver(
         }
         if ok {
             if config.duplicate_rate > 0.0 && sim.roll() < config.duplicate_rate {
-                let status = send(sim, url, event, id, false).await;
+                let status = send(sim, url, config, event, id, false).await;
                 let mut s = sim.state.lock().unwrap_or_else(|p| p.into_inner());
                 s.counters.callback_attempts += 1;
                 if status == 200 || status == 204 {

@@ -18,6 +18,7 @@ struct Receiver {
     parser: Arc<NotifyParser>,
     seen: Arc<Mutex<Vec<(String, Event)>>>,
     fail_first: Arc<AtomicU32>,
+    slow_first: Arc<AtomicU32>,
 }
 
 impl axum::extract::FromRef<Receiver> for Arc<NotifyParser> {
@@ -30,6 +31,10 @@ async fn receive(
     State(r): State<Receiver>,
     VerifiedNotification(n): VerifiedNotification,
 ) -> http::StatusCode {
+    if r.slow_first.load(Ordering::SeqCst) > 0 {
+        r.slow_first.fetch_sub(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     if r.fail_first.load(Ordering::SeqCst) > 0 {
         r.fail_first.fetch_sub(1, Ordering::SeqCst);
         return http::StatusCode::INTERNAL_SERVER_ERROR;
@@ -46,6 +51,7 @@ async fn receiver(sandbox: &Sandbox, fail_first: u32) -> (String, Receiver) {
         )),
         seen: Arc::default(),
         fail_first: Arc::new(AtomicU32::new(fail_first)),
+        slow_first: Arc::default(),
     };
     let app = Router::new()
         .route("/notify", post(receive))
@@ -291,4 +297,35 @@ fn init_writes_a_complete_sandbox() {
         Sandbox::init(&dir.path().join("sb"), TrustMode::Cert).is_err(),
         "never overwrites a sandbox"
     );
+}
+
+#[tokio::test]
+async fn a_receiver_slower_than_the_push_timeout_counts_as_a_failure() {
+    let (sim, r) = start(TrustMode::Cert, 0, fast()).await;
+    // the timeout is read per push, so changing it on a running simulator takes effect
+    sim.set_push(PushConfig {
+        timeout_ms: 100,
+        ..sim_push(&sim)
+    });
+    r.slow_first.store(1, Ordering::SeqCst);
+    let m = sim
+        .add_member(NewMember {
+            push: false,
+            ..NewMember::default()
+        })
+        .unwrap();
+    sim.pay(NewPayment {
+        openid: m.openid,
+        amount: 100,
+        ..NewPayment::default()
+    })
+    .unwrap();
+    assert!(sim.settle(Duration::from_secs(10)).await);
+    let d = &sim.deliveries()[0];
+    assert_eq!(d.attempts, 2, "timed out once, then acknowledged");
+    assert!(d.delivered);
+}
+
+fn sim_push(sim: &Simulator) -> PushConfig {
+    sim.shared().push_config()
 }
