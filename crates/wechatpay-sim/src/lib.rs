@@ -325,6 +325,13 @@ impl Simulator {
             .unwrap_or_else(|p| p.into_inner())
             .set(f);
     }
+    /// Replaces the faults with one rule: the next `count` requests to `endpoint` get `fault`.
+    pub fn fail_next(&self, endpoint: Endpoint, fault: FaultKind, count: u32) {
+        self.set_faults(FaultConfig {
+            rules: vec![FaultRule::next(endpoint, fault, count)],
+            qps_limit: None,
+        });
+    }
     /// Replaces the options.
     pub fn set_options(&self, o: SimOptions) {
         *self

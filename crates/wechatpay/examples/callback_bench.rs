@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use wechatpay::notify::{Event, MallTransaction, NotifyParser};
-use wechatpay::testing::{CallbackSigner, CallbackSpec, keys};
+use wechatpay::notify::{Event, NotifyParser};
+use wechatpay::testing::{CallbackSigner, CallbackSpec, example_transaction, keys};
 use wechatpay::{ApiV3Key, TrustStore};
 
 fn main() {
@@ -19,19 +19,7 @@ fn main() {
         .expect("test cert");
     let parser = NotifyParser::new(trust, ApiV3Key::new(keys::APIV3_KEY).expect("test key"));
     let now = 1_700_000_000;
-    let event = Event::MallTransaction(MallTransaction {
-        mchid: "1230000109".into(),
-        merchant_name: "腾讯广场".into(),
-        shop_name: "微信支付".into(),
-        shop_number: "123456".into(),
-        appid: "wxd678efh567hg6787".into(),
-        openid: "oUpF8uMuAJ2pxb1Q9zNjWUHsd".into(),
-        time_end: "2020-05-20T13:29:35+08:00".into(),
-        amount: 200,
-        transaction_id: "4200001234567890".into(),
-        commit_tag: None,
-        extra: Default::default(),
-    });
+    let event = Event::MallTransaction(example_transaction());
     let cb = CallbackSigner::test_platform().build(&event, &CallbackSpec::at(now));
     for _ in 0..1000 {
         parser

@@ -40,6 +40,23 @@ pub mod keys {
     pub const APIV3_KEY: &str = "TESTONLYapiv3key0123456789abcdef";
 }
 
+/// The `MALL_TRANSACTION.SUCCESS` resource of WeChat's documentation example.
+pub fn example_transaction() -> crate::notify::MallTransaction {
+    crate::notify::MallTransaction {
+        mchid: "1230000109".into(),
+        merchant_name: "腾讯广场".into(),
+        shop_name: "微信支付".into(),
+        shop_number: "123456".into(),
+        appid: "wxd678efh567hg6787".into(),
+        openid: "oUpF8uMuAJ2pxb1Q9zNjWUHsd".into(),
+        time_end: "2020-05-20T13:29:35+08:00".into(),
+        amount: 200,
+        transaction_id: "1234567890".into(),
+        commit_tag: None,
+        extra: Default::default(),
+    }
+}
+
 /// The `Wechatpay-*` headers of a response or callback signed by `key` under id `serial`.
 pub fn sign_response(
     key: &PrivateKey,

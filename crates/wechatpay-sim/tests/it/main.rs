@@ -75,6 +75,22 @@ async fn start(mode: TrustMode, fail_first: u32, push: PushConfig) -> (Simulator
     (Simulator::start(config).await.unwrap(), r)
 }
 
+/// A member (no authorization callback) who pays 100 fen: one payment callback.
+fn pay_100(sim: &Simulator) {
+    let m = sim
+        .add_member(NewMember {
+            push: false,
+            ..NewMember::default()
+        })
+        .unwrap();
+    sim.pay(NewPayment {
+        openid: m.openid,
+        amount: 100,
+        ..NewPayment::default()
+    })
+    .unwrap();
+}
+
 fn fast() -> PushConfig {
     PushConfig {
         time_scale: 0.0005,
@@ -153,18 +169,7 @@ async fn pushed_callbacks_verify_in_every_mode() {
 #[tokio::test]
 async fn failed_answers_are_retried_on_schedule_until_acknowledged() {
     let (sim, r) = start(TrustMode::Cert, 3, fast()).await;
-    let m = sim
-        .add_member(NewMember {
-            push: false,
-            ..NewMember::default()
-        })
-        .unwrap();
-    sim.pay(NewPayment {
-        openid: m.openid,
-        amount: 100,
-        ..NewPayment::default()
-    })
-    .unwrap();
+    pay_100(&sim);
     assert!(sim.settle(Duration::from_secs(10)).await);
     let d = sim.deliveries();
     assert_eq!(d.len(), 1);
@@ -214,18 +219,7 @@ async fn duplicates_and_probes() {
         },
     )
     .await;
-    let m = sim
-        .add_member(NewMember {
-            push: false,
-            ..NewMember::default()
-        })
-        .unwrap();
-    sim.pay(NewPayment {
-        openid: m.openid,
-        amount: 100,
-        ..NewPayment::default()
-    })
-    .unwrap();
+    pay_100(&sim);
     assert!(sim.settle(Duration::from_secs(10)).await);
     let seen = r.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "delivered twice under the same id");
@@ -308,18 +302,7 @@ async fn a_receiver_slower_than_the_push_timeout_counts_as_a_failure() {
         ..sim_push(&sim)
     });
     r.slow_first.store(1, Ordering::SeqCst);
-    let m = sim
-        .add_member(NewMember {
-            push: false,
-            ..NewMember::default()
-        })
-        .unwrap();
-    sim.pay(NewPayment {
-        openid: m.openid,
-        amount: 100,
-        ..NewPayment::default()
-    })
-    .unwrap();
+    pay_100(&sim);
     assert!(sim.settle(Duration::from_secs(10)).await);
     let d = &sim.deliveries()[0];
     assert_eq!(d.attempts, 2, "timed out once, then acknowledged");

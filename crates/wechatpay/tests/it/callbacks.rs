@@ -5,9 +5,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 use wechatpay::clock::FixedClock;
 use wechatpay::crypto::{AeadError, aead_decrypt};
-use wechatpay::notify::{
-    AuthType, Event, MallAuth, MallRefund, MallTransaction, NotifyError, NotifyParser,
-};
+use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund, NotifyError, NotifyParser};
 use wechatpay::testing::{CallbackSigner, CallbackSpec, keys};
 use wechatpay::{ApiV3Key, PrivateKey, TrustStore, VerifyError};
 
@@ -31,21 +29,11 @@ fn parser(t: TrustStore) -> NotifyParser {
 }
 
 fn payment(commit_tag: Option<&str>) -> Event {
-    let mut extra = serde_json::Map::new();
-    extra.insert("future_field".into(), serde_json::json!({"x": 1}));
-    Event::MallTransaction(MallTransaction {
-        mchid: "1230000109".into(),
-        merchant_name: "腾讯广场".into(),
-        shop_name: "微信支付".into(),
-        shop_number: "123456".into(),
-        appid: "wxd678efh567hg6787".into(),
-        openid: "oUpF8uMuAJ2pxb1Q9zNjWUHsd".into(),
-        time_end: "2020-05-20T13:29:35+08:00".into(),
-        amount: 200,
-        transaction_id: "1234567890".into(),
-        commit_tag: commit_tag.map(str::to_string),
-        extra,
-    })
+    let mut t = wechatpay::testing::example_transaction();
+    t.commit_tag = commit_tag.map(str::to_string);
+    t.extra
+        .insert("future_field".into(), serde_json::json!({"x": 1}));
+    Event::MallTransaction(t)
 }
 
 fn refund() -> Event {
@@ -278,14 +266,7 @@ fn decryption_failures_are_named() {
 #[test]
 fn timestamp_window_for_callbacks() {
     let signer = CallbackSigner::test_platform();
-    for (offset, ok) in [
-        (299, true),
-        (300, false),
-        (301, false),
-        (-299, true),
-        (-300, false),
-        (-301, false),
-    ] {
+    for (offset, ok) in crate::WINDOW {
         let cb = signer.build(
             &auth(),
             &CallbackSpec {

@@ -10,8 +10,8 @@ use wechatpay::explain::SignDifference;
 use wechatpay::testing::{keys, rfc3339};
 use wechatpay::{Error, VerifyError};
 use wechatpay_sim::{
-    Endpoint, FaultConfig, FaultKind, FaultRule, NewMember, NewPayment, SimConfig, SimOptions,
-    Simulator, TrustMode,
+    Endpoint, FaultConfig, FaultKind, NewMember, NewPayment, SimConfig, SimOptions, Simulator,
+    TrustMode,
 };
 
 async fn sim(mode: TrustMode) -> Simulator {
@@ -33,6 +33,19 @@ fn paid(sim: &Simulator) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) 
         })
         .unwrap();
     (m, tx)
+}
+
+async fn notify(
+    client: &wechatpay::Client,
+    tx: &wechatpay_sim::Transaction,
+) -> Result<wechatpay::Response, Error> {
+    client
+        .v3()
+        .businesscircle()
+        .points()
+        .notify()
+        .post(&notify_req(tx))
+        .await
 }
 
 fn notify_req(tx: &wechatpay_sim::Transaction) -> PointsNotifyRequest {
@@ -232,14 +245,7 @@ async fn sign_error_is_explained() {
         .build()
         .unwrap();
     let (_m, tx) = paid(&sim);
-    let e = client
-        .v3()
-        .businesscircle()
-        .points()
-        .notify()
-        .post(&notify_req(&tx))
-        .await
-        .unwrap_err();
+    let e = notify(&client, &tx).await.unwrap_err();
     let api = e.api().unwrap();
     assert_eq!((api.status, api.code.as_str()), (401, "SIGN_ERROR"));
     let ex = api.sign_explanation.as_ref().expect("explanation");
@@ -257,14 +263,7 @@ async fn answer_signed_with_the_wrong_key_fails_verification() {
         sign_with_wrong_key: true,
         ..SimOptions::default()
     });
-    let e = client
-        .v3()
-        .businesscircle()
-        .points()
-        .notify()
-        .post(&notify_req(&tx))
-        .await
-        .unwrap_err();
+    let e = notify(&client, &tx).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -297,18 +296,8 @@ async fn faults_map_to_typed_retryable_errors() {
         (FaultKind::Hang, None),
     ];
     for (fault, status) in cases {
-        sim.set_faults(FaultConfig {
-            rules: vec![FaultRule::next(Endpoint::PointsNotify, fault, 1)],
-            qps_limit: None,
-        });
-        let e = client
-            .v3()
-            .businesscircle()
-            .points()
-            .notify()
-            .post(&notify_req(&tx))
-            .await
-            .unwrap_err();
+        sim.fail_next(Endpoint::PointsNotify, fault, 1);
+        let e = notify(&client, &tx).await.unwrap_err();
         assert!(e.is_retryable(), "{fault:?}: {e}");
         assert!(e.may_have_reached_wechat(), "{fault:?}: {e}");
         assert_eq!(e.api().map(|a| a.status), status, "{fault:?}: {e}");
@@ -317,23 +306,9 @@ async fn faults_map_to_typed_retryable_errors() {
         }
     }
     // latency only delays
-    sim.set_faults(FaultConfig {
-        rules: vec![FaultRule::next(
-            Endpoint::PointsNotify,
-            FaultKind::Latency { ms: 200 },
-            1,
-        )],
-        qps_limit: None,
-    });
+    sim.fail_next(Endpoint::PointsNotify, FaultKind::Latency { ms: 200 }, 1);
     let t = std::time::Instant::now();
-    client
-        .v3()
-        .businesscircle()
-        .points()
-        .notify()
-        .post(&notify_req(&tx))
-        .await
-        .unwrap();
+    notify(&client, &tx).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(200));
     assert_eq!(sim.counters().faults, 7);
 }
@@ -372,14 +347,7 @@ async fn gets_retry_only_when_enabled_and_posts_never() {
     let q = UserAuthorizationQuery::new(&m.appid);
     let plain = sim.client_builder().build().unwrap();
     let retrying = sim.client_builder().retry_gets(3).build().unwrap();
-    sim.set_faults(FaultConfig {
-        rules: vec![FaultRule::next(
-            Endpoint::UserAuthorizations,
-            FaultKind::TooManyRequests,
-            2,
-        )],
-        qps_limit: None,
-    });
+    sim.fail_next(Endpoint::UserAuthorizations, FaultKind::TooManyRequests, 2);
     retrying
         .v3()
         .businesscircle()
@@ -387,14 +355,7 @@ async fn gets_retry_only_when_enabled_and_posts_never() {
         .get(&q)
         .await
         .unwrap();
-    sim.set_faults(FaultConfig {
-        rules: vec![FaultRule::next(
-            Endpoint::UserAuthorizations,
-            FaultKind::TooManyRequests,
-            1,
-        )],
-        qps_limit: None,
-    });
+    sim.fail_next(Endpoint::UserAuthorizations, FaultKind::TooManyRequests, 1);
     assert!(
         plain
             .v3()
@@ -404,14 +365,7 @@ async fn gets_retry_only_when_enabled_and_posts_never() {
             .await
             .is_err()
     );
-    sim.set_faults(FaultConfig {
-        rules: vec![FaultRule::next(
-            Endpoint::PointsNotify,
-            FaultKind::SystemError,
-            1,
-        )],
-        qps_limit: None,
-    });
+    sim.fail_next(Endpoint::PointsNotify, FaultKind::SystemError, 1);
     let before = sim.counters().requests;
     assert!(
         retrying

@@ -13,3 +13,13 @@ pub fn testdata(name: &str) -> PathBuf {
         .join("testdata")
         .join(name)
 }
+
+/// Signature timestamp offsets from now, and whether each must be accepted (|Δ| < 300 s).
+pub const WINDOW: [(i64, bool); 6] = [
+    (299, true),
+    (300, false),
+    (301, false),
+    (-299, true),
+    (-300, false),
+    (-301, false),
+];

@@ -218,6 +218,16 @@ fn write_capture(dir: &Path, headers: &http::HeaderMap, body: &[u8]) -> (String,
     (h.display().to_string(), b.display().to_string())
 }
 
+/// `wxpay callback --headers H --body B [--now T]`.
+fn doctor(env: &Env, headers: &str, body: &str, now: Option<i64>) -> Output {
+    let now = now.map(|t| t.to_string());
+    let mut args = vec!["callback", "--headers", headers, "--body", body];
+    if let Some(t) = &now {
+        args.extend(["--now", t.as_str()]);
+    }
+    env.wxpay(&args)
+}
+
 #[test]
 fn callback_doctor_decrypts_or_names_the_cause() {
     let env = Env::new(TrustMode::Cert);
@@ -237,21 +247,13 @@ fn callback_doctor_decrypts_or_names_the_cause() {
     let captured_at = 1_700_000_000;
     let cb = signer.build(&event, &CallbackSpec::at(captured_at));
     let (h, b) = write_capture(env.dir.path(), &cb.headers, &cb.body);
-    let o = env.wxpay(&[
-        "callback",
-        "--headers",
-        &h,
-        "--body",
-        &b,
-        "--now",
-        &captured_at.to_string(),
-    ]);
+    let o = doctor(&env, &h, &b, Some(captured_at));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["event_type"], "MALL_AUTH.ACTIVATE_CARD");
     assert_eq!(v["resource"]["openid"], "oDOCTOR");
     // the same capture checked now: far outside the window
-    let o = env.wxpay(&["callback", "--headers", &h, "--body", &b]);
+    let o = doctor(&env, &h, &b, None);
     assert_eq!(o.status.code(), Some(3));
     let err = text(&o.stderr);
     assert_eq!(err.lines().count(), 1);
@@ -260,15 +262,7 @@ fn callback_doctor_decrypts_or_names_the_cause() {
     let mut body = cb.body.clone();
     body.push(b' ');
     let (h, b) = write_capture(env.dir.path(), &cb.headers, &body);
-    let o = env.wxpay(&[
-        "callback",
-        "--headers",
-        &h,
-        "--body",
-        &b,
-        "--now",
-        &captured_at.to_string(),
-    ]);
+    let o = doctor(&env, &h, &b, Some(captured_at));
     assert_eq!(o.status.code(), Some(3));
     assert!(
         text(&o.stderr).contains("bad_signature"),
