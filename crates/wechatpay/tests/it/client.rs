@@ -35,6 +35,34 @@ fn paid(sim: &Simulator) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) 
     (m, tx)
 }
 
+async fn authorization(
+    client: &wechatpay::Client,
+    m: &wechatpay_sim::Member,
+) -> Result<wechatpay::businesscircle::UserAuthorization, Error> {
+    let q = UserAuthorizationQuery::new(&m.appid);
+    client
+        .v3()
+        .businesscircle()
+        .user_authorizations(&m.openid)
+        .get(&q)
+        .await
+}
+
+async fn commit_status(
+    client: &wechatpay::Client,
+    m: &wechatpay_sim::Member,
+) -> Result<wechatpay::businesscircle::CommitStatus, Error> {
+    let q = CommitStatusQuery::new(1000, &m.appid);
+    client
+        .v3()
+        .businesscircle()
+        .users(&m.openid)
+        .points()
+        .commit_status()
+        .get(&q)
+        .await
+}
+
 async fn notify(
     client: &wechatpay::Client,
     tx: &wechatpay_sim::Transaction,
@@ -127,30 +155,13 @@ async fn commit_status_accepts_an_empty_204_and_pending() {
     let sim = sim(TrustMode::Cert).await;
     let client = sim.client_builder().build().unwrap();
     let (m, _tx) = paid(&sim);
-    let q = CommitStatusQuery::new(1000, &m.appid);
-    let s = client
-        .v3()
-        .businesscircle()
-        .users(&m.openid)
-        .points()
-        .commit_status()
-        .get(&q)
-        .await
-        .unwrap();
+    let s = commit_status(&client, &m).await.unwrap();
     assert_eq!(s.points_commit_status, Some(PointsCommitStatus::Pending));
     sim.set_options(SimOptions {
         commit_status_204: true,
         ..SimOptions::default()
     });
-    let s = client
-        .v3()
-        .businesscircle()
-        .users(&m.openid)
-        .points()
-        .commit_status()
-        .get(&q)
-        .await
-        .unwrap();
+    let s = commit_status(&client, &m).await.unwrap();
     assert_eq!(s.points_commit_status, None);
 }
 
@@ -322,16 +333,9 @@ async fn global_qps_limit_answers_429() {
         rules: vec![],
         qps_limit: Some(5),
     });
-    let q = UserAuthorizationQuery::new(&m.appid);
     let mut limited = 0;
     for _ in 0..20 {
-        if let Err(e) = client
-            .v3()
-            .businesscircle()
-            .user_authorizations(&m.openid)
-            .get(&q)
-            .await
-        {
+        if let Err(e) = authorization(&client, &m).await {
             assert_eq!(e.api().unwrap().code, "FREQUENCY_LIMITED");
             limited += 1;
         }
@@ -344,27 +348,12 @@ async fn global_qps_limit_answers_429() {
 async fn gets_retry_only_when_enabled_and_posts_never() {
     let sim = sim(TrustMode::Cert).await;
     let (m, tx) = paid(&sim);
-    let q = UserAuthorizationQuery::new(&m.appid);
     let plain = sim.client_builder().build().unwrap();
     let retrying = sim.client_builder().retry_gets(3).build().unwrap();
     sim.fail_next(Endpoint::UserAuthorizations, FaultKind::TooManyRequests, 2);
-    retrying
-        .v3()
-        .businesscircle()
-        .user_authorizations(&m.openid)
-        .get(&q)
-        .await
-        .unwrap();
+    authorization(&retrying, &m).await.unwrap();
     sim.fail_next(Endpoint::UserAuthorizations, FaultKind::TooManyRequests, 1);
-    assert!(
-        plain
-            .v3()
-            .businesscircle()
-            .user_authorizations(&m.openid)
-            .get(&q)
-            .await
-            .is_err()
-    );
+    assert!(authorization(&plain, &m).await.is_err());
     sim.fail_next(Endpoint::PointsNotify, FaultKind::SystemError, 1);
     let before = sim.counters().requests;
     assert!(
@@ -399,23 +388,10 @@ async fn fails_over_to_backup_and_back() {
         .failback_after(Duration::from_millis(300))
         .build()
         .unwrap();
-    let q = UserAuthorizationQuery::new(&m.appid);
-    client
-        .v3()
-        .businesscircle()
-        .user_authorizations(&m.openid)
-        .get(&q)
-        .await
-        .unwrap();
+    authorization(&client, &m).await.unwrap();
     assert!(client.on_backup(), "failed over");
     // while failed over, requests go straight to the backup
-    client
-        .v3()
-        .businesscircle()
-        .user_authorizations(&m.openid)
-        .get(&q)
-        .await
-        .unwrap();
+    authorization(&client, &m).await.unwrap();
     assert!(client.on_backup());
     // the primary comes back on the same port
     let primary = Simulator::start(SimConfig {
@@ -426,13 +402,7 @@ async fn fails_over_to_backup_and_back() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let before = primary.counters().requests;
-    client
-        .v3()
-        .businesscircle()
-        .user_authorizations(&m.openid)
-        .get(&q)
-        .await
-        .unwrap();
+    authorization(&client, &m).await.unwrap();
     assert!(!client.on_backup(), "failed back");
     assert_eq!(
         primary.counters().requests,
@@ -534,12 +504,6 @@ async fn requests_outside_the_clock_window_are_rejected_by_wechat() {
         .build()
         .unwrap();
     let (m, _) = paid(&sim);
-    let e = client
-        .v3()
-        .businesscircle()
-        .user_authorizations(&m.openid)
-        .get(&UserAuthorizationQuery::new(&m.appid))
-        .await
-        .unwrap_err();
+    let e = authorization(&client, &m).await.unwrap_err();
     assert_eq!(e.api().unwrap().code, "SIGN_ERROR");
 }
