@@ -1,6 +1,8 @@
 //! The simulator's callbacks, pushed over real loopback HTTP to a receiver built on the SDK's
 //! axum extractor: verification, retry schedule, duplicates, probes; and `init`'s sandbox files.
 
+mod checks;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -27,3 +27,27 @@ pub fn failure(status: StatusCode, message: &str) -> Response<String> {
 pub fn rejected(e: &super::NotifyError) -> Response<String> {
     failure(e.status(), &e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_is_204_without_body() {
+        let r = success();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(r.body().is_empty());
+    }
+
+    #[test]
+    fn failure_has_wechats_shape_and_a_64_character_message() {
+        let r = failure(StatusCode::SERVICE_UNAVAILABLE, &"库".repeat(100));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
+        assert_eq!(v["code"], "FAIL");
+        assert_eq!(v["message"].as_str().unwrap().chars().count(), 64);
+        let e = crate::notify::NotifyError::Verify(crate::error::VerifyError::Probe);
+        assert_eq!(rejected(&e).status(), StatusCode::UNAUTHORIZED);
+    }
+}

@@ -507,3 +507,42 @@ async fn requests_outside_the_clock_window_are_rejected_by_wechat() {
     let e = authorization(&client, &m).await.unwrap_err();
     assert_eq!(e.api().unwrap().code, "SIGN_ERROR");
 }
+
+#[tokio::test]
+async fn migrating_mode_signs_with_the_certificate_unless_the_request_names_the_public_key() {
+    let sim = sim(TrustMode::Migrating).await;
+    let (m, _) = paid(&sim);
+    let mut cert_only = wechatpay::TrustStore::new();
+    cert_only
+        .add_certificate_pem(keys::PLATFORM_CERT_PEM)
+        .unwrap();
+    let client = wechatpay::Client::builder()
+        .mchid(keys::MCHID)
+        .serial(keys::MERCHANT_SERIAL)
+        .private_key_pem(keys::MERCHANT_KEY_PEM)
+        .trust_store(cert_only)
+        .base_url(sim.base_url())
+        .backup_url(None)
+        .build()
+        .unwrap();
+    let res = client
+        .chain("v3/businesscircle/user-authorizations/{openid}")
+        .var("openid", &m.openid)
+        .query("appid", &m.appid)
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(res.verified_by, keys::PLATFORM_SERIAL);
+    let both = sim.client_builder().build().unwrap();
+    let res = both
+        .chain("v3/businesscircle/user-authorizations/o1")
+        .query("appid", "wx1")
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.verified_by,
+        keys::PUBKEY_ID,
+        "a client trusting the public key sends Wechatpay-Serial"
+    );
+}
