@@ -94,9 +94,7 @@ impl Client {
         let p = self.core.prepare(req)?;
         let mut last = None;
         for (primary, base) in self.core.endpoints.order() {
-            let url = base
-                .join(&p.target)
-                .map_err(|e| Error::Request(e.to_string()))?;
+            let url = p.url_for(primary, base)?;
             let sent = self
                 .http
                 .request(p.method.clone(), url.clone())

@@ -76,7 +76,11 @@ pub(crate) fn finish(
     body: Bytes,
 ) -> Result<Vec<PlatformCertificate>, Error> {
     if !status.is_success() {
-        return core.finish(p, status, headers, body).map(|_| Vec::new());
+        // a non-2xx answer: `finish` turns it into the typed API error (with the public-key-mode hint)
+        return Err(core
+            .finish(p, status, headers, body)
+            .err()
+            .unwrap_or_else(|| Error::Request(format!("unexpected status {status}"))));
     }
     let key = core
         .apiv3_key

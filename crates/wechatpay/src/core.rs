@@ -98,9 +98,23 @@ pub(crate) fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> 
 pub(crate) struct Prepared {
     pub method: Method,
     pub target: String,
+    /// The primary endpoint's URL, parsed once while signing.
+    pub primary_url: Url,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub sign_string: Vec<u8>,
+}
+
+impl Prepared {
+    /// Where to send it: the URL parsed while signing for the primary, the same target on `base` otherwise.
+    pub fn url_for(&self, primary: bool, base: &Url) -> Result<Url, Error> {
+        if primary {
+            Ok(self.primary_url.clone())
+        } else {
+            base.join(&self.target)
+                .map_err(|e| Error::Request(e.to_string()))
+        }
+    }
 }
 
 /// Primary/backup endpoint selection: fail over on connection failures, fail back once the primary
@@ -216,6 +230,7 @@ impl Core {
         Ok(Prepared {
             method: req.method.clone(),
             target,
+            primary_url: url,
             headers,
             body: req.body.clone(),
             sign_string: signed.sign_string,
