@@ -4,6 +4,7 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `POST /sim/members` | `{"openid"?, "appid"?, "authorized"?: true, "push"?: true}` | the member |
+//! | `PUT /sim/members/{openid}/authorization` | `{"authorized": bool, "push"?: true}` | the member (`DEAUTHORIZED` when false) |
 //! | `POST /sim/payments` | `{"openid", "amount", "shop_number"?, "sub_mchid"?}` | the transaction |
 //! | `POST /sim/payments/{transaction_id}/manual` | — | `{"id"}` (new notification id, with `commit_tag`) |
 //! | `POST /sim/refunds` | `{"transaction_id", "refund_amount"}` | `{"refund_id", "id"}` |
@@ -158,18 +159,53 @@ impl Shared {
             member
         };
         if m.push {
-            let event = Event::MallAuth(MallAuth {
-                openid: member.openid.clone(),
-                code: member.code.clone(),
-                mchid: self.sandbox.info.mchid.clone(),
-                auth_type: if m.authorized {
-                    AuthType::RegisteredAndAuthorizationMode
-                } else {
-                    AuthType::RegisteredMode
-                },
-                extra: Default::default(),
-            });
-            push::push(self, event, member.openid.clone());
+            self.push_auth(&member, m.authorized);
+        }
+        Ok(member)
+    }
+
+    fn push_auth(self: &Arc<Self>, member: &Member, authorized: bool) {
+        let event = Event::MallAuth(MallAuth {
+            openid: member.openid.clone(),
+            code: member.code.clone(),
+            mchid: self.sandbox.info.mchid.clone(),
+            auth_type: if authorized {
+                AuthType::RegisteredAndAuthorizationMode
+            } else {
+                AuthType::RegisteredMode
+            },
+            extra: Default::default(),
+        });
+        push::push(self, event, member.openid.clone());
+    }
+
+    /// Authorizes a member for points (pushing `MALL_AUTH.ACTIVATE_CARD` when `push`), or revokes
+    /// the authorization (`DEAUTHORIZED`; WeChat sends no callback for that).
+    pub fn set_authorization(
+        self: &Arc<Self>,
+        openid: &str,
+        authorized: bool,
+        push: bool,
+    ) -> Result<Member, ControlError> {
+        let now = self.clock.now();
+        let member = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let m = s
+                .members
+                .get_mut(openid)
+                .ok_or_else(|| ControlError(format!("no member {openid}")))?;
+            if authorized {
+                m.authorize_state = "AUTHORIZED".into();
+                m.authorize_time = Some(rfc3339(now));
+                m.deauthorize_time = None;
+            } else {
+                m.authorize_state = "DEAUTHORIZED".into();
+                m.deauthorize_time = Some(rfc3339(now));
+            }
+            m.clone()
+        };
+        if authorized && push {
+            self.push_auth(&member, true);
         }
         Ok(member)
     }
@@ -354,6 +390,22 @@ async fn members(
     sim.add_member(m).map(Json)
 }
 
+#[derive(Deserialize)]
+struct Authorization {
+    authorized: bool,
+    #[serde(default = "yes")]
+    push: bool,
+}
+
+async fn authorization(
+    State(sim): State<Arc<Shared>>,
+    Path(openid): Path<String>,
+    Json(a): Json<Authorization>,
+) -> Result<Json<Member>, ControlError> {
+    sim.set_authorization(&openid, a.authorized, a.push)
+        .map(Json)
+}
+
 async fn payments(
     State(sim): State<Arc<Shared>>,
     Json(p): Json<NewPayment>,
@@ -481,6 +533,10 @@ pub(crate) fn routes() -> axum::Router<Arc<Shared>> {
     axum::Router::new()
         .route("/sim/members", post(members))
         .route("/sim/members/{openid}", get(member))
+        .route(
+            "/sim/members/{openid}/authorization",
+            axum::routing::put(authorization),
+        )
         .route("/sim/payments", post(payments))
         .route("/sim/payments/{id}/manual", post(manual))
         .route("/sim/refunds", post(refunds))

@@ -257,6 +257,15 @@ impl Simulator {
     pub fn add_member(&self, m: NewMember) -> Result<Member, ControlError> {
         self.shared.add_member(m)
     }
+    /// Authorizes (pushing the callback when `push`) or revokes a member.
+    pub fn set_authorization(
+        &self,
+        openid: &str,
+        authorized: bool,
+        push: bool,
+    ) -> Result<Member, ControlError> {
+        self.shared.set_authorization(openid, authorized, push)
+    }
     /// Creates a payment (and pushes its callback).
     pub fn pay(&self, p: NewPayment) -> Result<Transaction, ControlError> {
         self.shared.pay(p)

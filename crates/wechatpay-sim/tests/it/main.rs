@@ -2,6 +2,7 @@
 //! axum extractor: verification, retry schedule, duplicates, probes; and `init`'s sandbox files.
 
 mod checks;
+mod control;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
