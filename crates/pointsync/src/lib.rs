@@ -1,0 +1,7 @@
+//! # pointsync — the mall's WeChat Pay 智慧商圈 points service
+//!
+//! Callbacks in (verified, decrypted, stored durably with the points decision, the ledger entry
+//! and the outbox row in one transaction), points sync out (leased, fenced, rate-limited, retried
+//! with back-off, parked on errors that retrying cannot fix).
+
+pub mod rules;
