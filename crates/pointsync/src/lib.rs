@@ -5,3 +5,5 @@
 //! with back-off, parked on errors that retrying cannot fix).
 
 pub mod rules;
+pub mod sqlite;
+pub mod store;

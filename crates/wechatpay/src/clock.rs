@@ -58,3 +58,16 @@ impl NonceSource for FixedNonce {
         self.0.clone()
     }
 }
+
+/// Formats Unix seconds as RFC 3339 in China time (+08:00), as WeChat writes times.
+pub fn rfc3339_china(unix: i64) -> String {
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(|t| t.to_offset(offset))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,4 @@
+//! pointsync integration tests: the SQLite store on a real file, then the service end to end
+//! through the simulator over loopback HTTP.
+
+mod store;

@@ -1,0 +1,372 @@
+//! The store contract on a real SQLite file: ingest effects, dedupe, refunds, outbox leases and fencing.
+
+use std::time::Duration;
+
+use pointsync::rules::{Rules, StoreRule};
+use pointsync::sqlite::SqliteStore;
+use pointsync::store::{Incoming, IngestContext, Ingested, Store, SyncOutcome};
+use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund};
+
+const T0: i64 = 1_700_000_000_000;
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("p.db"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    (dir, s)
+}
+
+fn incoming(event: Event) -> Incoming {
+    Incoming {
+        notification_id: format!("EV-{}", rand::random::<u32>()),
+        event_type: event.event_type().to_string(),
+        plaintext: String::from_utf8(event.to_resource_json()).unwrap(),
+        event,
+    }
+}
+
+fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
+    let mut t = wechatpay::testing::example_transaction();
+    t.transaction_id = txid.into();
+    t.openid = openid.into();
+    t.amount = amount;
+    t.shop_number = shop.into();
+    incoming(Event::MallTransaction(t))
+}
+
+fn refund(txid: &str, refund_id: &str, pay: i64, amount: i64) -> Incoming {
+    incoming(Event::MallRefund(MallRefund {
+        mchid: "1230000109".into(),
+        merchant_name: "广场".into(),
+        shop_name: "店".into(),
+        shop_number: "S1".into(),
+        appid: "wx1".into(),
+        openid: "o1".into(),
+        refund_time: "2026-11-27T11:00:00+08:00".into(),
+        pay_amount: pay,
+        refund_amount: amount,
+        transaction_id: txid.into(),
+        refund_id: refund_id.into(),
+        extra: Default::default(),
+    }))
+}
+
+fn auth(openid: &str, authorized: bool) -> Incoming {
+    incoming(Event::MallAuth(MallAuth {
+        openid: openid.into(),
+        code: "C1".into(),
+        mchid: "1230000109".into(),
+        auth_type: if authorized {
+            AuthType::RegisteredAndAuthorizationMode
+        } else {
+            AuthType::RegisteredMode
+        },
+        extra: Default::default(),
+    }))
+}
+
+fn ctx(rules: &Rules) -> IngestContext<'_> {
+    IngestContext {
+        rules,
+        partner_mode: false,
+        now_ms: T0,
+    }
+}
+
+#[tokio::test]
+async fn payments_credit_once_and_enqueue_one_sync_with_the_payload_stored() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    assert_eq!(
+        s.ingest(&auth("o1", true), &ctx(&rules)).await.unwrap(),
+        Ingested::Authorization
+    );
+    let p = payment("T1", "o1", 12_345, "S1");
+    assert_eq!(
+        s.ingest(&p, &ctx(&rules)).await.unwrap(),
+        Ingested::Payment { points: 123 }
+    );
+    // the same payment again, and under a new notification id (manual application): no effect
+    assert_eq!(
+        s.ingest(&p, &ctx(&rules)).await.unwrap(),
+        Ingested::Duplicate
+    );
+    let again = Incoming {
+        notification_id: "EV-other".into(),
+        ..p.clone()
+    };
+    assert_eq!(
+        s.ingest(&again, &ctx(&rules)).await.unwrap(),
+        Ingested::Duplicate
+    );
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!(
+        (m.balance, m.entries.len(), m.authorized),
+        (123, 1, Some(true))
+    );
+    assert_eq!(m.entries[0].rule["reason"], "credited");
+
+    let c = s.claim("w1", T0, 30_000, 10).await.unwrap();
+    assert_eq!(c.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&c[0].payload).unwrap();
+    assert_eq!(
+        (
+            v["increased_points"].as_i64(),
+            v["total_points"].as_i64(),
+            v["earn_points"].as_bool()
+        ),
+        (Some(123), Some(123), Some(true))
+    );
+    assert_eq!(v["points_update_time"], "2023-11-15T06:13:20+08:00");
+    assert_eq!(c[0].attempt, 1);
+}
+
+#[tokio::test]
+async fn excluded_store_syncs_zero_points_with_remarks() {
+    let (_d, s) = store().await;
+    let rules = Rules {
+        stores: vec![StoreRule {
+            shop_number: "S6".into(),
+            points_per_yuan: None,
+            exclude: true,
+            no_points_remarks: None,
+        }],
+        ..Rules::default()
+    };
+    assert_eq!(
+        s.ingest(&payment("T1", "o1", 50_000, "S6"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 0 }
+    );
+    let c = s.claim("w", T0, 1000, 10).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&c[0].payload).unwrap();
+    assert_eq!(
+        (v["earn_points"].as_bool(), v["increased_points"].as_i64()),
+        (Some(false), Some(0))
+    );
+    assert_eq!(v["no_points_remarks"], "商品不参与积分活动");
+}
+
+#[tokio::test]
+async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    // a refund before its payment is held
+    assert_eq!(
+        s.ingest(&refund("T1", "R1", 10_000, 3_333), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Held
+    );
+    assert_eq!(
+        s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 100 }
+    );
+    assert_eq!(
+        s.member("o1").await.unwrap().unwrap().balance,
+        67,
+        "the held refund was applied"
+    );
+    assert_eq!(
+        s.ingest(&refund("T1", "R1", 10_000, 3_333), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Duplicate
+    );
+    assert_eq!(
+        s.ingest(&refund("T1", "R2", 10_000, 3_333), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Refund { points: 33 }
+    );
+    assert_eq!(
+        s.ingest(&refund("T1", "R3", 10_000, 3_334), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Refund { points: 34 }
+    );
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!(m.balance, 0);
+    assert_eq!(
+        m.balance,
+        m.entries.iter().map(|e| e.points).sum::<i64>(),
+        "balance = sum of ledger"
+    );
+    assert_eq!(m.entries.len(), 4);
+}
+
+#[tokio::test]
+async fn refunding_every_payment_brings_the_balance_to_exactly_zero() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    s.ingest(&payment("T1", "o1", 10_001, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    s.ingest(&payment("T2", "o1", 777, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    s.ingest(&refund("T1", "R1", 10_001, 4_000), &ctx(&rules))
+        .await
+        .unwrap();
+    s.ingest(&refund("T2", "R2", 777, 777), &ctx(&rules))
+        .await
+        .unwrap();
+    s.ingest(&refund("T1", "R3", 10_001, 6_001), &ctx(&rules))
+        .await
+        .unwrap();
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!(m.balance, 0);
+    assert!(m.entries.iter().all(|e| e.balance_after >= 0));
+}
+
+#[tokio::test]
+async fn business_invalid_callbacks_are_stored_as_rejected() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    let r = s
+        .ingest(&payment("T1", "o1", -5, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Ingested::Rejected(ref why) if why.contains("-5")),
+        "{r:?}"
+    );
+    assert_eq!(
+        s.ingest(&payment("T1", "o1", -5, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Duplicate
+    );
+    let st = s.status().await.unwrap();
+    assert_eq!(st.inbox.get("rejected"), Some(&1));
+    assert!(st.syncs.is_empty(), "no sync for a rejected payment");
+}
+
+#[tokio::test]
+async fn leases_fence_completions_and_expire() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let a = s.claim("A", T0, 1_000, 10).await.unwrap().remove(0);
+    assert!(
+        s.claim("B", T0, 1_000, 10).await.unwrap().is_empty(),
+        "leased rows are not claimed twice"
+    );
+    // A's lease expires; the rescuer returns the row; B claims attempt 2
+    assert_eq!(s.rescue(T0 + 500).await.unwrap(), 0);
+    assert_eq!(s.rescue(T0 + 1_001).await.unwrap(), 1);
+    let b = s.claim("B", T0 + 1_001, 1_000, 10).await.unwrap().remove(0);
+    assert_eq!(
+        (b.attempt, b.payload == a.payload),
+        (2, true),
+        "the resend is byte-identical"
+    );
+    // A's late completion changes nothing (I7); B's counts
+    assert!(
+        !s.complete(&a, "A", &SyncOutcome::Done, T0 + 1_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete(
+            &b,
+            "B",
+            &SyncOutcome::Retry {
+                due_at: T0 + 5_000,
+                error: "429".into()
+            },
+            T0 + 1_100
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.claim("B", T0 + 4_999, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    let c = s.claim("B", T0 + 5_000, 1_000, 10).await.unwrap().remove(0);
+    assert!(
+        s.complete(
+            &c,
+            "B",
+            &SyncOutcome::Parked {
+                error: "400 PARAM_ERROR".into()
+            },
+            T0 + 5_100
+        )
+        .await
+        .unwrap()
+    );
+    let st = s.status().await.unwrap();
+    assert_eq!(
+        (st.syncs.get("parked"), st.parked[0].error.as_str()),
+        (Some(&1), "400 PARAM_ERROR")
+    );
+    assert_eq!(s.retry_parked(&[], T0 + 6_000).await.unwrap(), 1);
+    let d = s.claim("C", T0 + 6_000, 1_000, 10).await.unwrap().remove(0);
+    assert!(
+        s.complete(&d, "C", &SyncOutcome::Done, T0 + 6_100)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.status().await.unwrap().syncs.get("done"), Some(&1));
+    // release returns an owner's in-flight rows
+    s.ingest(&payment("T2", "o1", 10_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    s.claim("D", T0 + 7_000, 60_000, 10).await.unwrap();
+    assert_eq!(s.release("D").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn unauthorized_members_are_not_credited_and_daily_caps_hold() {
+    let (_d, s) = store().await;
+    let rules = Rules {
+        daily_cap: Some(150),
+        ..Rules::default()
+    };
+    s.ingest(&auth("o9", false), &ctx(&rules)).await.unwrap();
+    assert_eq!(
+        s.ingest(&payment("T1", "o9", 10_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 0 }
+    );
+    assert_eq!(
+        s.ingest(&payment("T2", "o1", 10_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 100 }
+    );
+    assert_eq!(
+        s.ingest(&payment("T3", "o1", 10_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 50 }
+    );
+    assert_eq!(
+        s.ingest(&payment("T4", "o1", 10_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 0 }
+    );
+    let next_day = IngestContext {
+        now_ms: T0 + 86_400_000,
+        ..ctx(&rules)
+    };
+    assert_eq!(
+        s.ingest(&payment("T5", "o1", 10_000, "S1"), &next_day)
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 100 }
+    );
+}
