@@ -4,6 +4,10 @@
 //! and the outbox row in one transaction), points sync out (leased, fenced, rate-limited, retried
 //! with back-off, parked on errors that retrying cannot fix).
 
+pub mod config;
+pub mod demo;
+pub mod metrics;
 pub mod rules;
+pub mod service;
 pub mod sqlite;
 pub mod store;

@@ -1,1 +1,295 @@
-fn main() {}
+//! `pointsync` — serve, demo, status, sync retry, member, migrate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pointsync::config::Config;
+use pointsync::sqlite::SqliteStore;
+use pointsync::store::Store;
+
+/// The mall's WeChat Pay 智慧商圈 points service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive callbacks, credit points and sync them to WeChat (until SIGTERM or ctrl-c).
+    Serve {
+        /// Config file (TOML); `POINTSYNC__SECTION__KEY` variables override it.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Simulate a mall day against the built-in simulator and report.
+    Demo {
+        /// Folder for the sandbox, config and database (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Payments.
+        #[arg(long, default_value_t = 2000)]
+        payments: usize,
+        /// Members.
+        #[arg(long, default_value_t = 200)]
+        members: usize,
+        /// Payments per second.
+        #[arg(long, default_value_t = 400.0)]
+        rate: f64,
+        /// Seed of the generated day.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Backlog by state, oldest pending sync, parked syncs with their reasons.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Points-sync operations.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// A member's balance and ledger, with the rule behind each entry.
+    Member {
+        /// The member's openid.
+        openid: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create or upgrade the database schema.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SyncCommand {
+    /// Re-drive parked syncs (all, or the given outbox ids) after fixing their cause.
+    Retry {
+        /// Required: re-drive parked syncs.
+        #[arg(long, required = true)]
+        parked: bool,
+        /// Outbox ids (default: every parked sync).
+        ids: Vec<i64>,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logs(json: bool) {
+    init_logs_with(json, "info,sqlx=warn");
+}
+
+fn init_logs_with(json: bool, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn open(config: &Config) -> Result<SqliteStore> {
+    SqliteStore::open(
+        &config.service.database,
+        Duration::from_millis(config.service.busy_timeout_ms),
+    )
+    .await
+    .with_context(|| format!("opening database {}", config.service.database.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pointsync: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pointsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            init_logs(config.service.log_format == "json");
+            let store = open(&config).await?;
+            let public = tokio::net::TcpListener::bind(config.service.public_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "key `service.public_listen`: cannot bind {}",
+                        config.service.public_listen
+                    )
+                })?;
+            let admin = tokio::net::TcpListener::bind(config.service.admin_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "key `service.admin_listen`: cannot bind {}",
+                        config.service.admin_listen
+                    )
+                })?;
+            let running = pointsync::service::start(&config, store, public, admin).await?;
+            println!(
+                "listening public={} admin={}",
+                running.public_addr, running.admin_addr
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new claims, finishing in-flight syncs");
+            running.shutdown().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Demo {
+            dir,
+            payments,
+            members,
+            rate,
+            seed,
+        } => {
+            // the demo's progress line and report say what happened; logs only for errors
+            init_logs_with(false, "error,sqlx=error");
+            println!(
+                "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})"
+            );
+            let report = pointsync::demo::run(pointsync::demo::DemoOptions {
+                dir,
+                payments,
+                members,
+                rate,
+                seed,
+                ..Default::default()
+            })
+            .await?;
+            println!("{report}");
+            if report.records_match {
+                Ok(())
+            } else {
+                anyhow::bail!("WeChat's record does not match the ledger")
+            }
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let s = open(&config).await?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            println!("syncs:  {}", fmt_counts(&s.syncs));
+            println!("inbox:  {}", fmt_counts(&s.inbox));
+            match s.oldest_pending_at {
+                Some(t) => println!(
+                    "oldest pending sync: enqueued {} s ago",
+                    (pointsync::service::now_ms() - t) / 1000
+                ),
+                None => println!("oldest pending sync: none"),
+            }
+            for p in &s.parked {
+                println!(
+                    "{} #{} {} after {} attempts: {}",
+                    p.state, p.id, p.transaction_id, p.attempts, p.error
+                );
+            }
+            Ok(())
+        }
+        Command::Sync {
+            command:
+                SyncCommand::Retry {
+                    parked: _,
+                    ids,
+                    config,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let n = open(&config)
+                .await?
+                .retry_parked(&ids, pointsync::service::now_ms())
+                .await?;
+            println!("{n} parked syncs re-queued");
+            Ok(())
+        }
+        Command::Member { openid, config } => {
+            let config = Config::load(&config)?;
+            match open(&config).await?.member(&openid).await? {
+                None => anyhow::bail!("no member {openid}"),
+                Some(m) => {
+                    println!(
+                        "{}  balance {}  authorized {:?}",
+                        m.openid, m.balance, m.authorized
+                    );
+                    for e in m.entries {
+                        println!(
+                            "  {:>6} {:>+7} → {:>7}  {} {}  {}",
+                            e.kind,
+                            e.points,
+                            e.balance_after,
+                            e.transaction_id,
+                            e.refund_id,
+                            e.rule
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Migrate { config } => {
+            let config = Config::load(&config)?;
+            for m in SqliteStore::migrate(&config.service.database).await? {
+                println!("applied: {m}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn fmt_counts(m: &std::collections::BTreeMap<String, i64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -15,8 +15,8 @@ use wechatpay::notify::{AuthType, Event, MallRefund, MallTransaction};
 
 use crate::rules::{Authorization, Payment, refund_deduction};
 use crate::store::{
-    Claimed, Incoming, IngestContext, Ingested, LedgerEntry, MemberView, ParkedSync, Status, Store,
-    StoreError, SyncOutcome,
+    Audit, Claimed, Incoming, IngestContext, Ingested, LedgerEntry, MemberView, ParkedSync, Status,
+    Store, StoreError, SyncOutcome,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -636,6 +636,48 @@ impl Store for SqliteStore {
                 )
                 .collect(),
         }))
+    }
+
+    async fn audit(&self) -> Result<Audit, StoreError> {
+        let credits: Vec<(String, i64)> =
+            sqlx::query_as("SELECT transaction_id, points FROM ledger WHERE kind = 'credit'")
+                .fetch_all(&self.reader)
+                .await?;
+        let (debits, points_deducted): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(-SUM(points), 0) FROM ledger WHERE kind = 'debit'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let sync_latencies_ms: Vec<i64> = sqlx::query_scalar(
+            "SELECT done_at - created_at FROM outbox WHERE state = 'done' ORDER BY 1",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let unbalanced_members: Vec<String> = sqlx::query_scalar(
+            "SELECT m.openid FROM members m LEFT JOIN (SELECT openid, SUM(points) AS total FROM ledger GROUP BY openid) l
+             ON l.openid = m.openid WHERE m.balance != COALESCE(l.total, 0)",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let payments_without_sync: Vec<String> = sqlx::query_scalar(
+            "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let held_refunds: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE status = 'held'")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(Audit {
+            points_issued: credits.iter().map(|(_, p)| p).sum(),
+            credits: credits.into_iter().collect(),
+            debits,
+            points_deducted,
+            sync_latencies_ms,
+            unbalanced_members,
+            payments_without_sync,
+            held_refunds,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

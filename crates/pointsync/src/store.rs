@@ -169,6 +169,27 @@ pub struct MemberView {
     pub entries: Vec<LedgerEntry>,
 }
 
+/// Totals for reports and invariant checks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Audit {
+    /// Credit points per transaction (one ledger credit each).
+    pub credits: BTreeMap<String, i64>,
+    /// Number of debit entries (one per applied refund).
+    pub debits: i64,
+    /// Sum of credits.
+    pub points_issued: i64,
+    /// Sum of debits (positive).
+    pub points_deducted: i64,
+    /// Enqueue-to-204 latency of every done sync, ms.
+    pub sync_latencies_ms: Vec<i64>,
+    /// Members whose balance differs from the sum of their ledger (must be empty).
+    pub unbalanced_members: Vec<String>,
+    /// Payments without a sync row (must be empty).
+    pub payments_without_sync: Vec<String>,
+    /// Refunds still held (their payment never arrived).
+    pub held_refunds: i64,
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -222,6 +243,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         openid: &str,
     ) -> impl Future<Output = Result<Option<MemberView>, StoreError>> + Send;
+    /// Totals and consistency checks.
+    fn audit(&self) -> impl Future<Output = Result<Audit, StoreError>> + Send;
     /// Whether the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -1,0 +1,328 @@
+//! Configuration: a TOML file plus environment overrides (`POINTSYNC__SECTION__KEY=value`).
+//! Every error names the key and the file (or the variable).
+//!
+//! ```toml
+//! [service]
+//! public_listen = "0.0.0.0:8080"      # the callback endpoint only
+//! admin_listen = "127.0.0.1:9090"     # /healthz /readyz /metrics /admin/status
+//! database = "pointsync.db"
+//! callback_path = "/wechatpay/notify"
+//!
+//! [wechatpay]
+//! mchid = "1900000001"
+//! serial = "3775B6A45ACD588826D15E583A95F5DD5EE7FFFF"
+//! private_key = "apiclient_key.pem"
+//! apiv3_key_file = "apiv3.key"
+//! trust = ["PUB_KEY_ID_0114232134912410000000000000TEST=pub_key.pem"]
+//!
+//! [dispatcher]
+//! qps = 100
+//!
+//! [rules]
+//! points_per_yuan = 1.0
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Rules;
+
+/// `[service]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Public listener: serves only the callback path.
+    pub public_listen: SocketAddr,
+    /// Admin listener: health, readiness, metrics, status. Loopback by default.
+    pub admin_listen: SocketAddr,
+    /// SQLite database file (relative paths are relative to the config file).
+    pub database: PathBuf,
+    /// The callback path configured at WeChat Pay.
+    pub callback_path: String,
+    /// Largest callback body accepted (bytes).
+    pub body_limit: usize,
+    /// Callback handling deadline (WeChat waits 5 s).
+    pub handler_timeout_ms: u64,
+    /// SQLite busy timeout.
+    pub busy_timeout_ms: u64,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            public_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            database: PathBuf::from("pointsync.db"),
+            callback_path: "/wechatpay/notify".into(),
+            body_limit: 64 * 1024,
+            handler_timeout_ms: 3000,
+            busy_timeout_ms: 5000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// `[wechatpay]`: the merchant (or partner) and WeChat's keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatpayConfig {
+    /// Merchant id (the partner's own id in partner mode).
+    pub mchid: String,
+    /// Merchant API certificate serial.
+    pub serial: String,
+    /// Merchant private key PEM file.
+    pub private_key: PathBuf,
+    /// File with the 32-character APIv3 key.
+    pub apiv3_key_file: PathBuf,
+    /// Trusted WeChat keys: certificate paths and `PUB_KEY_ID_…=path` entries.
+    pub trust: Vec<String>,
+    /// Primary API URL (default WeChat's).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Backup API URL (default WeChat's; `""` disables fail-over).
+    #[serde(default)]
+    pub backup_url: Option<String>,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Partner mode: sync with `sub_mchid` = the mall merchant id from each callback.
+    #[serde(default)]
+    pub partner_mode: bool,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[dispatcher]`: how points syncs are sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Outgoing request rate limit (token bucket, requests per second).
+    pub qps: f64,
+    /// Syncs in flight at once.
+    pub concurrency: usize,
+    /// Rows claimed per round.
+    pub batch: i64,
+    /// Lease length: a claimed row not completed by then is rescued.
+    pub lease_ms: i64,
+    /// Back-off base for 429/5xx/transport errors (full jitter, doubling per attempt).
+    pub backoff_base_ms: i64,
+    /// Back-off cap.
+    pub backoff_cap_ms: i64,
+    /// Syncs older than this are marked dead instead of sent (WeChat watches refunds for 30 days).
+    pub max_age_hours: i64,
+    /// Idle poll interval (new callbacks wake the dispatcher at once).
+    pub poll_ms: u64,
+    /// How often expired leases are rescued.
+    pub rescue_every_ms: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            qps: 100.0,
+            concurrency: 16,
+            batch: 64,
+            lease_ms: 30_000,
+            backoff_base_ms: 500,
+            backoff_cap_ms: 300_000,
+            max_age_hours: 24 * 29,
+            poll_ms: 200,
+            rescue_every_ms: 5_000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[service]`.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// `[wechatpay]`.
+    pub wechatpay: WechatpayConfig,
+    /// `[dispatcher]`.
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+    /// `[rules]`.
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+/// A configuration error naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The environment variable prefix: `POINTSYNC__WECHATPAY__MCHID` sets `wechatpay.mchid`.
+pub const ENV_PREFIX: &str = "POINTSYNC__";
+
+impl Config {
+    /// Loads `path`, applies `POINTSYNC__…` overrides from the environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::parse(&text, path, std::env::vars())
+    }
+
+    /// Parses config text (from `origin`) with the given environment.
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file = origin.display();
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{file}: {}", e.message().trim())))?;
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError(format!(
+                    "environment variable {name}: expected {ENV_PREFIX}SECTION__KEY"
+                )));
+            };
+            let value = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw.clone()));
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let toml::Value::Table(t) = entry else {
+                return Err(ConfigError(format!(
+                    "environment variable {name}: `{section}` is not a table"
+                )));
+            };
+            t.insert(key.clone(), value);
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError(format!(
+                    "{file}: key `{key}`: {}",
+                    e.inner().to_string().lines().next().unwrap_or_default()
+                ))
+            })?;
+        let base = origin.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config
+            .validate()
+            .map_err(|e| ConfigError(format!("{file}: {e}")))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.service.database);
+        abs(&mut self.wechatpay.private_key);
+        abs(&mut self.wechatpay.apiv3_key_file);
+        for t in &mut self.wechatpay.trust {
+            let (id, path) = match t.split_once('=') {
+                Some((i, p)) => (Some(i.to_string()), p.to_string()),
+                None => (None, t.clone()),
+            };
+            let mut p = PathBuf::from(path);
+            abs(&mut p);
+            *t = match id {
+                Some(i) => format!("{i}={}", p.display()),
+                None => p.display().to_string(),
+            };
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.rules.validate()?;
+        let d = &self.dispatcher;
+        if !(d.qps.is_finite() && d.qps > 0.0) {
+            return Err(format!("key `dispatcher.qps`: {} must be positive", d.qps));
+        }
+        if d.concurrency == 0 || d.batch <= 0 || d.lease_ms <= 0 {
+            return Err("keys `dispatcher.concurrency`, `dispatcher.batch`, `dispatcher.lease_ms` must be positive".into());
+        }
+        if d.backoff_base_ms <= 0 || d.backoff_cap_ms < d.backoff_base_ms {
+            return Err("key `dispatcher.backoff_cap_ms` must be at least `dispatcher.backoff_base_ms` (> 0)".into());
+        }
+        if !self.service.callback_path.starts_with('/') {
+            return Err(format!(
+                "key `service.callback_path`: `{}` must start with /",
+                self.service.callback_path
+            ));
+        }
+        if !matches!(self.service.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "key `service.log_format`: `{}` must be text or json",
+                self.service.log_format
+            ));
+        }
+        if self.wechatpay.trust.is_empty() {
+            return Err("key `wechatpay.trust`: at least one WeChat Pay certificate or PUB_KEY_ID_…=path is needed".into());
+        }
+        Ok(())
+    }
+
+    /// Builds the SDK client; errors name the key.
+    pub fn client(&self) -> Result<wechatpay::Client, ConfigError> {
+        let w = &self.wechatpay;
+        let mut trust = wechatpay::TrustStore::new();
+        for t in &w.trust {
+            let (id, path) = match t.split_once('=') {
+                Some((i, p)) => (Some(i), p),
+                None => (None, t.as_str()),
+            };
+            trust
+                .add_file(id, Path::new(path))
+                .map_err(|e| ConfigError(format!("key `wechatpay.trust` entry `{t}`: {e}")))?;
+        }
+        let mut b = wechatpay::Client::builder()
+            .mchid(&w.mchid)
+            .serial(&w.serial)
+            .private_key_file(&w.private_key)
+            .apiv3_key_file(&w.apiv3_key_file)
+            .trust_store(trust)
+            .timeout(std::time::Duration::from_millis(w.timeout_ms));
+        if let Some(u) = &w.base_url {
+            b = b.base_url(u);
+        }
+        if let Some(u) = &w.backup_url {
+            b = b.backup_url((!u.is_empty()).then(|| u.clone()));
+        }
+        b.build().map_err(|e| {
+            let key = match &e {
+                wechatpay::ConfigError::Key {
+                    name: "private key",
+                    ..
+                } => "wechatpay.private_key",
+                wechatpay::ConfigError::Key {
+                    name: "APIv3 key", ..
+                } => "wechatpay.apiv3_key_file",
+                wechatpay::ConfigError::Missing("mchid")
+                | wechatpay::ConfigError::Invalid { name: "mchid", .. } => "wechatpay.mchid",
+                wechatpay::ConfigError::Invalid { name: "serial", .. }
+                | wechatpay::ConfigError::MerchantSerialTrusted(_) => "wechatpay.serial",
+                wechatpay::ConfigError::Invalid {
+                    name: "base URL", ..
+                } => "wechatpay.base_url",
+                wechatpay::ConfigError::Invalid {
+                    name: "backup URL", ..
+                } => "wechatpay.backup_url",
+                _ => "wechatpay",
+            };
+            ConfigError(format!("key `{key}`: {e}"))
+        })
+    }
+}

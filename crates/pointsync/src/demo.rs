@@ -1,0 +1,330 @@
+//! `pointsync demo`: a simulated mall day on a fresh machine. A sandbox, the simulator in-process,
+//! the service on an embedded SQLite file, then a generated day — members authorizing, payments
+//! across stores, duplicate deliveries, manual applications, partial refunds, a burst of 429s —
+//! with progress while it runs and a report that checks the simulator's record against the ledger.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use wechatpay_sim::{
+    Endpoint, FaultKind, GenerateSpec, PushConfig, Sandbox, SimConfig, Simulator, TrustMode,
+};
+
+use crate::config::Config;
+use crate::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Folder for the sandbox, config and database (a new temporary folder if `None`).
+    pub dir: Option<PathBuf>,
+    /// Payments to generate.
+    pub payments: usize,
+    /// Members.
+    pub members: usize,
+    /// Payments per second.
+    pub rate: f64,
+    /// Seed of the generated day.
+    pub seed: u64,
+    /// 429 answers injected in one burst halfway through.
+    pub burst_429: u32,
+    /// Print progress.
+    pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            payments: 2_000,
+            members: 200,
+            rate: 400.0,
+            seed: 2026,
+            burst_429: 50,
+            progress: true,
+        }
+    }
+}
+
+/// The demo's closing report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    /// Where the files are.
+    pub dir: PathBuf,
+    /// Callback deliveries WeChat (the simulator) made, and how many were acknowledged.
+    pub callbacks_sent: u64,
+    /// Acknowledged.
+    pub callbacks_acked: u64,
+    /// Payments credited (ledger credits).
+    pub credited: usize,
+    /// Syncs WeChat answered 204.
+    pub synced: i64,
+    /// Syncs parked.
+    pub parked: i64,
+    /// Points issued.
+    pub points_issued: i64,
+    /// Points deducted by refunds.
+    pub points_deducted: i64,
+    /// Refund entries.
+    pub refunds: i64,
+    /// Callback-to-sync latency, ms.
+    pub latency_p50_ms: i64,
+    /// Callback-to-sync latency, ms.
+    pub latency_p99_ms: i64,
+    /// 429s WeChat answered.
+    pub rate_limited: u64,
+    /// Whether WeChat's record (points per transaction) equals the ledger.
+    pub records_match: bool,
+    /// Mismatches, if any.
+    pub mismatches: Vec<String>,
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "pointsync demo — report ({})", self.dir.display())?;
+        writeln!(
+            f,
+            "  callbacks received   {} deliveries, {} acknowledged",
+            self.callbacks_sent, self.callbacks_acked
+        )?;
+        writeln!(f, "  payments credited    {}", self.credited)?;
+        writeln!(
+            f,
+            "  syncs done / parked  {} / {}",
+            self.synced, self.parked
+        )?;
+        writeln!(
+            f,
+            "  points issued        {} (refunds deducted {} in {} entries)",
+            self.points_issued, self.points_deducted, self.refunds
+        )?;
+        writeln!(f, "  429s absorbed        {}", self.rate_limited)?;
+        writeln!(
+            f,
+            "  callback→sync        p50 {} ms, p99 {} ms",
+            self.latency_p50_ms, self.latency_p99_ms
+        )?;
+        if self.records_match {
+            write!(
+                f,
+                "  check                WeChat's record matches the ledger for every transaction ✔"
+            )
+        } else {
+            write!(
+                f,
+                "  check                MISMATCH: {}",
+                self.mismatches.join("; ")
+            )
+        }
+    }
+}
+
+/// Writes a config file for a sandbox and a simulator URL; returns its path.
+pub fn write_config(dir: &Path, sandbox: &Sandbox, base_url: &str, extra: &str) -> Result<PathBuf> {
+    let sb = sandbox.dir.as_ref().context("sandbox has no folder")?;
+    let mut trust = vec![format!(
+        "\"{}\"",
+        sb.join("wechat/platform_cert.pem").display()
+    )];
+    if sandbox.info.mode != TrustMode::Cert {
+        trust.push(format!(
+            "\"{}={}\"",
+            sandbox.info.pubkey_id,
+            sb.join("wechat/pub_key.pem").display()
+        ));
+    }
+    let text = format!(
+        r#"[service]
+database = "pointsync.db"
+callback_path = "/wechatpay/notify"
+
+[wechatpay]
+mchid = "{mchid}"
+serial = "{serial}"
+private_key = "{key}"
+apiv3_key_file = "{apiv3}"
+trust = [{trust}]
+base_url = "{base_url}"
+backup_url = ""
+
+[dispatcher]
+qps = 500
+concurrency = 16
+backoff_base_ms = 50
+backoff_cap_ms = 2000
+lease_ms = 10000
+rescue_every_ms = 1000
+
+[rules]
+points_per_yuan = 1.0
+rounding = "floor"
+min_amount_fen = 100
+daily_cap = 100000
+
+[[rules.stores]]
+shop_number = "S003"
+points_per_yuan = 2.0
+
+[[rules.stores]]
+shop_number = "S006"
+exclude = true
+no_points_remarks = "影票不参与积分活动"
+{extra}"#,
+        mchid = sandbox.info.mchid,
+        serial = sandbox.info.merchant_serial,
+        key = sb.join("merchant/apiclient_key.pem").display(),
+        apiv3 = sb.join("apiv3.key").display(),
+        trust = trust.join(", "),
+    );
+    let path = dir.join("pointsync.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the demo and returns its report.
+pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
+    let dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "pointsync-demo-{}",
+            wechatpay::crypto::random_token(8).to_lowercase()
+        )),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if dir.join("pointsync.db").exists() {
+        bail!(
+            "{} already holds a demo database; choose another --dir",
+            dir.display()
+        );
+    }
+    let sandbox = Sandbox::init(&dir.join("sandbox"), TrustMode::Cert)?;
+    let public = TcpListener::bind("127.0.0.1:0").await?;
+    let admin = TcpListener::bind("127.0.0.1:0").await?;
+    let notify_url = format!("http://{}/wechatpay/notify", public.local_addr()?);
+    let sim = Simulator::start(SimConfig {
+        push: PushConfig {
+            notify_url: Some(notify_url),
+            time_scale: 0.002,
+            duplicate_rate: 0.03,
+            probe_rate: 0.01,
+            ..PushConfig::default()
+        },
+        ..SimConfig::new(sandbox.clone())
+    })
+    .await?;
+    sandbox.write_env(&sim.base_url())?;
+    let config_path = write_config(&dir, &sandbox, &sim.base_url(), "")?;
+    let config = Config::load(&config_path)?;
+    let store = SqliteStore::open(
+        &config.service.database,
+        Duration::from_millis(config.service.busy_timeout_ms),
+    )
+    .await?;
+    let running = crate::service::start(&config, store.clone(), public, admin).await?;
+
+    let started = Instant::now();
+    let spec = GenerateSpec {
+        count: opts.payments,
+        seed: opts.seed,
+        members: opts.members,
+        rate_per_sec: Some(opts.rate),
+        refund_share: 0.1,
+        manual_share: 0.05,
+    };
+    let shared = sim.shared().clone();
+    let generator = tokio::spawn(async move { shared.generate(spec).await });
+    let half = Duration::from_secs_f64(opts.payments as f64 / opts.rate / 2.0);
+    let mut burst_done = opts.burst_429 == 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !burst_done && started.elapsed() >= half {
+            sim.fail_next(
+                Endpoint::PointsNotify,
+                FaultKind::TooManyRequests,
+                opts.burst_429,
+            );
+            burst_done = true;
+        }
+        let c = sim.counters();
+        let st = store.status().await?;
+        let get = |k: &str| *st.syncs.get(k).unwrap_or(&0);
+        if opts.progress {
+            print!(
+                "\r  {:>5.1}s  callbacks {:>6} acked  syncs {:>6} done {:>5} pending {:>3} parked  429s {:>3}   ",
+                started.elapsed().as_secs_f64(),
+                c.callback_acks,
+                get("done"),
+                get("pending") + get("inflight"),
+                get("parked"),
+                c.rate_limited + c.faults,
+            );
+            let _ = std::io::stdout().flush();
+        }
+        if generator.is_finished()
+            && sim.settle(Duration::ZERO).await
+            && get("pending") + get("inflight") == 0
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the demo did not settle within 10 minutes");
+        }
+    }
+    if opts.progress {
+        println!();
+    }
+    generator
+        .await?
+        .map_err(|e| anyhow::anyhow!("generator: {e}"))?;
+    let audit = store.audit().await?;
+    let status = store.status().await?;
+    let remote = sim.synced_points();
+    let mut mismatches = Vec::new();
+    for (tx, points) in &audit.credits {
+        match remote.get(tx) {
+            Some(p) if p == points => {}
+            Some(p) => mismatches.push(format!("{tx}: ledger {points}, WeChat {p}")),
+            None => mismatches.push(format!("{tx}: never synced")),
+        }
+    }
+    for tx in remote.keys().filter(|t| !audit.credits.contains_key(*t)) {
+        mismatches.push(format!("{tx}: synced but not in the ledger"));
+    }
+    if !audit.unbalanced_members.is_empty() {
+        mismatches.push(format!(
+            "balances ≠ ledger for {:?}",
+            audit.unbalanced_members
+        ));
+    }
+    let c = sim.counters();
+    let report = DemoReport {
+        dir,
+        callbacks_sent: c.callback_attempts,
+        callbacks_acked: c.callback_acks,
+        credited: audit.credits.len(),
+        synced: *status.syncs.get("done").unwrap_or(&0),
+        parked: *status.syncs.get("parked").unwrap_or(&0),
+        points_issued: audit.points_issued,
+        points_deducted: audit.points_deducted,
+        refunds: audit.debits,
+        latency_p50_ms: percentile(&audit.sync_latencies_ms, 0.5),
+        latency_p99_ms: percentile(&audit.sync_latencies_ms, 0.99),
+        rate_limited: c.faults + c.rate_limited,
+        records_match: mismatches.is_empty(),
+        mismatches,
+    };
+    running.shutdown().await;
+    Ok(report)
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics, one registry per service instance.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The service's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Callbacks by outcome (payment, refund, held, authorization, duplicate, rejected, ignored,
+    /// verification_failed, db_error, timeout).
+    pub callbacks: IntCounterVec,
+    /// Verification failures by cause (missing_header, timestamp_window, probe, bad_signature, …).
+    pub verification_failures: IntCounterVec,
+    /// Sync attempts by result (done, retry, parked, dead, fenced_out).
+    pub syncs: IntCounterVec,
+    /// Outbox rows by state, refreshed periodically.
+    pub backlog: IntGaugeVec,
+    /// Callback handling time (verify + durable commit), seconds.
+    pub callback_seconds: Histogram,
+    /// Points-notify call time, seconds.
+    pub sync_seconds: Histogram,
+    /// From enqueue (callback commit) to WeChat's 204, seconds.
+    pub callback_to_sync_seconds: Histogram,
+}
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let backlog = IntGaugeVec::new(
+            Opts::new("pointsync_sync_backlog", "Outbox rows by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(backlog.clone()))
+            .expect("unique metric");
+        Self {
+            callbacks: counter(
+                "pointsync_callbacks_total",
+                "Callbacks by outcome",
+                "outcome",
+            ),
+            verification_failures: counter(
+                "pointsync_verification_failures_total",
+                "Rejected callbacks by cause",
+                "cause",
+            ),
+            syncs: counter(
+                "pointsync_syncs_total",
+                "Points-sync attempts by result",
+                "result",
+            ),
+            backlog,
+            callback_seconds: histogram(
+                "pointsync_callback_seconds",
+                "Callback verification and durable commit",
+            ),
+            sync_seconds: histogram("pointsync_sync_seconds", "Points-notify call duration"),
+            callback_to_sync_seconds: histogram(
+                "pointsync_callback_to_sync_seconds",
+                "Callback commit to WeChat's 204",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
