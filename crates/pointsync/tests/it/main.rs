@@ -1,4 +1,6 @@
 //! pointsync integration tests: the SQLite store on a real file, then the service end to end
 //! through the simulator over loopback HTTP.
 
+mod e2e;
+mod harness;
 mod store;

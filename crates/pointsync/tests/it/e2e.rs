@@ -1,0 +1,458 @@
+//! The service end to end through the simulator over real loopback HTTP: the fault catalogue of
+//! `shared/spec/reliability.md` (except kill -9, see `crash.rs`), invariants asserted after each.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use pointsync::store::Store;
+use wechatpay::notify::{Event, MallRefund, MallTransaction};
+use wechatpay::testing::{CallbackSigner, CallbackSpec, SignedCallback};
+use wechatpay_sim::{
+    Endpoint, FaultConfig, FaultKind, FaultRule, GenerateSpec, NewMember, NewPayment, PushConfig,
+};
+
+use crate::harness::{Harness, assert_invariants, assert_invariants_with, fast_push};
+
+fn signer(h: &Harness) -> CallbackSigner {
+    let sb = h.sim.sandbox();
+    CallbackSigner::new(
+        sb.platform_key.clone(),
+        &sb.info.platform_serial,
+        sb.apiv3_key.clone(),
+    )
+}
+
+async fn post(h: &Harness, cb: &SignedCallback) -> u16 {
+    post_raw(h, &cb.headers, cb.body.clone()).await
+}
+
+async fn post_raw(h: &Harness, headers: &HeaderMap, body: Vec<u8>) -> u16 {
+    reqwest::Client::new()
+        .post(&h.notify_url)
+        .headers(headers.clone())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn now() -> i64 {
+    pointsync::service::now_ms() / 1000
+}
+
+fn payment(h: &Harness, txid: &str, amount: i64) -> MallTransaction {
+    let mut t = wechatpay::testing::example_transaction();
+    t.transaction_id = txid.into();
+    t.amount = amount;
+    t.appid = h.sim.sandbox().info.appids[0].clone();
+    t
+}
+
+#[tokio::test]
+async fn a_generated_day_with_duplicates_manual_applications_and_refunds() {
+    let h = Harness::start(
+        PushConfig {
+            duplicate_rate: 0.2,
+            probe_rate: 0.1,
+            ..fast_push()
+        },
+        &[],
+    )
+    .await;
+    let spec = GenerateSpec {
+        count: 150,
+        seed: 11,
+        members: 12,
+        rate_per_sec: None,
+        refund_share: 0.3,
+        manual_share: 0.2,
+    };
+    h.sim.generate(spec).await.unwrap();
+    h.quiet(Duration::from_secs(60)).await;
+    assert_invariants(&h.sim, &h.store).await;
+    assert_eq!(h.store.audit().await.unwrap().credits.len(), 150);
+    assert_eq!(
+        h.sim.counters().probes_accepted,
+        0,
+        "probes are never acknowledged"
+    );
+    assert!(
+        h.metric("pointsync_callbacks_total", "duplicate") > 0.0,
+        "duplicates were recognised"
+    );
+    assert!(
+        h.metric("pointsync_verification_failures_total", "probe") > 0.0,
+        "probes were counted"
+    );
+}
+
+#[tokio::test]
+async fn the_same_callback_many_times_sequentially_and_concurrently_has_one_effect() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let t = payment(&h, "4200000000000000000001", 10_000);
+    let cb = signer(&h).build(&Event::MallTransaction(t.clone()), &CallbackSpec::at(now()));
+    for _ in 0..5 {
+        assert_eq!(post(&h, &cb).await, 204);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (url, headers, body) = (h.notify_url.clone(), cb.headers.clone(), cb.body.clone());
+        tasks.spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.unwrap(), 204);
+    }
+    // a manual application: same transaction, new notification id, commit_tag
+    let manual = MallTransaction {
+        commit_tag: Some("MANUAL1".into()),
+        ..t
+    };
+    assert_eq!(
+        post(
+            &h,
+            &signer(&h).build(&Event::MallTransaction(manual), &CallbackSpec::at(now()))
+        )
+        .await,
+        204
+    );
+    let audit = h.store.audit().await.unwrap();
+    assert_eq!((audit.credits.len(), audit.points_issued), (1, 100));
+    let status = h.store.status().await.unwrap();
+    assert_eq!(status.inbox.values().sum::<i64>(), 1);
+    assert_eq!(h.metric("pointsync_callbacks_total", "duplicate"), 25.0);
+}
+
+#[tokio::test]
+async fn verification_failures_get_4xx_store_nothing_and_are_counted() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let s = signer(&h);
+    let ev = Event::MallTransaction(payment(&h, "4200000000000000000002", 5_000));
+    let t = now();
+    // outside the window: rejected; inside: accepted
+    assert_eq!(
+        post(&h, &s.build(&ev, &CallbackSpec::at(t - 301))).await,
+        401
+    );
+    let tampered = s.build(&ev, &CallbackSpec::at(t));
+    let mut body = tampered.body.clone();
+    body.push(b' ');
+    assert_eq!(post_raw(&h, &tampered.headers, body).await, 401);
+    let mut no_serial = tampered.headers.clone();
+    no_serial.remove("wechatpay-serial");
+    assert_eq!(post_raw(&h, &no_serial, tampered.body.clone()).await, 401);
+    let mut unknown = tampered.headers.clone();
+    unknown.insert("wechatpay-serial", "ABCDEF0123".parse().unwrap());
+    assert_eq!(post_raw(&h, &unknown, tampered.body.clone()).await, 401);
+    assert_eq!(
+        post(
+            &h,
+            &s.build(
+                &ev,
+                &CallbackSpec {
+                    probe: true,
+                    ..CallbackSpec::at(t)
+                }
+            )
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post_raw(&h, &tampered.headers, vec![b'x'; 100_000]).await,
+        413
+    );
+    assert!(
+        h.store.status().await.unwrap().inbox.is_empty(),
+        "nothing stored"
+    );
+    for cause in [
+        "timestamp_window",
+        "bad_signature",
+        "missing_header",
+        "unknown_serial",
+        "probe",
+    ] {
+        assert_eq!(
+            h.metric("pointsync_verification_failures_total", cause),
+            1.0,
+            "{cause}"
+        );
+    }
+    assert_eq!(
+        post(&h, &s.build(&ev, &CallbackSpec::at(t - 299))).await,
+        204
+    );
+    h.quiet(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn refunds_before_their_payment_and_several_partial_refunds() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let m = h.sim.add_member(NewMember::default()).unwrap();
+    let tx = h
+        .sim
+        .pay(NewPayment {
+            openid: m.openid.clone(),
+            amount: 10_000,
+            ..NewPayment::default()
+        })
+        .unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    // a refund pushed directly, for a payment the service has never seen: held, 2xx
+    let mut early = payment(&h, "4200000000000000000777", 9_000);
+    early.openid = m.openid.clone();
+    let refund = |id: &str, amount: i64, pay: i64, txid: &str| {
+        Event::MallRefund(MallRefund {
+            mchid: early.mchid.clone(),
+            merchant_name: String::new(),
+            shop_name: String::new(),
+            shop_number: "S001".into(),
+            appid: early.appid.clone(),
+            openid: m.openid.clone(),
+            refund_time: "2026-11-27T12:00:00+08:00".into(),
+            pay_amount: pay,
+            refund_amount: amount,
+            transaction_id: txid.into(),
+            refund_id: id.into(),
+            extra: Default::default(),
+        })
+    };
+    let s = signer(&h);
+    assert_eq!(
+        post(
+            &h,
+            &s.build(
+                &refund("R-early", 3_000, 9_000, &early.transaction_id),
+                &CallbackSpec::at(now())
+            )
+        )
+        .await,
+        204
+    );
+    assert_eq!(h.store.audit().await.unwrap().held_refunds, 1);
+    assert_eq!(
+        post(
+            &h,
+            &s.build(
+                &Event::MallTransaction(early.clone()),
+                &CallbackSpec::at(now())
+            )
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        h.store.audit().await.unwrap().held_refunds,
+        0,
+        "applied when the payment arrived"
+    );
+    // three partial refunds of the simulator's payment, one of them delivered twice
+    h.sim.refund(&tx.transaction_id, 3_333).unwrap();
+    h.sim.refund(&tx.transaction_id, 3_333).unwrap();
+    h.sim.refund(&tx.transaction_id, 3_334).unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    let member = h.store.member(&m.openid).await.unwrap().unwrap();
+    assert_eq!(member.balance, 90 - 30, "100 − (33+33+34) + 90 − 30");
+    // one refund (and one payment) came straight from the test, not through the simulator
+    assert_invariants_with(&h.sim, &h.store, 1).await;
+}
+
+#[tokio::test]
+async fn a_business_invalid_payload_is_stored_as_rejected_and_answered_2xx() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let bad = payment(&h, "4200000000000000000003", -1);
+    assert_eq!(
+        post(
+            &h,
+            &signer(&h).build(&Event::MallTransaction(bad), &CallbackSpec::at(now()))
+        )
+        .await,
+        204
+    );
+    let good = payment(&h, "4200000000000000000004", 1_000);
+    assert_eq!(
+        post(
+            &h,
+            &signer(&h).build(&Event::MallTransaction(good), &CallbackSpec::at(now()))
+        )
+        .await,
+        204
+    );
+    let s = h.store.status().await.unwrap();
+    assert_eq!(s.inbox.get("rejected"), Some(&1));
+    assert_eq!(h.metric("pointsync_callbacks_total", "rejected"), 1.0);
+}
+
+#[tokio::test]
+async fn rate_limits_server_errors_and_resets_end_in_204_with_identical_payloads() {
+    let h = Harness::start(fast_push(), &[("POINTSYNC__DISPATCHER__QPS", "40")]).await;
+    h.sim.set_faults(FaultConfig {
+        rules: vec![
+            FaultRule::next(Endpoint::PointsNotify, FaultKind::TooManyRequests, 10),
+            FaultRule::rate(Endpoint::PointsNotify, FaultKind::SystemError, 0.15),
+            FaultRule::rate(Endpoint::PointsNotify, FaultKind::Reset, 0.1),
+            FaultRule::rate(Endpoint::PointsNotify, FaultKind::ServiceUnavailable, 0.1),
+        ],
+        qps_limit: Some(45),
+    });
+    let spec = GenerateSpec {
+        count: 60,
+        seed: 5,
+        members: 6,
+        rate_per_sec: None,
+        refund_share: 0.0,
+        manual_share: 0.0,
+    };
+    h.sim.generate(spec).await.unwrap();
+    h.quiet(Duration::from_secs(60)).await;
+    assert_invariants(&h.sim, &h.store).await;
+    assert_eq!(
+        h.sim.counters().rate_limited,
+        0,
+        "the token bucket kept under WeChat's limit"
+    );
+    assert!(h.metric("pointsync_syncs_total", "retry") >= 10.0);
+    assert_eq!(h.metric("pointsync_syncs_total", "done"), 60.0);
+}
+
+#[tokio::test]
+async fn client_errors_park_without_hot_retries_and_an_operator_can_redrive() {
+    let h = Harness::start(fast_push(), &[]).await;
+    // WeChat rejects the sync: the member is not authorized there (400 INVALID_REQUEST)
+    let m2 = h
+        .sim
+        .add_member(NewMember {
+            push: false,
+            ..NewMember::default()
+        })
+        .unwrap();
+    let tx = h
+        .sim
+        .pay(NewPayment {
+            openid: m2.openid.clone(),
+            amount: 2_000,
+            ..NewPayment::default()
+        })
+        .unwrap();
+    h.sim.set_authorization(&m2.openid, false, false).unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    let s = h.store.status().await.unwrap();
+    assert_eq!(s.syncs.get("parked"), Some(&1), "{s:?}");
+    assert!(
+        s.parked[0].error.contains("INVALID_REQUEST"),
+        "WeChat's error kept whole: {}",
+        s.parked[0].error
+    );
+    let calls = h.sim.syncs().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.sim.syncs().len(), calls, "no hot retry");
+    // the operator fixes the cause and re-drives
+    h.sim.set_authorization(&m2.openid, true, false).unwrap();
+    assert_eq!(
+        h.store
+            .retry_parked(&[], pointsync::service::now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+    h.quiet(Duration::from_secs(10)).await;
+    assert_eq!(h.sim.synced_points().get(&tx.transaction_id), Some(&20));
+    assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn a_locked_database_answers_5xx_and_loses_nothing() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let m = h.sim.add_member(NewMember::default()).unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    // another process holds the write lock longer than the busy timeout (2 s)
+    let path = h.config.service.database.clone();
+    let mut locker = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3,time;c=sqlite3.connect('{}',isolation_level=None);c.execute('BEGIN EXCLUSIVE');print('locked',flush=True);time.sleep(4)",
+            path.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let tx = h
+        .sim
+        .pay(NewPayment {
+            openid: m.openid.clone(),
+            amount: 5_000,
+            ..NewPayment::default()
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d = h
+        .sim
+        .deliveries()
+        .into_iter()
+        .find(|d| d.key == tx.transaction_id)
+        .unwrap();
+    assert!(
+        !d.delivered && d.last_status >= 500,
+        "never 2xx while the database is locked: {d:?}"
+    );
+    locker.wait().unwrap();
+    h.quiet(Duration::from_secs(20)).await;
+    assert!(
+        h.metric("pointsync_callbacks_total", "db_error")
+            + h.metric("pointsync_callbacks_total", "timeout")
+            >= 1.0
+    );
+    assert_eq!(
+        h.sim.synced_points().get(&tx.transaction_id),
+        Some(&50),
+        "WeChat's retry was stored and synced"
+    );
+    assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
+    let mut h = Harness::start(fast_push(), &[]).await;
+    h.sim.set_faults(FaultConfig {
+        rules: vec![FaultRule::rate(
+            Endpoint::PointsNotify,
+            FaultKind::Latency { ms: 300 },
+            1.0,
+        )],
+        qps_limit: None,
+    });
+    let spec = GenerateSpec {
+        count: 20,
+        seed: 9,
+        members: 3,
+        rate_per_sec: None,
+        refund_share: 0.0,
+        manual_share: 0.0,
+    };
+    h.sim.generate(spec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    h.running.take().unwrap().shutdown().await;
+    let s = h.store.status().await.unwrap();
+    assert_eq!(s.syncs.get("inflight"), None, "nothing left leased: {s:?}");
+    let done = *s.syncs.get("done").unwrap_or(&0);
+    assert_eq!(done + s.syncs.get("pending").unwrap_or(&0), 20);
+}
