@@ -5,6 +5,7 @@
 //! with back-off, parked on errors that retrying cannot fix).
 
 pub mod config;
+pub mod crash;
 pub mod demo;
 pub mod metrics;
 pub mod rules;

@@ -83,6 +83,7 @@ async fn callback<S: Store>(
     let outcome = tokio::time::timeout(r.handler_timeout, r.store.ingest(&incoming, &ctx)).await;
     let (status, label) = match &outcome {
         Ok(Ok(i)) => {
+            crate::crash::point("after_commit");
             if matches!(i, Ingested::Payment { .. }) {
                 r.wake.notify_one();
             }
@@ -302,12 +303,16 @@ impl<S: Store> Dispatcher<S> {
             }
         } else {
             self.bucket.acquire().await;
+            crate::crash::point("before_send");
             let started = Instant::now();
             let req = RawRequest::new(Method::POST, POINTS_NOTIFY, c.payload.clone().into_bytes());
             let result = self.client.execute(&req).await;
             self.metrics
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                crate::crash::point("after_204");
+            }
             if let Err(e) = &result {
                 let request_id = e
                     .api()

@@ -443,6 +443,7 @@ impl SqliteStore {
                 }
             }
         };
+        crate::crash::point("before_commit");
         tx.commit().await?;
         Ok(out)
     }
