@@ -15,7 +15,7 @@ use wechatpay_sim::{
     GenerateSpec, NewMember, NewPayment, PushConfig, Sandbox, SimConfig, Simulator, TrustMode,
 };
 
-use crate::harness::{assert_invariants, fast_push};
+use crate::harness::{assert_invariants, fast_push, wait_quiet};
 
 struct Rig {
     sim: Simulator,
@@ -96,19 +96,7 @@ impl Rig {
     }
 
     async fn quiet(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let settled = self.sim.settle(Duration::ZERO).await;
-            let s = self.store.status().await.unwrap();
-            if settled && s.syncs.get("pending").is_none() && s.syncs.get("inflight").is_none() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not quiet after {timeout:?}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_quiet(&self.sim, &self.store, timeout).await;
     }
 }
 

@@ -80,24 +80,28 @@ impl Harness {
 
     /// Waits until WeChat has nothing left to push and no sync is pending or in flight.
     pub async fn quiet(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let settled = self.sim.settle(Duration::ZERO).await;
-            let s = self.store.status().await.unwrap();
-            let busy = s.syncs.get("pending").unwrap_or(&0) + s.syncs.get("inflight").unwrap_or(&0);
-            if settled && busy == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not quiet after {timeout:?}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_quiet(&self.sim, &self.store, timeout).await;
     }
 
     pub fn metric(&self, name: &str, label: &str) -> f64 {
         metric(&self.running().metrics.render(), name, label)
+    }
+}
+
+/// Waits until WeChat has nothing left to push and no sync is pending or in flight.
+pub async fn wait_quiet(sim: &Simulator, store: &SqliteStore, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let settled = sim.settle(Duration::ZERO).await;
+        let s = store.status().await.unwrap();
+        if settled && !s.syncs.contains_key("pending") && !s.syncs.contains_key("inflight") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not quiet after {timeout:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
