@@ -74,6 +74,10 @@ impl Harness {
         }
     }
 
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("pointsync.toml")
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().unwrap()
     }

@@ -1,0 +1,226 @@
+//! The `pointsync` command: clear configuration errors, and the operator commands on a real database.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pointsync::store::Store;
+use wechatpay_sim::{NewMember, NewPayment};
+
+use crate::harness::{Harness, fast_push};
+
+fn pointsync(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pointsync"));
+    c.args(args).env("RUST_LOG", "error");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, text: &str) -> String {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const MINIMAL: &str = r#"
+[wechatpay]
+mchid = "1900000001"
+serial = "ABCDEF"
+private_key = "missing_key.pem"
+apiv3_key_file = "apiv3.key"
+trust = ["cert.pem"]
+"#;
+
+#[test]
+fn bad_config_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = pointsync(&["status", "--config", "/nonexistent/pointsync.toml"], &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/pointsync.toml"),
+        "{}",
+        stderr(&o)
+    );
+
+    let cases = [
+        (
+            format!("{MINIMAL}\n[dispatcher]\nqps = \"fast\"\n"),
+            "dispatcher.qps",
+        ),
+        (format!("{MINIMAL}\n[dispatcher]\nspeed = 3\n"), "speed"),
+        (
+            format!("{MINIMAL}\n[rules]\npoints_per_yuan = -1.0\n"),
+            "rules.points_per_yuan",
+        ),
+        (
+            format!(
+                "{MINIMAL}\n[[rules.stores]]\nshop_number = \"S1\"\nno_points_remarks = \"😀\"\n"
+            ),
+            "rules.stores[0].no_points_remarks",
+        ),
+        (
+            MINIMAL.replace("trust = [\"cert.pem\"]", "trust = []"),
+            "wechatpay.trust",
+        ),
+        (MINIMAL.replace("mchid = \"1900000001\"\n", ""), "mchid"),
+        ("this is not toml".to_string(), "bad.toml"),
+    ];
+    for (text, key) in cases {
+        let path = write(dir.path(), &text);
+        let o = pointsync(&["status", "--config", &path], &[]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{key}");
+        assert!(e.contains(key) && e.contains("bad.toml"), "{key}: {e}");
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    }
+    // an environment override is checked like the file
+    let path = write(dir.path(), MINIMAL);
+    let o = pointsync(
+        &["status", "--config", &path],
+        &[("POINTSYNC__DISPATCHER__CONCURRENCY", "-2")],
+    );
+    assert!(
+        stderr(&o).contains("dispatcher.concurrency"),
+        "{}",
+        stderr(&o)
+    );
+    // serve needs the key files: the missing private key is named
+    let o = pointsync(
+        &["serve", "--config", &path],
+        &[
+            ("POINTSYNC__SERVICE__PUBLIC_LISTEN", "127.0.0.1:0"),
+            ("POINTSYNC__SERVICE__ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("wechatpay.trust") || e.contains("wechatpay.private_key"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn operator_commands_read_the_live_database() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let m = h.sim.add_member(NewMember::default()).unwrap();
+    let tx = h
+        .sim
+        .pay(NewPayment {
+            openid: m.openid.clone(),
+            amount: 12_300,
+            shop_number: Some("S003".into()),
+            ..NewPayment::default()
+        })
+        .unwrap();
+    h.sim.refund(&tx.transaction_id, 2_300).unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    let config = h.config_path().display().to_string();
+
+    let o = pointsync(&["member", &m.openid, "--config", &config], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("balance 200") && out.contains("credit") && out.contains("debit"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"milli_points_per_yuan\":2000"),
+        "the rule behind the credit: {out}"
+    );
+
+    let o = pointsync(&["status", "--config", &config], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("syncs:  done 1") && out.contains("oldest pending sync: none"),
+        "{out}"
+    );
+    let o = pointsync(&["status", "--config", &config, "--json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["syncs"]["done"], 1);
+
+    // park one sync, re-drive it from the command line
+    let m2 = h
+        .sim
+        .add_member(NewMember {
+            push: false,
+            ..NewMember::default()
+        })
+        .unwrap();
+    let tx2 = h
+        .sim
+        .pay(NewPayment {
+            openid: m2.openid.clone(),
+            amount: 500,
+            ..NewPayment::default()
+        })
+        .unwrap();
+    h.sim.set_authorization(&m2.openid, false, false).unwrap();
+    h.quiet(Duration::from_secs(10)).await;
+    let o = pointsync(&["status", "--config", &config], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("parked #2 {}", tx2.transaction_id)),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    h.sim.set_authorization(&m2.openid, true, false).unwrap();
+    let o = pointsync(
+        &["sync", "retry", "--parked", "2", "--config", &config],
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 parked syncs re-queued"),
+        "{}",
+        stderr(&o)
+    );
+    h.quiet(Duration::from_secs(10)).await;
+    assert_eq!(h.store.status().await.unwrap().syncs.get("done"), Some(&2));
+
+    let o = pointsync(&["member", "oNOBODY", "--config", &config], &[]);
+    assert!(!o.status.success() && stderr(&o).contains("no member oNOBODY"));
+    let o = pointsync(&["migrate", "--config", &config], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("applied: 1 init"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
+async fn the_admin_listener_is_separate_from_the_callback_listener() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let admin = format!("http://{}", h.running().admin_addr);
+    let public = format!("http://{}", h.running().public_addr);
+    assert!(h.running().admin_addr.ip().is_loopback());
+    for path in ["/healthz", "/readyz", "/metrics", "/admin/status"] {
+        assert_eq!(
+            reqwest::get(format!("{admin}{path}"))
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            reqwest::get(format!("{public}{path}"))
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "{path} is not public"
+        );
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("pointsync_sync_backlog"), "{metrics}");
+}
