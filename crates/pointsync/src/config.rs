@@ -181,6 +181,9 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError(format!("{file}: {}", e.message().trim())))?;
+        // Environment values are read as TOML literals (numbers, booleans, arrays) when they parse
+        // as such; a value its key then rejects (e.g. an all-digit mchid) is retried as a string.
+        let mut overrides: Vec<(String, String, String, String)> = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -205,15 +208,33 @@ impl Config {
                 )));
             };
             t.insert(key.clone(), value);
+            overrides.push((name, section.clone(), key.clone(), raw));
         }
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                ConfigError(format!(
-                    "{file}: key `{key}`: {}",
-                    e.inner().to_string().lines().next().unwrap_or_default()
-                ))
-            })?;
+        let mut config: Config = loop {
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone())) {
+                Ok(c) => break c,
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let hit = overrides
+                        .iter()
+                        .find(|(_, s, k, _)| path == format!("{s}.{k}"));
+                    if let Some((_, s, k, raw)) = hit
+                        && let Some(toml::Value::Table(t)) = table.get_mut(s.as_str())
+                        && t.get(k.as_str()) != Some(&toml::Value::String(raw.clone()))
+                    {
+                        t.insert(k.clone(), toml::Value::String(raw.clone()));
+                        continue;
+                    }
+                    let from = hit
+                        .map(|(name, ..)| format!(" (set by environment variable {name})"))
+                        .unwrap_or_default();
+                    return Err(ConfigError(format!(
+                        "{file}: key `{path}`{from}: {}",
+                        e.inner().to_string().lines().next().unwrap_or_default()
+                    )));
+                }
+            }
+        };
         let base = origin.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config

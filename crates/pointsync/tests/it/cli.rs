@@ -224,3 +224,63 @@ async fn the_admin_listener_is_separate_from_the_callback_listener() {
         .unwrap();
     assert!(metrics.contains("pointsync_sync_backlog"), "{metrics}");
 }
+
+#[test]
+fn the_readme_config_example_parses() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let c = pointsync::config::Config::parse(
+        block,
+        Path::new("/etc/pointsync/pointsync.toml"),
+        std::iter::empty(),
+    )
+    .unwrap();
+    assert_eq!(c.service.database, Path::new("/etc/pointsync/pointsync.db"));
+    assert_eq!(
+        c.rules.stores[0].no_points_remarks.as_deref(),
+        Some("商品不参与积分活动")
+    );
+    let env = [(
+        "POINTSYNC__WECHATPAY__MCHID".to_string(),
+        "1900000002".to_string(),
+    )];
+    let c = pointsync::config::Config::parse(block, Path::new("x.toml"), env.into_iter()).unwrap();
+    assert_eq!(
+        c.wechatpay.mchid, "1900000002",
+        "environment overrides the file"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_reports_a_record_that_matches_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = pointsync::demo::run(pointsync::demo::DemoOptions {
+        dir: Some(dir.path().join("demo")),
+        payments: 120,
+        members: 15,
+        rate: 300.0,
+        burst_429: 10,
+        progress: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(report.records_match, "{report}");
+    assert_eq!(
+        (report.credited, report.synced, report.parked),
+        (120, 120, 0)
+    );
+    assert!(
+        report.rate_limited >= 10 && report.points_issued > 0 && report.refunds > 0,
+        "{report}"
+    );
+    assert!(report.to_string().contains("matches the ledger"));
+}
