@@ -386,24 +386,64 @@ impl<S: Store> Dispatcher<S> {
         Ok(n)
     }
 
-    /// Runs until `stop` turns true: claims, sends, sleeps when idle (woken early by `wake`).
-    /// On stop it finishes the round in flight, then releases anything still leased to it.
+    /// Runs until `stop` turns true. Keeps up to `concurrency` syncs in flight, claiming more as
+    /// slots free up (no per-batch barrier); sleeps when nothing is due, woken early by `wake`.
+    /// On stop it claims nothing more, lets in-flight syncs finish, and releases any lease left.
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut tasks = JoinSet::new();
         loop {
             if *stop.borrow() {
                 break;
             }
-            match self.run_once().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits() as i64;
+            let mut claimed = 0;
+            if free > 0 {
+                match self
+                    .store
+                    .claim(
+                        &self.owner,
+                        now_ms(),
+                        self.cfg.lease_ms,
+                        free.min(self.cfg.batch),
+                    )
+                    .await
+                {
+                    Ok(rows) => {
+                        claimed = rows.len() as i64;
+                        for c in rows {
+                            let permit = permits
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("semaphore open");
+                            let me = self.clone();
+                            tasks.spawn(async move {
+                                me.send_one(c).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),
+                }
+            }
+            if claimed > 0 && claimed == free.min(self.cfg.batch) {
+                // probably more due: claim again as soon as a slot frees
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(self.cfg.poll_ms)) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = stop.changed() => {}
             }
         }
+        while tasks.join_next().await.is_some() {}
         match self.store.release(&self.owner).await {
             Ok(n) if n > 0 => tracing::info!("released {n} leased syncs"),
             Ok(_) => {}

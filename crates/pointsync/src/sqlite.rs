@@ -390,6 +390,32 @@ impl SqliteStore {
         Ok(Ingested::Refund { points })
     }
 
+    async fn retry_parked_inner(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut n = 0;
+        if ids.is_empty() {
+            n += sqlx::query(
+                "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked'",
+            )
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        for id in ids {
+            n += sqlx::query(
+                "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked' AND id = ?",
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn ingest_inner(
         &self,
         n: &Incoming,
@@ -450,8 +476,22 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    /// The transaction runs in its own task: if the caller is cancelled (WeChat hung up, the
+    /// handler timed out), it still commits or rolls back, and never leaves the single writer
+    /// connection inside an open transaction.
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
-        self.ingest_inner(n, ctx).await
+        let (me, n, rules) = (self.clone(), n.clone(), ctx.rules.clone());
+        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
+        tokio::spawn(async move {
+            let ctx = IngestContext {
+                rules: &rules,
+                partner_mode,
+                now_ms,
+            };
+            me.ingest_inner(&n, &ctx).await
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn claim(
@@ -540,29 +580,10 @@ impl Store for SqliteStore {
     }
 
     async fn retry_parked(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut n = 0;
-        if ids.is_empty() {
-            n += sqlx::query(
-                "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked'",
-            )
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        for id in ids {
-            n += sqlx::query(
-                "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked' AND id = ?",
-            )
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        tx.commit().await?;
-        Ok(n)
+        let (me, ids) = (self.clone(), ids.to_vec());
+        tokio::spawn(async move { me.retry_parked_inner(&ids, now_ms).await })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn status(&self) -> Result<Status, StoreError> {

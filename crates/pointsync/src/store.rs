@@ -196,6 +196,9 @@ pub enum StoreError {
     /// The database failed (locked, I/O error, unavailable…).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A database task failed to run to completion.
+    #[error("database task: {0}")]
+    Task(String),
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
