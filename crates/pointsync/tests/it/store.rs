@@ -378,16 +378,56 @@ async fn probe_ingest_rate() {
     let rules = Rules::default();
     let t = std::time::Instant::now();
     for i in 0..2000 {
-        s.ingest(&payment(&format!("T{i}"), &format!("o{}", i % 300), 10_000, "S1"), &ctx(&rules)).await.unwrap();
+        s.ingest(
+            &payment(&format!("T{i}"), &format!("o{}", i % 300), 10_000, "S1"),
+            &ctx(&rules),
+        )
+        .await
+        .unwrap();
     }
     eprintln!("ingest: {:.0}/s", 2000.0 / t.elapsed().as_secs_f64());
     let t = std::time::Instant::now();
     let mut n = 0;
     loop {
         let c = s.claim("w", T0, 10_000, 1).await.unwrap();
-        if c.is_empty() { break; }
-        s.complete(&c[0], "w", &SyncOutcome::Done, T0).await.unwrap();
+        if c.is_empty() {
+            break;
+        }
+        s.complete(&c[0], "w", &SyncOutcome::Done, T0)
+            .await
+            .unwrap();
         n += 1;
     }
-    eprintln!("claim+complete: {:.0}/s ({n})", n as f64 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "claim+complete: {:.0}/s ({n})",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn cancelled_callers_never_leave_the_writer_inside_a_transaction() {
+    // A callback handler is dropped when WeChat hangs up or the handler times out. Before ingest
+    // ran detached, a drop at the wrong moment left the single writer connection in an open
+    // transaction and every later write failed ("begin_with at non-zero transaction depth").
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    for i in 0..400u64 {
+        let p = payment(&format!("C{i}"), &format!("o{}", i % 7), 1_000, "S1");
+        let _ = tokio::time::timeout(
+            Duration::from_micros(i * 37 % 3000),
+            s.ingest(&p, &ctx(&rules)),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.ingest(&payment("AFTER", "o2", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 10 }
+    );
+    let c = s.claim("w", T0, 1_000, 1_000).await.unwrap();
+    assert!(c.iter().any(|c| c.transaction_id == "AFTER"));
+    let audit = s.audit().await.unwrap();
+    assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
 }
