@@ -31,7 +31,7 @@ pub struct DemoOptions {
     pub rate: f64,
     /// Seed of the generated day.
     pub seed: u64,
-    /// 429 answers injected in one burst halfway through.
+    /// 429 answers WeChat gives the first syncs (one burst).
     pub burst_429: u32,
     /// Print progress.
     pub progress: bool,
@@ -243,20 +243,16 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         refund_share: 0.1,
         manual_share: 0.05,
     };
+    // WeChat rate-limits the first syncs of the day: the dispatcher must back off and retry
+    sim.fail_next(
+        Endpoint::PointsNotify,
+        FaultKind::TooManyRequests,
+        opts.burst_429,
+    );
     let shared = sim.shared().clone();
     let generator = tokio::spawn(async move { shared.generate(spec).await });
-    let half = Duration::from_secs_f64(opts.payments as f64 / opts.rate / 2.0);
-    let mut burst_done = opts.burst_429 == 0;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if !burst_done && started.elapsed() >= half {
-            sim.fail_next(
-                Endpoint::PointsNotify,
-                FaultKind::TooManyRequests,
-                opts.burst_429,
-            );
-            burst_done = true;
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let c = sim.counters();
         let st = store.status().await?;
         let get = |k: &str| *st.syncs.get(k).unwrap_or(&0);

@@ -276,7 +276,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
-            for m in SqliteStore::migrate(&config.service.database).await? {
+            let applied = SqliteStore::migrate(&config.service.database).await?;
+            if applied.is_empty() {
+                println!("schema up to date ({})", pointsync::sqlite::SCHEMA);
+            }
+            for m in applied {
                 println!("applied: {m}");
             }
             Ok(())

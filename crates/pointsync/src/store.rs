@@ -195,13 +195,10 @@ pub struct Audit {
 pub enum StoreError {
     /// The database failed (locked, I/O error, unavailable…).
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] rusqlite::Error),
     /// A database task failed to run to completion.
     #[error("database task: {0}")]
     Task(String),
-    /// Migrations failed.
-    #[error("migration error: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// The storage contract of the service.

@@ -186,6 +186,17 @@ async fn operator_commands_read_the_live_database() {
     assert!(!o.status.success() && stderr(&o).contains("no member oNOBODY"));
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (1 init)"),
+        "{}",
+        stderr(&o)
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let db = fresh.path().join("new.db");
+    let o = pointsync(
+        &["migrate", "--config", &config],
+        &[("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap())],
+    );
+    assert!(
         String::from_utf8_lossy(&o.stdout).contains("applied: 1 init"),
         "{}",
         stderr(&o)
