@@ -86,7 +86,7 @@ enum SyncCommand {
 }
 
 fn init_logs(json: bool) {
-    init_logs_with(json, "info,sqlx=warn");
+    init_logs_with(json, "info");
 }
 
 fn init_logs_with(json: bool, default_filter: &str) {
@@ -190,7 +190,7 @@ async fn run(cli: Cli) -> Result<()> {
             seed,
         } => {
             // the demo's progress line and report say what happened; logs only for errors
-            init_logs_with(false, "error,sqlx=error");
+            init_logs_with(false, "error");
             println!(
                 "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})"
             );

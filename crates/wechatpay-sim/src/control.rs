@@ -14,6 +14,7 @@
 //! | `GET /sim/members/{openid}` | — | `{"member", "synced_points"}` |
 //! | `GET /sim/deliveries` | — | callbacks and their attempts |
 //! | `GET /sim/counters` | — | counters |
+//! | `GET /sim/ack-latency` | — | `{"count", "p50_ms", "p99_ms", "max_ms"}`: receiver acknowledgement time |
 //! | `GET`/`PUT /sim/faults` | `{"rules": [...], "qps_limit"?}` | the fault config |
 //! | `GET`/`PUT /sim/options` | options | the options |
 //! | `POST /sim/reset` | — | clears state, faults and counters |
@@ -490,6 +491,15 @@ async fn counters(State(sim): State<Arc<Shared>>) -> Json<Value> {
     ))
 }
 
+async fn latency(State(sim): State<Arc<Shared>>) -> Json<crate::state::AckLatency> {
+    Json(
+        sim.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ack_latency(),
+    )
+}
+
 async fn get_faults(State(sim): State<Arc<Shared>>) -> Json<FaultConfig> {
     Json(
         sim.faults
@@ -545,6 +555,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Shared>> {
         .route("/sim/syncs", get(all_syncs))
         .route("/sim/deliveries", get(deliveries))
         .route("/sim/counters", get(counters))
+        .route("/sim/ack-latency", get(latency))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/options", get(get_options).put(put_options))
         .route("/sim/reset", post(reset))

@@ -39,7 +39,7 @@ pub use control::{ControlError, GenerateSpec, NewMember, NewPayment};
 pub use faults::{Endpoint, FaultConfig, FaultKind, FaultRule};
 pub use push::PushConfig;
 pub use sandbox::{Sandbox, SandboxInfo, TrustMode};
-pub use state::{Counters, Delivery, Member, SyncCall, Transaction};
+pub use state::{AckLatency, Counters, Delivery, Member, SyncCall, Transaction};
 
 /// Behaviour switches, several of them for `[INFERRED]` WeChat behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +156,11 @@ impl Shared {
             .random::<f64>()
     }
     pub(crate) fn reset(&self) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state::State::default();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // ids keep counting: WeChat never issues a transaction or refund id twice
+        let seq = s.seq;
+        *s = state::State { seq, ..state::State::default() };
+        drop(s);
         self.faults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -325,6 +329,14 @@ impl Simulator {
             .unwrap_or_else(|p| p.into_inner())
             .counters
             .clone()
+    }
+    /// The receiver's acknowledgement latency (send → 2xx), over every acknowledged delivery.
+    pub fn ack_latency(&self) -> AckLatency {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ack_latency()
     }
     /// Replaces the fault config.
     pub fn set_faults(&self, f: FaultConfig) {

@@ -105,6 +105,7 @@ async fn send(
         ..CallbackSpec::at(sim.clock.now())
     };
     let cb = sim.signer.build(event, &spec);
+    let started = std::time::Instant::now();
     let res = sim
         .http
         .post(url)
@@ -113,7 +114,16 @@ async fn send(
         .body(cb.body)
         .send()
         .await;
-    res.map(|r| r.status().as_u16()).unwrap_or(0)
+    let status = res.map(|r| r.status().as_u16()).unwrap_or(0);
+    if !probe && (200..300).contains(&status) {
+        let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        sim.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ack_latencies_us
+            .push(us);
+    }
+    status
 }
 
 async fn deliver(

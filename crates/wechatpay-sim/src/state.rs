@@ -123,6 +123,8 @@ pub struct State {
     pub(crate) parkings: Vec<Value>,
     pub(crate) deliveries: BTreeMap<String, Delivery>,
     pub(crate) counters: Counters,
+    /// Time the receiver took to acknowledge each acknowledged delivery, µs.
+    pub(crate) ack_latencies_us: Vec<u32>,
     pub(crate) seq: u64,
 }
 
@@ -143,5 +145,36 @@ impl State {
             );
         }
         out
+    }
+}
+
+/// Acknowledgement latency of the receiver, as WeChat measures it (send → 2xx answer).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AckLatency {
+    /// Acknowledged deliveries measured.
+    pub count: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+}
+
+impl State {
+    /// Percentiles of the acknowledgement latencies recorded so far.
+    pub fn ack_latency(&self) -> AckLatency {
+        let mut v = self.ack_latencies_us.clone();
+        v.sort_unstable();
+        let at = |p: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * p).round() as usize)
+                .map_or(0.0, |us| f64::from(*us) / 1000.0)
+        };
+        AckLatency {
+            count: v.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
     }
 }

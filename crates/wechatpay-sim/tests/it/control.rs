@@ -146,6 +146,11 @@ async fn every_documented_route_works_over_http() {
         "payment, manual application, refund: {deliveries}"
     );
     assert_eq!(api.get("/sim/counters").await["points_accepted"], 1);
+    assert_eq!(
+        api.get("/sim/ack-latency").await["count"],
+        0,
+        "no notify URL: nothing delivered"
+    );
 
     // faults
     let rules = json!({"rules": [{"endpoint": "points_notify", "fault": {"kind": "system_error"}, "count": 1}]});
@@ -218,4 +223,7 @@ async fn every_documented_route_works_over_http() {
     assert_eq!(api.post("/sim/reset", json!({})).await.0, 204);
     assert_eq!(api.get("/sim/counters").await["points_accepted"], 0);
     assert!(api.get("/sim/syncs").await.as_array().unwrap().is_empty());
+    let (_, m) = api.post("/sim/members", json!({"push": false})).await;
+    let (_, again) = api.post("/sim/payments", json!({"openid": m["openid"], "amount": 1})).await;
+    assert_ne!(again["transaction_id"], tx["transaction_id"], "transaction ids never repeat, even after a reset");
 }

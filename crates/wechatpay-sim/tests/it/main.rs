@@ -177,6 +177,9 @@ async fn failed_answers_are_retried_on_schedule_until_acknowledged() {
     let d = sim.deliveries();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].attempts, 4, "3 failures then success");
+    let lat = sim.ack_latency();
+    assert_eq!(lat.count, 1, "only the acknowledged delivery is measured");
+    assert!(lat.p50_ms > 0.0 && lat.p99_ms >= lat.p50_ms);
     assert!(d[0].delivered);
     assert_eq!(r.seen.lock().unwrap().len(), 1);
 }
