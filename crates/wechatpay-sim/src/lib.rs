@@ -159,7 +159,10 @@ impl Shared {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // ids keep counting: WeChat never issues a transaction or refund id twice
         let seq = s.seq;
-        *s = state::State { seq, ..state::State::default() };
+        *s = state::State {
+            seq,
+            ..state::State::default()
+        };
         drop(s);
         self.faults
             .lock()

@@ -431,3 +431,32 @@ async fn cancelled_callers_never_leave_the_writer_inside_a_transaction() {
     let audit = s.audit().await.unwrap();
     assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
 }
+
+#[tokio::test]
+async fn partner_mode_syncs_with_the_malls_sub_mchid() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    let partner = IngestContext {
+        partner_mode: true,
+        ..ctx(&rules)
+    };
+    s.ingest(&payment("T1", "o1", 10_000, "S1"), &partner)
+        .await
+        .unwrap();
+    s.ingest(&payment("T2", "o1", 10_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let c = s.claim("w", T0, 1_000, 10).await.unwrap();
+    let payload = |tx: &str| -> serde_json::Value {
+        serde_json::from_str(&c.iter().find(|c| c.transaction_id == tx).unwrap().payload).unwrap()
+    };
+    assert_eq!(
+        payload("T1")["sub_mchid"],
+        wechatpay::testing::example_transaction().mchid,
+        "the mall merchant from the callback"
+    );
+    assert!(
+        payload("T2").get("sub_mchid").is_none(),
+        "direct merchants send no sub_mchid"
+    );
+}

@@ -224,6 +224,11 @@ async fn every_documented_route_works_over_http() {
     assert_eq!(api.get("/sim/counters").await["points_accepted"], 0);
     assert!(api.get("/sim/syncs").await.as_array().unwrap().is_empty());
     let (_, m) = api.post("/sim/members", json!({"push": false})).await;
-    let (_, again) = api.post("/sim/payments", json!({"openid": m["openid"], "amount": 1})).await;
-    assert_ne!(again["transaction_id"], tx["transaction_id"], "transaction ids never repeat, even after a reset");
+    let (_, again) = api
+        .post("/sim/payments", json!({"openid": m["openid"], "amount": 1}))
+        .await;
+    assert_ne!(
+        again["transaction_id"], tx["transaction_id"],
+        "transaction ids never repeat, even after a reset"
+    );
 }
