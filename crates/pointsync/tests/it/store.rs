@@ -372,39 +372,6 @@ async fn unauthorized_members_are_not_credited_and_daily_caps_hold() {
 }
 
 #[tokio::test]
-#[ignore = "timing probe"]
-async fn probe_ingest_rate() {
-    let (_d, s) = store().await;
-    let rules = Rules::default();
-    let t = std::time::Instant::now();
-    for i in 0..2000 {
-        s.ingest(
-            &payment(&format!("T{i}"), &format!("o{}", i % 300), 10_000, "S1"),
-            &ctx(&rules),
-        )
-        .await
-        .unwrap();
-    }
-    eprintln!("ingest: {:.0}/s", 2000.0 / t.elapsed().as_secs_f64());
-    let t = std::time::Instant::now();
-    let mut n = 0;
-    loop {
-        let c = s.claim("w", T0, 10_000, 1).await.unwrap();
-        if c.is_empty() {
-            break;
-        }
-        s.complete(&c[0], "w", &SyncOutcome::Done, T0)
-            .await
-            .unwrap();
-        n += 1;
-    }
-    eprintln!(
-        "claim+complete: {:.0}/s ({n})",
-        n as f64 / t.elapsed().as_secs_f64()
-    );
-}
-
-#[tokio::test]
 async fn cancelled_callers_never_leave_the_writer_inside_a_transaction() {
     // A callback handler is dropped when WeChat hangs up or the handler times out. Before ingest
     // ran detached, a drop at the wrong moment left the single writer connection in an open
