@@ -360,6 +360,25 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
+    /// Sends `c` in its own task once one of `permits` (the in-flight limit) is free.
+    async fn spawn_send(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        permits: &Arc<Semaphore>,
+        c: Claimed,
+    ) {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let me = self.clone();
+        tasks.spawn(async move {
+            me.send_one(c).await;
+            drop(permit);
+        });
+    }
+
     /// One round: claim due rows and send them, at most `concurrency` at once. Returns how many
     /// were claimed.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, crate::store::StoreError> {
@@ -371,16 +390,7 @@ impl<S: Store> Dispatcher<S> {
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut tasks = JoinSet::new();
         for c in claimed {
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
-            let me = self.clone();
-            tasks.spawn(async move {
-                me.send_one(c).await;
-                drop(permit);
-            });
+            self.spawn_send(&mut tasks, &permits, c).await;
         }
         while tasks.join_next().await.is_some() {}
         Ok(n)
@@ -413,16 +423,7 @@ impl<S: Store> Dispatcher<S> {
                     Ok(rows) => {
                         claimed = rows.len() as i64;
                         for c in rows {
-                            let permit = permits
-                                .clone()
-                                .acquire_owned()
-                                .await
-                                .expect("semaphore open");
-                            let me = self.clone();
-                            tasks.spawn(async move {
-                                me.send_one(c).await;
-                                drop(permit);
-                            });
+                            self.spawn_send(&mut tasks, &permits, c).await;
                         }
                     }
                     Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),

@@ -146,21 +146,7 @@ async fn operator_commands_read_the_live_database() {
     assert_eq!(v["syncs"]["done"], 1);
 
     // park one sync, re-drive it from the command line
-    let m2 = h
-        .sim
-        .add_member(NewMember {
-            push: false,
-            ..NewMember::default()
-        })
-        .unwrap();
-    let tx2 = h
-        .sim
-        .pay(NewPayment {
-            openid: m2.openid.clone(),
-            amount: 500,
-            ..NewPayment::default()
-        })
-        .unwrap();
+    let (m2, tx2) = h.member_pays(500);
     h.sim.set_authorization(&m2.openid, false, false).unwrap();
     h.quiet(Duration::from_secs(10)).await;
     let o = pointsync(&["status", "--config", &config], &[]);

@@ -333,21 +333,7 @@ async fn rate_limits_server_errors_and_resets_end_in_204_with_identical_payloads
 async fn client_errors_park_without_hot_retries_and_an_operator_can_redrive() {
     let h = Harness::start(fast_push(), &[]).await;
     // WeChat rejects the sync: the member is not authorized there (400 INVALID_REQUEST)
-    let m2 = h
-        .sim
-        .add_member(NewMember {
-            push: false,
-            ..NewMember::default()
-        })
-        .unwrap();
-    let tx = h
-        .sim
-        .pay(NewPayment {
-            openid: m2.openid.clone(),
-            amount: 2_000,
-            ..NewPayment::default()
-        })
-        .unwrap();
+    let (m2, tx) = h.member_pays(2_000);
     h.sim.set_authorization(&m2.openid, false, false).unwrap();
     h.quiet(Duration::from_secs(10)).await;
     let s = h.store.status().await.unwrap();

@@ -87,6 +87,26 @@ impl Harness {
         wait_quiet(&self.sim, &self.store, timeout).await;
     }
 
+    /// A member (no authorization callback) who pays `amount` fen.
+    pub fn member_pays(&self, amount: i64) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) {
+        let m = self
+            .sim
+            .add_member(wechatpay_sim::NewMember {
+                push: false,
+                ..Default::default()
+            })
+            .unwrap();
+        let tx = self
+            .sim
+            .pay(wechatpay_sim::NewPayment {
+                openid: m.openid.clone(),
+                amount,
+                ..Default::default()
+            })
+            .unwrap();
+        (m, tx)
+    }
+
     pub fn metric(&self, name: &str, label: &str) -> f64 {
         metric(&self.running().metrics.render(), name, label)
     }
