@@ -339,7 +339,16 @@ impl Shared {
     ) -> Result<Vec<Transaction>, ControlError> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
         let mut members = Vec::new();
+        // members authorize at the same pace as payments, not in one burst
+        let gap = spec
+            .rate_per_sec
+            .filter(|r| *r > 0.0)
+            .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+        let paced = tokio::time::Instant::now();
         for i in 0..spec.members.max(1) {
+            if let Some(gap) = gap {
+                tokio::time::sleep_until(paced + gap * i as u32).await;
+            }
             let m = self.add_member(NewMember {
                 openid: Some(format!("oSIM{:08}{:016x}", i, spec.seed)),
                 appid: None,
@@ -349,10 +358,7 @@ impl Shared {
             members.push(m.openid);
         }
         let mut out = Vec::with_capacity(spec.count);
-        let gap = spec
-            .rate_per_sec
-            .filter(|r| *r > 0.0)
-            .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+
         let start = tokio::time::Instant::now();
         for i in 0..spec.count {
             if let Some(gap) = gap {
