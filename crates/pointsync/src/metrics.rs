@@ -9,7 +9,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Callbacks by outcome (payment, refund, held, authorization, duplicate, rejected, ignored,
-    /// verification_failed, db_error, timeout).
+    /// verification_failed, db_error, timeout, abandoned: WeChat hung up before the answer).
     pub callbacks: IntCounterVec,
     /// Verification failures by cause (missing_header, timestamp_window, probe, bad_signature, …).
     pub verification_failures: IntCounterVec,

@@ -54,6 +54,7 @@ async fn callback<S: Store>(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let abandoned = Abandoned(Some(&r.metrics));
     let request_id = headers
         .get("request-id")
         .and_then(|v| v.to_str().ok())
@@ -113,6 +114,7 @@ async fn callback<S: Store>(
             (StatusCode::SERVICE_UNAVAILABLE, "timeout")
         }
     };
+    abandoned.disarm();
     r.metrics.callbacks.with_label_values(&[label]).inc();
     r.metrics
         .callback_seconds
@@ -127,6 +129,24 @@ async fn callback<S: Store>(
         answer::success().into_response()
     } else {
         answer::failure(status, "暂时无法处理，请重试").into_response()
+    }
+}
+
+/// Counts a callback whose handler was dropped before answering (WeChat hung up first): its
+/// ingest, if queued, still completes or rolls back on the writer, and WeChat retries.
+struct Abandoned<'a>(Option<&'a Metrics>);
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.callbacks.with_label_values(&["abandoned"]).inc();
+        }
     }
 }
 

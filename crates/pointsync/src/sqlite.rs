@@ -77,10 +77,17 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let c = Connection::open_with_flags(path, flags)?;
+    let named = |e| StoreError::classify(e, path);
+    let c = Connection::open_with_flags(path, flags).map_err(named)?;
     c.busy_timeout(busy_timeout)?;
     if !read_only {
-        c.pragma_update(None, "journal_mode", "WAL")?;
+        // SQLite quietly opens a file it cannot write read-only; say so now, not at the first
+        // callback
+        if c.is_readonly(rusqlite::DatabaseName::Main)? {
+            return Err(StoreError::ReadOnly(path.display().to_string()));
+        }
+        c.pragma_update(None, "journal_mode", "WAL")
+            .map_err(named)?;
     }
     c.pragma_update(None, "synchronous", "FULL")?;
     c.pragma_update(None, "foreign_keys", true)?;
@@ -111,16 +118,17 @@ impl SqliteStore {
         let p2 = path.clone();
         let (writer, reader) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut w = open_connection(&p2, busy_timeout, false)?;
-            migrate(&mut w)?;
+            migrate(&mut w).map_err(|e| named_error(e, &p2))?;
             let r = open_connection(&p2, busy_timeout, true)?;
             Ok((w, r))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         let (jobs, rx) = mpsc::unbounded_channel();
+        let p3 = path.clone();
         std::thread::Builder::new()
             .name("pointsync-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &p3))
             .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             jobs,
@@ -134,7 +142,7 @@ impl SqliteStore {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut c = open_connection(&path, Duration::from_secs(5), false)?;
-            migrate(&mut c)
+            migrate(&mut c).map_err(|e| named_error(e, &path))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
@@ -169,7 +177,7 @@ impl SqliteStore {
 }
 
 /// The writer thread: takes every queued job, runs them in one transaction, commits, answers.
-fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &Path) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -178,8 +186,31 @@ fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_group(&mut c, group);
+        run_group(&mut c, group, path);
     }
+}
+
+/// A locked or read-only database named as such (with its file), any other error unchanged.
+fn named_error(e: StoreError, path: &Path) -> StoreError {
+    match e {
+        StoreError::Db(e) => StoreError::classify(e, path),
+        e => e,
+    }
+}
+
+/// `Connection::execute` through the statement cache: hot statements are parsed once.
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
 }
 
 /// A job's result, held until the group commits.
@@ -194,10 +225,10 @@ fn in_savepoint<T>(
     c: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    c.execute_batch("SAVEPOINT job")?;
+    exec(c, "SAVEPOINT job", [])?;
     match f(c) {
         Ok(v) => {
-            c.execute_batch("RELEASE job")?;
+            exec(c, "RELEASE job", [])?;
             Ok(v)
         }
         Err(e) => {
@@ -207,86 +238,123 @@ fn in_savepoint<T>(
     }
 }
 
-fn not_begun<T>() -> Result<T, StoreError> {
-    Err(StoreError::Task(
-        "cannot begin a write transaction (database locked or read-only?)".into(),
-    ))
-}
-
-fn run_group(c: &mut Connection, group: Vec<Job>) {
-    let begun = c.execute_batch("BEGIN IMMEDIATE");
+fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
+    let begun = exec(c, "BEGIN IMMEDIATE", [])
+        .map(|_| ())
+        .map_err(|e| (e.sqlite_error_code(), e.to_string()));
+    // every job of a group that could not begin gets the same precise error
+    let not_begun = || -> StoreError {
+        let name = path.display().to_string();
+        match &begun {
+            Err((
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked),
+                _,
+            )) => StoreError::Locked(name),
+            Err((Some(rusqlite::ErrorCode::ReadOnly), _)) => StoreError::ReadOnly(name),
+            Err((_, msg)) => {
+                StoreError::Task(format!("cannot begin a write transaction on {name}: {msg}"))
+            }
+            Ok(()) => StoreError::Task("no transaction".into()),
+        }
+    };
     let mut done = Vec::with_capacity(group.len());
     for job in group {
         let ok = begun.is_ok();
         done.push(match job {
             Job::Ingest(n, rules, partner_mode, now_ms, reply) => {
                 let ctx = IngestContext { rules: &rules, partner_mode, now_ms };
-                let r = if ok { in_savepoint(c, |c| ingest(c, &n, &ctx)) } else { not_begun() };
+                let r = if ok { in_savepoint(c, |c| ingest(c, &n, &ctx)) } else { Err(not_begun()) };
                 Done::Ingest(r, reply)
             }
             Job::Claim(owner, now_ms, lease_ms, limit, reply) => {
-                let r = if ok { in_savepoint(c, |c| claim(c, &owner, now_ms, lease_ms, limit)) } else { not_begun() };
+                let r = if ok { in_savepoint(c, |c| claim(c, &owner, now_ms, lease_ms, limit)) } else { Err(not_begun()) };
                 Done::Claim(r, reply)
             }
             Job::Complete(claimed, owner, outcome, now_ms, reply) => {
-                let r = if ok { in_savepoint(c, |c| complete(c, &claimed, &owner, &outcome, now_ms)) } else { not_begun() };
+                let r = if ok { in_savepoint(c, |c| complete(c, &claimed, &owner, &outcome, now_ms)) } else { Err(not_begun()) };
                 Done::Complete(r, reply)
             }
             Job::Release(owner, reply) => {
                 let r = if ok {
                     in_savepoint(c, |c| {
-                        Ok(c.execute(
+                        Ok(exec(c,
                             "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_owner = ?",
                             params![owner],
                         )? as u64)
                     })
                 } else {
-                    not_begun()
+                    Err(not_begun())
                 };
                 Done::Count(r, reply)
             }
             Job::Rescue(now_ms, reply) => {
                 let r = if ok {
                     in_savepoint(c, |c| {
-                        Ok(c.execute(
+                        Ok(exec(c,
                             "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < ?",
                             params![now_ms],
                         )? as u64)
                     })
                 } else {
-                    not_begun()
+                    Err(not_begun())
                 };
                 Done::Count(r, reply)
             }
             Job::RetryParked(ids, now_ms, reply) => {
-                let r = if ok { in_savepoint(c, |c| retry_parked(c, &ids, now_ms)) } else { not_begun() };
+                let r = if ok { in_savepoint(c, |c| retry_parked(c, &ids, now_ms)) } else { Err(not_begun()) };
                 Done::Count(r, reply)
             }
         });
     }
     crate::crash::point("before_commit");
-    let committed = match begun {
-        Ok(()) => c.execute_batch("COMMIT").map_err(StoreError::from),
-        Err(e) => Err(StoreError::from(e)),
+    let committed = match &begun {
+        Ok(()) => exec(c, "COMMIT", [])
+            .map(|_| ())
+            .map_err(|e| named_error(StoreError::from(e), path)),
+        Err(_) => Err(not_begun()),
     };
-    if committed.is_err() {
+    if committed.is_err() && !c.is_autocommit() {
         let _ = c.execute_batch("ROLLBACK");
     }
     // answer only now: nothing is acknowledged before the group is durable
-    let failed = |e: &StoreError| StoreError::Task(format!("commit failed: {e}"));
+    let failed = |e: &StoreError| match e {
+        StoreError::Locked(p) => StoreError::Locked(p.clone()),
+        StoreError::ReadOnly(p) => StoreError::ReadOnly(p.clone()),
+        e => StoreError::Task(format!("commit failed: {e}")),
+    };
     for d in done {
         match d {
             Done::Ingest(r, reply) => {
-                let _ = reply.send(committed.as_ref().map_err(failed).and(r));
+                let _ = reply.send(
+                    committed
+                        .as_ref()
+                        .map_err(failed)
+                        .and(r.map_err(|e| named_error(e, path))),
+                );
             }
             Done::Claim(r, reply) => {
-                let _ = reply.send(committed.as_ref().map_err(failed).and(r));
+                let _ = reply.send(
+                    committed
+                        .as_ref()
+                        .map_err(failed)
+                        .and(r.map_err(|e| named_error(e, path))),
+                );
             }
             Done::Complete(r, reply) => {
-                let _ = reply.send(committed.as_ref().map_err(failed).and(r));
+                let _ = reply.send(
+                    committed
+                        .as_ref()
+                        .map_err(failed)
+                        .and(r.map_err(|e| named_error(e, path))),
+                );
             }
             Done::Count(r, reply) => {
-                let _ = reply.send(committed.as_ref().map_err(failed).and(r));
+                let _ = reply.send(
+                    committed
+                        .as_ref()
+                        .map_err(failed)
+                        .and(r.map_err(|e| named_error(e, path))),
+                );
             }
         }
     }
@@ -302,13 +370,14 @@ fn insert_inbox(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let (event_type, transaction_id, refund_id) = key;
-    let inserted = c.execute(
+    let inserted = exec(c,
         "INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING",
         params![event_type, transaction_id, refund_id, n.notification_id, openid, n.plaintext, status, note, now_ms],
     )?;
     if inserted == 0 {
-        c.execute(
+        exec(
+            c,
             "UPDATE inbox SET deliveries = deliveries + 1 WHERE event_type = ? AND transaction_id = ? AND refund_id = ?",
             params![event_type, transaction_id, refund_id],
         )?;
@@ -317,13 +386,13 @@ fn insert_inbox(
 }
 
 fn member_state(c: &Connection, openid: &str) -> Result<(Authorization, i64), StoreError> {
-    let row: Option<(Option<i64>, i64)> = c
-        .query_row(
-            "SELECT authorized, balance FROM members WHERE openid = ?",
-            params![openid],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let row: Option<(Option<i64>, i64)> = one(
+        c,
+        "SELECT authorized, balance FROM members WHERE openid = ?",
+        params![openid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
     Ok(match row {
         None => (Authorization::Unknown, 0),
         Some((Some(1), b)) => (Authorization::Authorized, b),
@@ -333,7 +402,7 @@ fn member_state(c: &Connection, openid: &str) -> Result<(Authorization, i64), St
 }
 
 fn set_balance(c: &Connection, openid: &str, balance: i64, now_ms: i64) -> Result<(), StoreError> {
-    c.execute(
+    exec(c,
         "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES (?, NULL, '', '', ?, ?)
          ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at",
         params![openid, balance, now_ms],
@@ -353,7 +422,7 @@ fn insert_ledger(
     rule: &Value,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    c.execute(
+    exec(c,
         "INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![openid, kind, transaction_id, refund_id, points, balance_after, china_day(now_ms), rule.to_string(), now_ms],
@@ -377,7 +446,7 @@ fn ingest(c: &Connection, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Inges
                 ctx.now_ms,
             )? {
                 let authorized = i64::from(a.auth_type == AuthType::RegisteredAndAuthorizationMode);
-                c.execute(
+                exec(c,
                     "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES (?, ?, ?, ?, 0, ?)
                      ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
                          code = excluded.code, updated_at = excluded.updated_at",
@@ -433,7 +502,8 @@ fn ingest_payment(
         return Ok(Ingested::Duplicate);
     }
     let (authorization, balance) = member_state(c, &t.openid)?;
-    let credited_today: i64 = c.query_row(
+    let credited_today: i64 = one(
+        c,
         "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'",
         params![t.openid, china_day(ctx.now_ms)],
         |r| r.get(0),
@@ -457,9 +527,19 @@ fn ingest_payment(
         &d.explanation,
         ctx.now_ms,
     )?;
-    c.execute(
+    exec(
+        c,
         "INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        params![t.transaction_id, t.openid, t.appid, t.mchid, t.shop_number, t.amount, d.points, ctx.now_ms],
+        params![
+            t.transaction_id,
+            t.openid,
+            t.appid,
+            t.mchid,
+            t.shop_number,
+            t.amount,
+            d.points,
+            ctx.now_ms
+        ],
     )?;
     let mut req = PointsNotifyRequest::new(
         &t.transaction_id,
@@ -477,7 +557,8 @@ fn ingest_payment(
         req = req.sub_mchid(&t.mchid);
     }
     let payload = serde_json::to_string(&req).unwrap_or_default();
-    c.execute(
+    exec(
+        c,
         "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at) VALUES (?, ?, 'pending', ?, ?)",
         params![t.transaction_id, payload, ctx.now_ms, ctx.now_ms],
     )?;
@@ -492,7 +573,11 @@ fn ingest_payment(
             Event::decode(wechatpay::notify::MALL_REFUND_SUCCESS, resource.as_bytes())
         {
             apply_refund(c, &r, ctx)?;
-            c.execute("UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id = ?", params![id])?;
+            exec(
+                c,
+                "UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id = ?",
+                params![id],
+            )?;
         }
     }
     Ok(Ingested::Payment { points: d.points })
@@ -503,7 +588,8 @@ fn apply_refund(
     r: &MallRefund,
     ctx: &IngestContext<'_>,
 ) -> Result<i64, StoreError> {
-    let (openid, amount, credited, refunded, entitled_before): (String, i64, i64, i64, i64) = c.query_row(
+    let (openid, amount, credited, refunded, entitled_before): (String, i64, i64, i64, i64) = one(
+        c,
         "SELECT openid, amount, credited_points, refunded_amount, entitled_debit FROM payments WHERE transaction_id = ?",
         params![r.transaction_id],
         |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?, x.get(3)?, x.get(4)?)),
@@ -538,7 +624,8 @@ fn apply_refund(
         &rule,
         ctx.now_ms,
     )?;
-    c.execute(
+    exec(
+        c,
         "UPDATE payments SET refunded_amount = MIN(amount, refunded_amount + ?), entitled_debit = entitled_debit + ? WHERE transaction_id = ?",
         params![r.refund_amount, entitled, r.transaction_id],
     )?;
@@ -569,14 +656,14 @@ fn ingest_refund(
             },
         );
     }
-    let known = c
-        .query_row(
-            "SELECT 1 FROM payments WHERE transaction_id = ?",
-            params![r.transaction_id],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
+    let known = one(
+        c,
+        "SELECT 1 FROM payments WHERE transaction_id = ?",
+        params![r.transaction_id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some();
     if !insert_inbox(
         c,
         key,
@@ -633,7 +720,7 @@ fn complete(
         SyncOutcome::Parked { error } => ("parked", None, Some(error.as_str())),
         SyncOutcome::Dead { error } => ("dead", None, Some(error.as_str())),
     };
-    let n = c.execute(
+    let n = exec(c,
         "UPDATE outbox SET state = ?1, due_at = COALESCE(?2, due_at), last_error = COALESCE(?3, last_error),
              done_at = CASE WHEN ?1 = 'done' THEN ?4 ELSE done_at END, lease_owner = NULL, lease_until = NULL
          WHERE id = ?5 AND state = 'inflight' AND lease_owner = ?6 AND attempts = ?7",
@@ -644,14 +731,16 @@ fn complete(
 
 fn retry_parked(c: &Connection, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
     if ids.is_empty() {
-        return Ok(c.execute(
+        return Ok(exec(
+            c,
             "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked'",
             params![now_ms],
         )? as u64);
     }
     let mut n = 0;
     for id in ids {
-        n += c.execute(
+        n += exec(
+            c,
             "UPDATE outbox SET state = 'pending', due_at = ? WHERE state = 'parked' AND id = ?",
             params![now_ms, id],
         )? as u64;
@@ -714,7 +803,7 @@ impl Store for SqliteStore {
     async fn status(&self) -> Result<Status, StoreError> {
         self.read(|c| {
             let oldest_pending_at: Option<i64> =
-                c.query_row("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')", [], |r| r.get(0))?;
+                one(c, "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')", [], |r| r.get(0))?;
             let mut st = c.prepare_cached(
                 "SELECT id, transaction_id, state, attempts, last_error FROM outbox WHERE state IN ('parked', 'dead') ORDER BY id LIMIT 1000",
             )?;
@@ -742,8 +831,7 @@ impl Store for SqliteStore {
     async fn member(&self, openid: &str) -> Result<Option<MemberView>, StoreError> {
         let openid = openid.to_string();
         self.read(move |c| {
-            let m: Option<(Option<i64>, i64)> = c
-                .query_row("SELECT authorized, balance FROM members WHERE openid = ?", params![openid], |r| Ok((r.get(0)?, r.get(1)?)))
+            let m: Option<(Option<i64>, i64)> = one(c, "SELECT authorized, balance FROM members WHERE openid = ?", params![openid], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let Some((authorized, balance)) = m else { return Ok(None) };
             let mut st = c.prepare_cached(
@@ -784,7 +872,7 @@ impl Store for SqliteStore {
             let credits: std::collections::BTreeMap<String, i64> =
                 st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
             let (debits, points_deducted): (i64, i64) =
-                c.query_row("SELECT COUNT(*), COALESCE(-SUM(points), 0) FROM ledger WHERE kind = 'debit'", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                one(c, "SELECT COUNT(*), COALESCE(-SUM(points), 0) FROM ledger WHERE kind = 'debit'", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let mut st = c.prepare("SELECT done_at - created_at FROM outbox WHERE state = 'done' ORDER BY 1")?;
             let sync_latencies_ms = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             Ok(Audit {
@@ -800,17 +888,14 @@ impl Store for SqliteStore {
                 payments_without_sync: collect_strings(
                     "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL",
                 )?,
-                held_refunds: c.query_row("SELECT COUNT(*) FROM inbox WHERE status = 'held'", [], |r| r.get(0))?,
+                held_refunds: one(c, "SELECT COUNT(*) FROM inbox WHERE status = 'held'", [], |r| r.get(0))?,
             })
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())?)
-        })
-        .await
+        self.read(|c| Ok(one(c, "SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
+            .await
     }
 }

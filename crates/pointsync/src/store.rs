@@ -199,6 +199,33 @@ pub enum StoreError {
     /// A database task failed to run to completion.
     #[error("database task: {0}")]
     Task(String),
+    /// Another connection held the write lock for longer than the busy timeout.
+    #[error(
+        "database {0} is locked: another connection held its write lock longer than the busy \
+         timeout (service.busy_timeout_ms); nothing was written"
+    )]
+    Locked(String),
+    /// The database cannot be written.
+    #[error(
+        "database {0} is read-only (file permissions, the immutable attribute or a read-only \
+         mount); pointsync must be able to write it; nothing was written"
+    )]
+    ReadOnly(String),
+}
+
+impl StoreError {
+    /// Names a SQLite failure precisely: a lock held too long and a read-only file get their own
+    /// errors naming the database file.
+    pub fn classify(e: rusqlite::Error, path: &std::path::Path) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                Self::Locked(path.display().to_string())
+            }
+            Some(ErrorCode::ReadOnly) => Self::ReadOnly(path.display().to_string()),
+            _ => Self::Db(e),
+        }
+    }
 }
 
 /// The storage contract of the service.

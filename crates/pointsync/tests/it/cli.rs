@@ -281,3 +281,33 @@ async fn the_demo_reports_a_record_that_matches_the_ledger() {
     );
     assert!(report.to_string().contains("matches the ledger"));
 }
+
+#[test]
+fn serve_on_a_read_only_database_exits_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox =
+        wechatpay_sim::Sandbox::init(&dir.path().join("sandbox"), wechatpay_sim::TrustMode::Cert)
+            .unwrap();
+    let config = pointsync::demo::write_config(dir.path(), &sandbox, "http://127.0.0.1:9", "")
+        .unwrap()
+        .display()
+        .to_string();
+    let o = pointsync(&["migrate", "--config", &config], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db = dir.path().join("pointsync.db");
+    assert!(db.exists(), "the demo config keeps its database beside it");
+    let _guard = crate::harness::make_read_only(&db);
+    let o = pointsync(
+        &["serve", "--config", &config],
+        &[
+            ("POINTSYNC__SERVICE__PUBLIC_LISTEN", "127.0.0.1:0"),
+            ("POINTSYNC__SERVICE__ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&db.display().to_string()) && err.contains("read-only"),
+        "{err}"
+    );
+}

@@ -444,3 +444,44 @@ async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
     let done = *s.syncs.get("done").unwrap_or(&0);
     assert_eq!(done + s.syncs.get("pending").unwrap_or(&0), 20);
 }
+
+#[tokio::test]
+async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
+    // The harness's busy timeout is 2 s; another process holds the write lock for 4.5 s while a
+    // member pays (the writer may first spend one busy timeout on a rescuer or dispatcher job).
+    // The callback is refused with a 5xx (nothing stored, nothing acknowledged),
+    // WeChat retries on its schedule, and the retry after the lock is gone credits once.
+    let h = Harness::start(
+        PushConfig {
+            timeout_ms: 5_000, // WeChat's: longer than the service's 3 s handler timeout
+            ..fast_push()
+        },
+        &[],
+    )
+    .await;
+    let other = rusqlite::Connection::open(&h.config.service.database).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (m, tx) = h.member_pays(8_800);
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    other.execute_batch("ROLLBACK").unwrap();
+    h.quiet(Duration::from_secs(30)).await;
+    assert!(
+        h.metric("pointsync_callbacks_total", "db_error")
+            + h.metric("pointsync_callbacks_total", "timeout")
+            >= 1.0
+            && h.metric("pointsync_callbacks_total", "abandoned") == 0.0,
+        "{:?}\n{}",
+        h.sim.deliveries(),
+        h.running().metrics.render()
+    );
+    let d = h
+        .sim
+        .deliveries()
+        .into_iter()
+        .find(|d| d.key.contains(&tx.transaction_id))
+        .unwrap();
+    assert!(d.delivered && d.attempts >= 2, "{d:?}");
+    let view = h.store.member(&m.openid).await.unwrap().unwrap();
+    assert_eq!((view.balance, view.entries.len()), (88, 1));
+    assert_invariants(&h.sim, &h.store).await;
+}

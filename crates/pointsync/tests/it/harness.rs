@@ -213,3 +213,39 @@ pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct
         "I6: a resend differed from the first payload"
     );
 }
+
+/// Makes `path` unwritable even for root (the immutable attribute; plain permissions otherwise).
+/// Returns a guard that makes it writable again.
+pub fn make_read_only(path: &std::path::Path) -> impl Drop {
+    struct Undo(std::path::PathBuf, bool);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = std::process::Command::new("chattr")
+                    .arg("-i")
+                    .arg(&self.0)
+                    .status();
+            }
+            let mut p = std::fs::metadata(&self.0).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            p.set_readonly(false);
+            let _ = std::fs::set_permissions(&self.0, p);
+        }
+    }
+    let mut p = std::fs::metadata(path).unwrap().permissions();
+    p.set_readonly(true);
+    std::fs::set_permissions(path, p).unwrap();
+    let writable = std::fs::OpenOptions::new().write(true).open(path).is_ok();
+    let chattr = writable
+        && std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        std::fs::OpenOptions::new().write(true).open(path).is_err(),
+        "cannot make {} read-only here (root without chattr +i)",
+        path.display()
+    );
+    Undo(path.to_path_buf(), chattr)
+}

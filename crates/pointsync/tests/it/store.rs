@@ -427,3 +427,86 @@ async fn partner_mode_syncs_with_the_malls_sub_mchid() {
         "direct merchants send no sub_mchid"
     );
 }
+
+#[tokio::test]
+async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let s = SqliteStore::open(&path, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let rules = Rules::default();
+    assert_eq!(
+        s.ingest(&payment("L1", "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 10 }
+    );
+    // another process (here: another connection) takes the write lock and keeps it
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = s
+        .ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::Locked(_)),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("locked"),
+        "{text}"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    // what was committed before is intact, and the retried callback (WeChat retries on 5xx) lands
+    assert_eq!(
+        s.ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 20 }
+    );
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!((m.balance, m.entries.len()), (30, 2));
+    let audit = s.audit().await.unwrap();
+    assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let rules = Rules::default();
+    {
+        let s = SqliteStore::open(&path, Duration::from_secs(2))
+            .await
+            .unwrap();
+        s.ingest(&payment("R1", "o1", 5_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap();
+    }
+    // the writer thread checkpoints nothing on its own; make sure the -wal content is in the file
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let guard = crate::harness::make_read_only(&path);
+    let err = SqliteStore::open(&path, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::ReadOnly(_)),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("read-only"),
+        "{text}"
+    );
+    drop(guard);
+    let s = SqliteStore::open(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!(m.balance, 50);
+}
