@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pointsync::config::Config;
 use pointsync::sqlite::SqliteStore;
-use pointsync::store::Store;
+use pointsync::store::{Adjusted, Store};
 
 /// The mall's WeChat Pay 智慧商圈 points service.
 #[derive(Parser, Debug)]
@@ -61,6 +61,25 @@ enum Command {
     Member {
         /// The member's openid.
         openid: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Add or take a member's points (redeemed or corrected in the mall's own systems).
+    /// Idempotent on --reference; refuses to make a balance negative unless
+    /// `rules.allow_negative_balance` is on.
+    Adjust {
+        /// The member's openid.
+        openid: String,
+        /// Points to add (positive) or take (negative, e.g. -50).
+        #[arg(allow_negative_numbers = true)]
+        points: i64,
+        /// Your unique reference (a redemption order, a ticket): the same reference twice has one
+        /// effect.
+        #[arg(long)]
+        reference: String,
+        /// Why, kept in the ledger.
+        #[arg(long, default_value = "")]
+        reason: String,
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -248,6 +267,40 @@ async fn run(cli: Cli) -> Result<()> {
                 .retry_parked(&ids, pointsync::service::now_ms())
                 .await?;
             println!("{n} parked syncs re-queued");
+            Ok(())
+        }
+        Command::Adjust {
+            openid,
+            points,
+            reference,
+            reason,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let a = pointsync::store::Adjustment {
+                openid: openid.clone(),
+                points,
+                reference: reference.clone(),
+                reason,
+            };
+            let allow = config.rules.allow_negative_balance;
+            let store = open(&config).await?;
+            match store
+                .adjust(&a, allow, pointsync::service::now_ms())
+                .await?
+            {
+                Adjusted::Applied { balance } => {
+                    println!("{openid}: {points:+} applied ({reference}); balance {balance}")
+                }
+                Adjusted::Duplicate { balance } => println!(
+                    "{openid}: {reference} was applied before; nothing changed; balance {balance}"
+                ),
+                Adjusted::WouldGoNegative { balance } => anyhow::bail!(
+                    "{openid}: balance {balance}; {points:+} would make it negative \
+                     (rules.allow_negative_balance is off); nothing changed"
+                ),
+                Adjusted::UnknownMember => anyhow::bail!("no member {openid}; nothing changed"),
+            }
             Ok(())
         }
         Command::Member { openid, config } => {

@@ -19,19 +19,26 @@ use wechatpay::notify::{AuthType, Event, MallRefund, MallTransaction};
 
 use crate::rules::{Authorization, Payment, Rules, refund_deduction};
 use crate::store::{
-    Audit, Claimed, Incoming, IngestContext, Ingested, LedgerEntry, MemberView, ParkedSync, Status,
-    Store, StoreError, SyncOutcome,
+    Adjusted, Adjustment, Audit, Claimed, Incoming, IngestContext, Ingested, LedgerEntry,
+    MemberView, ParkedSync, Status, Store, StoreError, SyncOutcome,
 };
 
 /// Embedded migrations: (version, name, SQL), applied in order and recorded in `PRAGMA user_version`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "adjustments",
+        include_str!("../migrations/sqlite/0002_adjustments.sql"),
+    ),
+];
 
 /// The schema version the embedded migrations reach.
-pub const SCHEMA: &str = "1 init";
+pub const SCHEMA: &str = "2 adjustments";
 
 /// Jobs written in one group at most.
 const MAX_GROUP: usize = 512;
@@ -55,6 +62,7 @@ enum Job {
     Release(String, Reply<u64>),
     Rescue(i64, Reply<u64>),
     RetryParked(Vec<i64>, i64, Reply<u64>),
+    Adjust(Adjustment, bool, i64, Reply<Adjusted>),
 }
 
 /// SQLite storage. Cheap to clone.
@@ -219,6 +227,7 @@ enum Done {
     Claim(Result<Vec<Claimed>, StoreError>, Reply<Vec<Claimed>>),
     Complete(Result<bool, StoreError>, Reply<bool>),
     Count(Result<u64, StoreError>, Reply<u64>),
+    Adjust(Result<Adjusted, StoreError>, Reply<Adjusted>),
 }
 
 fn in_savepoint<T>(
@@ -300,6 +309,10 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
                 };
                 Done::Count(r, reply)
             }
+            Job::Adjust(a, allow_negative, now_ms, reply) => {
+                let r = if ok { in_savepoint(c, |c| adjust(c, &a, allow_negative, now_ms)) } else { Err(not_begun()) };
+                Done::Adjust(r, reply)
+            }
             Job::RetryParked(ids, now_ms, reply) => {
                 let r = if ok { in_savepoint(c, |c| retry_parked(c, &ids, now_ms)) } else { Err(not_begun()) };
                 Done::Count(r, reply)
@@ -317,46 +330,28 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
         let _ = c.execute_batch("ROLLBACK");
     }
     // answer only now: nothing is acknowledged before the group is durable
-    let failed = |e: &StoreError| match e {
-        StoreError::Locked(p) => StoreError::Locked(p.clone()),
-        StoreError::ReadOnly(p) => StoreError::ReadOnly(p.clone()),
-        e => StoreError::Task(format!("commit failed: {e}")),
-    };
     for d in done {
         match d {
-            Done::Ingest(r, reply) => {
-                let _ = reply.send(
-                    committed
-                        .as_ref()
-                        .map_err(failed)
-                        .and(r.map_err(|e| named_error(e, path))),
-                );
-            }
-            Done::Claim(r, reply) => {
-                let _ = reply.send(
-                    committed
-                        .as_ref()
-                        .map_err(failed)
-                        .and(r.map_err(|e| named_error(e, path))),
-                );
-            }
-            Done::Complete(r, reply) => {
-                let _ = reply.send(
-                    committed
-                        .as_ref()
-                        .map_err(failed)
-                        .and(r.map_err(|e| named_error(e, path))),
-                );
-            }
-            Done::Count(r, reply) => {
-                let _ = reply.send(
-                    committed
-                        .as_ref()
-                        .map_err(failed)
-                        .and(r.map_err(|e| named_error(e, path))),
-                );
-            }
+            Done::Ingest(r, reply) => drop(reply.send(settle(&committed, r, path))),
+            Done::Claim(r, reply) => drop(reply.send(settle(&committed, r, path))),
+            Done::Complete(r, reply) => drop(reply.send(settle(&committed, r, path))),
+            Done::Count(r, reply) => drop(reply.send(settle(&committed, r, path))),
+            Done::Adjust(r, reply) => drop(reply.send(settle(&committed, r, path))),
         }
+    }
+}
+
+/// A job's answer once its group committed (or failed to).
+fn settle<T>(
+    committed: &Result<(), StoreError>,
+    r: Result<T, StoreError>,
+    path: &Path,
+) -> Result<T, StoreError> {
+    match committed {
+        Ok(()) => r.map_err(|e| named_error(e, path)),
+        Err(StoreError::Locked(p)) => Err(StoreError::Locked(p.clone())),
+        Err(StoreError::ReadOnly(p)) => Err(StoreError::ReadOnly(p.clone())),
+        Err(e) => Err(StoreError::Task(format!("commit failed: {e}"))),
     }
 }
 
@@ -748,6 +743,52 @@ fn retry_parked(c: &Connection, ids: &[i64], now_ms: i64) -> Result<u64, StoreEr
     Ok(n)
 }
 
+fn adjust(
+    c: &Connection,
+    a: &Adjustment,
+    allow_negative: bool,
+    now_ms: i64,
+) -> Result<Adjusted, StoreError> {
+    let balance: Option<i64> = one(
+        c,
+        "SELECT balance FROM members WHERE openid = ?",
+        params![a.openid],
+        |r| r.get(0),
+    )
+    .optional()?;
+    let Some(balance) = balance else {
+        return Ok(Adjusted::UnknownMember);
+    };
+    let seen = one(
+        c,
+        "SELECT 1 FROM ledger WHERE kind = 'adjust' AND transaction_id = ?",
+        params![a.reference],
+        |_| Ok(()),
+    )
+    .optional()?;
+    if seen.is_some() {
+        return Ok(Adjusted::Duplicate { balance });
+    }
+    let after = balance + a.points;
+    if after < 0 && a.points < 0 && !allow_negative {
+        return Ok(Adjusted::WouldGoNegative { balance });
+    }
+    set_balance(c, &a.openid, after, now_ms)?;
+    let rule = json!({"reason": "adjustment", "note": a.reason, "reference": a.reference});
+    insert_ledger(
+        c,
+        &a.openid,
+        "adjust",
+        &a.reference,
+        "",
+        a.points,
+        after,
+        &rule,
+        now_ms,
+    )?;
+    Ok(Adjusted::Applied { balance: after })
+}
+
 fn counts(
     c: &Connection,
     sql: &str,
@@ -793,6 +834,16 @@ impl Store for SqliteStore {
 
     async fn rescue(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.submit(|r| Job::Rescue(now_ms, r)).await
+    }
+
+    async fn adjust(
+        &self,
+        a: &Adjustment,
+        allow_negative: bool,
+        now_ms: i64,
+    ) -> Result<Adjusted, StoreError> {
+        self.submit(|r| Job::Adjust(a.clone(), allow_negative, now_ms, r))
+            .await
     }
 
     async fn retry_parked(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {

@@ -169,6 +169,33 @@ pub struct MemberView {
     pub entries: Vec<LedgerEntry>,
 }
 
+/// An operator's adjustment of a member's balance: points redeemed or corrected in the mall's own
+/// systems. Idempotent on `reference`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adjustment {
+    /// The member.
+    pub openid: String,
+    /// Points added (positive) or taken (negative).
+    pub points: i64,
+    /// The operator's unique reference (a redemption order, a ticket…).
+    pub reference: String,
+    /// Why, kept in the ledger.
+    pub reason: String,
+}
+
+/// What an adjustment did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Adjusted {
+    /// Written; the balance after it.
+    Applied { balance: i64 },
+    /// This reference was applied before; nothing changed.
+    Duplicate { balance: i64 },
+    /// Refused: it would make the balance negative (`rules.allow_negative_balance` is off).
+    WouldGoNegative { balance: i64 },
+    /// No such member.
+    UnknownMember,
+}
+
 /// Totals for reports and invariant checks.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Audit {
@@ -263,6 +290,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         ids: &[i64],
         now_ms: i64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Applies an operator's adjustment, refusing one that would make the balance negative unless
+    /// `allow_negative`.
+    fn adjust(
+        &self,
+        a: &Adjustment,
+        allow_negative: bool,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Adjusted, StoreError>> + Send;
     /// Backlog overview.
     fn status(&self) -> impl Future<Output = Result<Status, StoreError>> + Send;
     /// A member's balance and ledger.

@@ -170,9 +170,48 @@ async fn operator_commands_read_the_live_database() {
 
     let o = pointsync(&["member", "oNOBODY", "--config", &config], &[]);
     assert!(!o.status.success() && stderr(&o).contains("no member oNOBODY"));
+
+    // points redeemed at the mall's desk, while the service runs: once per reference, never
+    // below zero
+    let adjust = |points: &str, reference: &str| {
+        pointsync(
+            &[
+                "adjust",
+                &m.openid,
+                points,
+                "--reference",
+                reference,
+                "--reason",
+                "停车兑换",
+                "--config",
+                &config,
+            ],
+            &[],
+        )
+    };
+    let o = adjust("-150", "DESK-1");
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("balance 50"),
+        "{}",
+        stderr(&o)
+    );
+    let o = adjust("-150", "DESK-1");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("applied before; nothing changed; balance 50"),
+        "{}",
+        stderr(&o)
+    );
+    let o = adjust("-51", "DESK-2");
+    assert!(
+        !o.status.success() && stderr(&o).contains("would make it negative"),
+        "{}",
+        stderr(&o)
+    );
+    let view = h.store.member(&m.openid).await.unwrap().unwrap();
+    assert_eq!(view.balance, 50);
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("schema up to date (1 init)"),
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (2 adjustments)"),
         "{}",
         stderr(&o)
     );
@@ -183,7 +222,7 @@ async fn operator_commands_read_the_live_database() {
         &[("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap())],
     );
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("applied: 1 init"),
+        String::from_utf8_lossy(&o.stdout).contains("applied: 1 init\napplied: 2 adjustments"),
         "{}",
         stderr(&o)
     );

@@ -510,3 +510,98 @@ async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept
     let m = s.member("o1").await.unwrap().unwrap();
     assert_eq!(m.balance, 50);
 }
+
+#[tokio::test]
+async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balance() {
+    use pointsync::store::{Adjusted, Adjustment};
+    let adj = |points: i64, reference: &str| Adjustment {
+        openid: "o1".into(),
+        points,
+        reference: reference.into(),
+        reason: "停车兑换".into(),
+    };
+    for allow in [false, true] {
+        let (_d, s) = store().await;
+        let rules = Rules {
+            allow_negative_balance: allow,
+            ..Rules::default()
+        };
+        assert_eq!(
+            s.adjust(&adj(-1, "R-0"), allow, T0).await.unwrap(),
+            Adjusted::UnknownMember
+        );
+        assert_eq!(
+            s.ingest(&payment("N1", "o1", 10_000, "S1"), &ctx(&rules))
+                .await
+                .unwrap(),
+            Ingested::Payment { points: 100 }
+        );
+        assert_eq!(
+            s.adjust(&adj(-80, "R-1"), allow, T0).await.unwrap(),
+            Adjusted::Applied { balance: 20 }
+        );
+        assert_eq!(
+            s.adjust(&adj(-80, "R-1"), allow, T0).await.unwrap(),
+            Adjusted::Duplicate { balance: 20 },
+            "the same reference twice has one effect"
+        );
+        let second = s.adjust(&adj(-30, "R-2"), allow, T0).await.unwrap();
+        let refunded = s
+            .ingest(&refund("N1", "RF1", 10_000, 10_000), &ctx(&rules))
+            .await
+            .unwrap();
+        let m = s.member("o1").await.unwrap().unwrap();
+        if allow {
+            assert_eq!(second, Adjusted::Applied { balance: -10 });
+            assert_eq!(refunded, Ingested::Refund { points: 100 });
+            assert_eq!(m.balance, -110);
+        } else {
+            assert_eq!(second, Adjusted::WouldGoNegative { balance: 20 });
+            // the refund takes what is left and records the shortfall
+            assert_eq!(refunded, Ingested::Refund { points: 20 });
+            assert_eq!(m.balance, 0);
+            let debit = m.entries.iter().find(|e| e.kind == "debit").unwrap();
+            assert_eq!(debit.rule["shortfall"], 80, "{}", debit.rule);
+        }
+        assert_eq!(m.balance, m.entries.iter().map(|e| e.points).sum::<i64>());
+        assert!(s.audit().await.unwrap().unbalanced_members.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ('o9', 1, '', '', 42, 0);
+             INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
+             VALUES ('o9', 'credit', 'T9', '', 42, 42, 0, '{}', 0);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let m = s.member("o9").await.unwrap().unwrap();
+    assert_eq!((m.balance, m.entries.len()), (42, 1));
+    let a = pointsync::store::Adjustment {
+        openid: "o9".into(),
+        points: -2,
+        reference: "X".into(),
+        reason: String::new(),
+    };
+    assert_eq!(
+        s.adjust(&a, false, T0).await.unwrap(),
+        pointsync::store::Adjusted::Applied { balance: 40 }
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+}
