@@ -20,9 +20,13 @@ trap 'kill $SIM 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "127.0.0.1:$PORT" "$SB/wxpay.env" 2>/dev/null && break; sleep 0.1; done
 set -a; . "$SB/wxpay.env"; set +a
 
-speed=$($PIN_CLI openssl speed -seconds 3 rsa2048 2>/dev/null | grep -E '^rsa 2048 bits')
-sign_s=$(echo "$speed" | awk '{print $(NF-1)}')
-verify_s=$(echo "$speed" | awk '{print $NF}')
+# best of three 2-second runs: the conservative floor on a noisy shared machine
+sign_s=0; verify_s=0
+for _ in 1 2 3; do
+  speed=$($PIN_CLI openssl speed -seconds 2 rsa2048 2>/dev/null | grep -E '^rsa 2048 bits')
+  sign_s=$(python3 -c "print(max($sign_s, $(echo "$speed" | awk '{print $(NF-1)}')))")
+  verify_s=$(python3 -c "print(max($verify_s, $(echo "$speed" | awk '{print $NF}')))")
+done
 floor=$(python3 -c "print(1e6/$sign_s + 1e6/$verify_s)")
 echo "openssl speed rsa2048: sign/s=$sign_s verify/s=$verify_s → floor (1 sign + 1 verify) = $(printf %.1f "$floor") µs"
 
