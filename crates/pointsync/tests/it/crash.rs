@@ -60,8 +60,11 @@ impl Rig {
         }
     }
 
-    /// Starts `pointsync serve` and waits until it answers /healthz.
+    /// Starts `pointsync serve` and waits until it answers /healthz, which it does only once its
+    /// callback listener is bound: the contract's goal is acknowledging again within 5 s of a
+    /// restart, asserted here for every start, the restarts after each kill included.
     async fn spawn(&self, crash_at: Option<&str>) -> Child {
+        let started = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pointsync"));
         cmd.args(["serve", "--config"])
             .arg(&self.config)
@@ -82,6 +85,11 @@ impl Rig {
             if let Ok(r) = reqwest::get(format!("http://{}/healthz", self.admin)).await
                 && r.status() == 200
             {
+                let took = started.elapsed();
+                assert!(
+                    took < Duration::from_secs(5),
+                    "pointsync serve took {took:?} to answer after a (re)start; the goal is 5 s"
+                );
                 return child;
             }
             if let Ok(Some(s)) = child.try_wait() {
