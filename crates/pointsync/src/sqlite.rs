@@ -351,6 +351,7 @@ fn settle<T>(
         Ok(()) => r.map_err(|e| named_error(e, path)),
         Err(StoreError::Locked(p)) => Err(StoreError::Locked(p.clone())),
         Err(StoreError::ReadOnly(p)) => Err(StoreError::ReadOnly(p.clone())),
+        Err(StoreError::Io(p)) => Err(StoreError::Io(p.clone())),
         Err(e) => Err(StoreError::Task(format!("commit failed: {e}"))),
     }
 }

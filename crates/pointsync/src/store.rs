@@ -238,6 +238,9 @@ pub enum StoreError {
          mount); pointsync must be able to write it; nothing was written"
     )]
     ReadOnly(String),
+    /// The file system refused a read or write (I/O error, disk full).
+    #[error("database {0}; nothing was written")]
+    Io(String),
 }
 
 impl StoreError {
@@ -250,6 +253,9 @@ impl StoreError {
                 Self::Locked(path.display().to_string())
             }
             Some(ErrorCode::ReadOnly) => Self::ReadOnly(path.display().to_string()),
+            Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull) => {
+                Self::Io(format!("{}: {e}", path.display()))
+            }
             _ => Self::Db(e),
         }
     }

@@ -485,3 +485,48 @@ async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
     assert_eq!((view.balance, view.entries.len()), (88, 1));
     assert_invariants(&h.sim, &h.store).await;
 }
+
+#[tokio::test]
+async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_again() {
+    // The fault catalogue's "SQLite I/O error": the WAL file stops taking writes (the immutable
+    // attribute makes the kernel refuse them, as a disk remounted read-only would) while the
+    // service runs. Callbacks get a 5xx and nothing is acknowledged; once writes work again,
+    // WeChat's retries land once each and nothing acknowledged before is lost.
+    let h = Harness::start(
+        PushConfig {
+            timeout_ms: 5_000,
+            ..fast_push()
+        },
+        &[],
+    )
+    .await;
+    let (m1, _) = h.member_pays(1_000);
+    h.quiet(Duration::from_secs(10)).await;
+    let wal = h.config.service.database.with_extension("db-wal");
+    assert!(wal.exists(), "{}", wal.display());
+    let guard = crate::harness::make_read_only(&wal);
+    let (m2, tx2) = h.member_pays(2_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.metric("pointsync_callbacks_total", "db_error") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no db_error seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(guard);
+    h.quiet(Duration::from_secs(30)).await;
+    let d = h
+        .sim
+        .deliveries()
+        .into_iter()
+        .find(|d| d.key.contains(&tx2.transaction_id))
+        .unwrap();
+    assert!(d.delivered && d.attempts >= 2, "{d:?}");
+    assert_eq!(
+        h.store.member(&m1.openid).await.unwrap().unwrap().balance,
+        10
+    );
+    assert_eq!(
+        h.store.member(&m2.openid).await.unwrap().unwrap().balance,
+        20
+    );
+    assert_invariants(&h.sim, &h.store).await;
+}

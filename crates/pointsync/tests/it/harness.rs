@@ -216,7 +216,7 @@ pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct
 
 /// Makes `path` unwritable even for root (the immutable attribute; plain permissions otherwise).
 /// Returns a guard that makes it writable again.
-pub fn make_read_only(path: &std::path::Path) -> impl Drop {
+pub fn make_read_only(path: &std::path::Path) -> impl Drop + use<> {
     struct Undo(std::path::PathBuf, bool);
     impl Drop for Undo {
         fn drop(&mut self) {

@@ -605,3 +605,35 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
         .unwrap();
     assert_eq!(v, 2);
 }
+
+#[tokio::test]
+async fn a_write_error_names_the_database_and_the_store_recovers() {
+    let (d, s) = store().await;
+    let rules = Rules::default();
+    s.ingest(&payment("W1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let path = d.path().join("p.db");
+    let guard = crate::harness::make_read_only(&path.with_extension("db-wal"));
+    let err = s
+        .ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::Io(_)),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("I/O"),
+        "{text}"
+    );
+    drop(guard);
+    assert_eq!(
+        s.ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 20 }
+    );
+    assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 30);
+}
