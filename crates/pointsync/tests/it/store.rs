@@ -637,3 +637,53 @@ async fn a_write_error_names_the_database_and_the_store_recovers() {
     );
     assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 30);
 }
+
+#[tokio::test]
+async fn a_payment_ingested_claiming_is_leased_at_once_and_fenced_like_a_claim() {
+    let (_d, s) = store().await;
+    let rules = Rules::default();
+    let (i, a) = s
+        .ingest_claiming(&payment("H1", "o1", 10_000, "S1"), &ctx(&rules), "A", 1_000)
+        .await
+        .unwrap();
+    let a = a.expect("a new payment's row is claimed in the same transaction");
+    assert_eq!(i, Ingested::Payment { points: 100 });
+    assert_eq!((a.transaction_id.as_str(), a.attempt), ("H1", 1));
+    assert_eq!(s.status().await.unwrap().syncs.get("inflight"), Some(&1));
+    assert!(
+        s.claim("B", T0, 1_000, 10).await.unwrap().is_empty(),
+        "a handed-over row is not claimed twice"
+    );
+    // duplicates, refunds and authorizations claim nothing
+    let (dup, none) = s
+        .ingest_claiming(&payment("H1", "o1", 10_000, "S1"), &ctx(&rules), "A", 1_000)
+        .await
+        .unwrap();
+    assert_eq!((dup, none), (Ingested::Duplicate, None));
+    let (_, none) = s
+        .ingest_claiming(&refund("H1", "R1", 10_000, 1_000), &ctx(&rules), "A", 1_000)
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    // the process dies before sending: the lease expires, the rescuer returns the row, and the
+    // resend carries the same bytes; the dead attempt's completion is fenced out (I7)
+    assert_eq!(s.rescue(T0 + 1_001).await.unwrap(), 1);
+    let b = s.claim("B", T0 + 1_001, 1_000, 10).await.unwrap().remove(0);
+    assert_eq!((b.attempt, b.payload == a.payload), (2, true));
+    assert!(
+        !s.complete(&a, "A", &SyncOutcome::Done, T0 + 1_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete(&b, "B", &SyncOutcome::Done, T0 + 1_100)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.status().await.unwrap().syncs.get("done"), Some(&1));
+    // and the plain path still enqueues pending rows
+    s.ingest(&payment("H2", "o1", 10_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    assert_eq!(s.status().await.unwrap().syncs.get("pending"), Some(&1));
+}
