@@ -120,10 +120,6 @@ pub struct DispatcherConfig {
     pub poll_ms: u64,
     /// How often expired leases are rescued.
     pub rescue_every_ms: u64,
-    /// Hand a new payment's sync straight to the dispatcher when a slot is free: the row is
-    /// written already leased (in the callback's own transaction), sparing a claim. Off: every
-    /// sync waits for the dispatcher's next claim.
-    pub handoff: bool,
 }
 
 impl Default for DispatcherConfig {
@@ -138,7 +134,6 @@ impl Default for DispatcherConfig {
             max_age_hours: 24 * 29,
             poll_ms: 200,
             rescue_every_ms: 5_000,
-            handoff: true,
         }
     }
 }

@@ -15,9 +15,6 @@ pub struct Metrics {
     pub verification_failures: IntCounterVec,
     /// Sync attempts by result (done, retry, parked, dead, fenced_out).
     pub syncs: IntCounterVec,
-    /// Syncs started, by how the dispatcher got them (handoff: straight from the callback's
-    /// transaction; claim: from the outbox).
-    pub sync_starts: IntCounterVec,
     /// Outbox rows by state, refreshed periodically.
     pub backlog: IntGaugeVec,
     /// Callback handling time (verify + durable commit), seconds.
@@ -80,11 +77,6 @@ impl Metrics {
                 "pointsync_syncs_total",
                 "Points-sync attempts by result",
                 "result",
-            ),
-            sync_starts: counter(
-                "pointsync_sync_starts_total",
-                "Syncs started, by how the dispatcher got them",
-                "path",
             ),
             backlog,
             callback_seconds: histogram(

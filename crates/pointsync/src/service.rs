@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use wechatpay::RawRequest;
 use wechatpay::notify::{NotifyParser, answer};
@@ -46,35 +46,6 @@ pub struct Receiver<S> {
     pub metrics: Metrics,
     /// Wakes the dispatcher when a sync is enqueued.
     pub wake: Arc<Notify>,
-    /// Hands new payments' syncs straight to the dispatcher (`None`: they wait for its claim).
-    pub fast: Option<FastPath>,
-}
-
-/// A sync claimed when its payment was stored, with the dispatcher slot reserved for it.
-#[derive(Debug)]
-pub struct Handoff {
-    claimed: Claimed,
-    permit: OwnedSemaphorePermit,
-}
-
-/// The receiver's side of the hand-off: when a dispatcher slot is free, a new payment's sync row is
-/// written already leased to the dispatcher (attempt 1) and passed to it in memory, sparing a
-/// claim. If the process dies first, the lease expires and the rescuer returns the row, as for any
-/// claimed row.
-#[derive(Clone)]
-pub struct FastPath {
-    owner: String,
-    lease_ms: i64,
-    permits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Handoff>,
-}
-
-impl std::fmt::Debug for FastPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastPath")
-            .field("owner", &self.owner)
-            .finish_non_exhaustive()
-    }
 }
 
 async fn callback<S: Store>(
@@ -110,21 +81,12 @@ async fn callback<S: Store>(
         partner_mode: r.partner_mode,
         now_ms: now_ms(),
     };
-    let mut outcome = tokio::time::timeout(r.handler_timeout, ingest(&r, &incoming, &ctx)).await;
-    let handoff = match &mut outcome {
-        Ok(Ok((_, h))) => h.take(),
-        _ => None,
-    };
+    let outcome = tokio::time::timeout(r.handler_timeout, r.store.ingest(&incoming, &ctx)).await;
     let (status, label) = match &outcome {
-        Ok(Ok((i, _))) => {
+        Ok(Ok(i)) => {
             crate::crash::point("after_commit");
             if matches!(i, Ingested::Payment { .. }) {
-                match (handoff, &r.fast) {
-                    // if the dispatcher has stopped, the row's lease expires and the rescuer
-                    // returns it
-                    (Some(h), Some(f)) => drop(f.tx.send(h)),
-                    _ => r.wake.notify_one(),
-                }
+                r.wake.notify_one();
             }
             if let Ingested::Rejected(why) = i {
                 tracing::error!(
@@ -167,30 +129,6 @@ async fn callback<S: Store>(
         answer::success().into_response()
     } else {
         answer::failure(status, "暂时无法处理，请重试").into_response()
-    }
-}
-
-/// Stores a callback; a new payment's sync goes straight to the dispatcher when a slot is free.
-async fn ingest<S: Store>(
-    r: &Receiver<S>,
-    incoming: &crate::store::Incoming,
-    ctx: &IngestContext<'_>,
-) -> Result<(Ingested, Option<Handoff>), crate::store::StoreError> {
-    let permit = match (&incoming.event, &r.fast) {
-        (wechatpay::notify::Event::MallTransaction(_), Some(f)) => {
-            f.permits.clone().try_acquire_owned().ok().map(|p| (f, p))
-        }
-        _ => None,
-    };
-    match permit {
-        Some((f, permit)) => {
-            let (i, claimed) = r
-                .store
-                .ingest_claiming(incoming, ctx, &f.owner, f.lease_ms)
-                .await?;
-            Ok((i, claimed.map(|claimed| Handoff { claimed, permit })))
-        }
-        None => Ok((r.store.ingest(incoming, ctx).await?, None)),
     }
 }
 
@@ -305,9 +243,6 @@ pub struct Dispatcher<S> {
     owner: String,
     bucket: TokenBucket,
     metrics: Metrics,
-    permits: Arc<Semaphore>,
-    handoff: mpsc::UnboundedSender<Handoff>,
-    handed: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
 }
 
 /// The path of the points sync API.
@@ -321,13 +256,9 @@ impl<S: Store> Dispatcher<S> {
         cfg: DispatcherConfig,
         metrics: Metrics,
     ) -> Self {
-        let (handoff, handed) = mpsc::unbounded_channel();
         Self {
             store,
             client,
-            permits: Arc::new(Semaphore::new(cfg.concurrency)),
-            handoff,
-            handed: std::sync::Mutex::new(Some(handed)),
             bucket: TokenBucket::new(cfg.qps),
             owner: format!(
                 "{}-{}",
@@ -342,16 +273,6 @@ impl<S: Store> Dispatcher<S> {
     /// This process's lease owner id.
     pub fn owner(&self) -> &str {
         &self.owner
-    }
-
-    /// The receiver's side of the hand-off of new payments' syncs to [`Dispatcher::run`].
-    pub fn fast_path(&self) -> FastPath {
-        FastPath {
-            owner: self.owner.clone(),
-            lease_ms: self.cfg.lease_ms,
-            permits: self.permits.clone(),
-            tx: self.handoff.clone(),
-        }
     }
 
     /// Back-off before attempt `attempt + 1`: full jitter over `min(cap, base × 2^(attempt−1))`.
@@ -471,23 +392,6 @@ impl<S: Store> Dispatcher<S> {
             .acquire_owned()
             .await
             .expect("semaphore open");
-        self.spawn_with(tasks, permit, c);
-    }
-
-    fn start_handed(self: &Arc<Self>, tasks: &mut JoinSet<()>, h: Handoff) {
-        self.metrics
-            .sync_starts
-            .with_label_values(&["handoff"])
-            .inc();
-        self.spawn_with(tasks, h.permit, h.claimed);
-    }
-
-    fn spawn_with(
-        self: &Arc<Self>,
-        tasks: &mut JoinSet<()>,
-        permit: OwnedSemaphorePermit,
-        c: Claimed,
-    ) {
         let me = self.clone();
         tasks.spawn(async move {
             me.send_one(c).await;
@@ -516,22 +420,13 @@ impl<S: Store> Dispatcher<S> {
     /// slots free up (no per-batch barrier); sleeps when nothing is due, woken early by `wake`.
     /// On stop it claims nothing more, lets in-flight syncs finish, and releases any lease left.
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-        let permits = self.permits.clone();
-        let mut handed = self
-            .handed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut tasks = JoinSet::new();
         loop {
             if *stop.borrow() {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            while let Ok(h) = handed.try_recv() {
-                self.start_handed(&mut tasks, h);
-            }
             let free = permits.available_permits() as i64;
             let mut claimed = 0;
             if free > 0 {
@@ -547,10 +442,6 @@ impl<S: Store> Dispatcher<S> {
                 {
                     Ok(rows) => {
                         claimed = rows.len() as i64;
-                        self.metrics
-                            .sync_starts
-                            .with_label_values(&["claim"])
-                            .inc_by(rows.len() as u64);
                         for c in rows {
                             self.spawn_send(&mut tasks, &permits, c).await;
                         }
@@ -562,21 +453,17 @@ impl<S: Store> Dispatcher<S> {
                 // probably more due: claim again as soon as a slot frees
                 tokio::select! {
                     _ = tasks.join_next() => {}
-                    Some(h) = handed.recv() => self.start_handed(&mut tasks, h),
                     _ = stop.changed() => {}
                 }
                 continue;
             }
             tokio::select! {
-                Some(h) = handed.recv() => self.start_handed(&mut tasks, h),
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(self.cfg.poll_ms)) => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = stop.changed() => {}
             }
         }
-        // syncs handed over but not started stay leased to this owner: released just below
-        drop(handed);
         while tasks.join_next().await.is_some() {}
         match self.store.release(&self.owner).await {
             Ok(n) if n > 0 => tracing::info!("released {n} leased syncs"),
@@ -649,12 +536,6 @@ pub async fn start<S: Store>(
         .with_body_limit(config.service.body_limit);
     let metrics = Metrics::new();
     let wake = Arc::new(Notify::new());
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
-        client,
-        config.dispatcher.clone(),
-        metrics.clone(),
-    ));
     let receiver = Arc::new(Receiver {
         store: store.clone(),
         parser,
@@ -663,7 +544,6 @@ pub async fn start<S: Store>(
         handler_timeout: Duration::from_millis(config.service.handler_timeout_ms),
         metrics: metrics.clone(),
         wake: wake.clone(),
-        fast: config.dispatcher.handoff.then(|| dispatcher.fast_path()),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -691,6 +571,12 @@ pub async fn start<S: Store>(
             })
             .await;
     });
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        client,
+        config.dispatcher.clone(),
+        metrics.clone(),
+    ));
     tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));
     tasks.spawn(rescuer(

@@ -56,14 +56,7 @@ pub fn china_time(now_ms: i64) -> String {
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Job {
-    Ingest(
-        Box<Incoming>,
-        Arc<Rules>,
-        bool,
-        i64,
-        Option<(String, i64)>,
-        Reply<(Ingested, Option<Claimed>)>,
-    ),
+    Ingest(Box<Incoming>, Arc<Rules>, bool, i64, Reply<Ingested>),
     Claim(String, i64, i64, i64, Reply<Vec<Claimed>>),
     Complete(Claimed, String, SyncOutcome, i64, Reply<bool>),
     Release(String, Reply<u64>),
@@ -230,10 +223,7 @@ fn one<T>(
 
 /// A job's result, held until the group commits.
 enum Done {
-    Ingest(
-        Result<(Ingested, Option<Claimed>), StoreError>,
-        Reply<(Ingested, Option<Claimed>)>,
-    ),
+    Ingest(Result<Ingested, StoreError>, Reply<Ingested>),
     Claim(Result<Vec<Claimed>, StoreError>, Reply<Vec<Claimed>>),
     Complete(Result<bool, StoreError>, Reply<bool>),
     Count(Result<u64, StoreError>, Reply<u64>),
@@ -280,10 +270,9 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
     for job in group {
         let ok = begun.is_ok();
         done.push(match job {
-            Job::Ingest(n, rules, partner_mode, now_ms, lease, reply) => {
+            Job::Ingest(n, rules, partner_mode, now_ms, reply) => {
                 let ctx = IngestContext { rules: &rules, partner_mode, now_ms };
-                let lease = lease.as_ref().map(|(owner, ms)| (owner.as_str(), *ms));
-                let r = if ok { in_savepoint(c, |c| ingest(c, &n, &ctx, lease)) } else { Err(not_begun()) };
+                let r = if ok { in_savepoint(c, |c| ingest(c, &n, &ctx)) } else { Err(not_begun()) };
                 Done::Ingest(r, reply)
             }
             Job::Claim(owner, now_ms, lease_ms, limit, reply) => {
@@ -437,28 +426,9 @@ fn insert_ledger(
     Ok(())
 }
 
-/// `lease`: claim a new payment's sync row at once for this owner and lease time.
-fn ingest(
-    c: &Connection,
-    n: &Incoming,
-    ctx: &IngestContext<'_>,
-    lease: Option<(&str, i64)>,
-) -> Result<(Ingested, Option<Claimed>), StoreError> {
-    if let Event::MallTransaction(t) = &n.event {
-        let mut claimed = None;
-        let i = ingest_payment(c, n, t, ctx, lease, &mut claimed)?;
-        return Ok((i, claimed));
-    }
-    Ok((ingest_other(c, n, ctx)?, None))
-}
-
-fn ingest_other(
-    c: &Connection,
-    n: &Incoming,
-    ctx: &IngestContext<'_>,
-) -> Result<Ingested, StoreError> {
+fn ingest(c: &Connection, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
     Ok(match &n.event {
-        Event::MallTransaction(_) => unreachable!("payments are ingested by ingest_payment"),
+        Event::MallTransaction(t) => ingest_payment(c, n, t, ctx)?,
         Event::MallRefund(r) => ingest_refund(c, n, r, ctx)?,
         Event::MallAuth(a) => {
             let detail = format!("{}:{}", a.code, a.auth_type);
@@ -506,8 +476,6 @@ fn ingest_payment(
     n: &Incoming,
     t: &MallTransaction,
     ctx: &IngestContext<'_>,
-    lease: Option<(&str, i64)>,
-    claimed: &mut Option<Claimed>,
 ) -> Result<Ingested, StoreError> {
     let key = (n.event_type.as_str(), t.transaction_id.as_str(), "");
     let problem = if t.amount <= 0 {
@@ -585,31 +553,11 @@ fn ingest_payment(
         req = req.sub_mchid(&t.mchid);
     }
     let payload = serde_json::to_string(&req).unwrap_or_default();
-    match lease {
-        None => {
-            exec(
-                c,
-                "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at) VALUES (?, ?, 'pending', ?, ?)",
-                params![t.transaction_id, payload, ctx.now_ms, ctx.now_ms],
-            )?;
-        }
-        Some((owner, lease_ms)) => {
-            // claimed at once, exactly as `claim` would: attempt 1, leased to this owner
-            exec(
-                c,
-                "INSERT INTO outbox (transaction_id, payload, state, attempts, due_at, lease_owner, lease_until, created_at)
-                 VALUES (?, ?, 'inflight', 1, ?, ?, ?, ?)",
-                params![t.transaction_id, payload, ctx.now_ms, owner, ctx.now_ms + lease_ms, ctx.now_ms],
-            )?;
-            *claimed = Some(Claimed {
-                id: c.last_insert_rowid(),
-                transaction_id: t.transaction_id.clone(),
-                payload,
-                attempt: 1,
-                created_at: ctx.now_ms,
-            });
-        }
-    }
+    exec(
+        c,
+        "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at) VALUES (?, ?, 'pending', ?, ?)",
+        params![t.transaction_id, payload, ctx.now_ms, ctx.now_ms],
+    )?;
     // refunds that arrived before this payment
     let held: Vec<(i64, String)> = {
         let mut st = c.prepare_cached("SELECT id, resource FROM inbox WHERE transaction_id = ? AND status = 'held' ORDER BY id")?;
@@ -855,22 +803,7 @@ impl Store for SqliteStore {
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
         let rules = Arc::new(ctx.rules.clone());
         let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
-        self.submit(|r| Job::Ingest(Box::new(n.clone()), rules, partner_mode, now_ms, None, r))
-            .await
-            .map(|(i, _)| i)
-    }
-
-    async fn ingest_claiming(
-        &self,
-        n: &Incoming,
-        ctx: &IngestContext<'_>,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
-        let rules = Arc::new(ctx.rules.clone());
-        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
-        let lease = Some((owner.to_string(), lease_ms));
-        self.submit(|r| Job::Ingest(Box::new(n.clone()), rules, partner_mode, now_ms, lease, r))
+        self.submit(|r| Job::Ingest(Box::new(n.clone()), rules, partner_mode, now_ms, r))
             .await
     }
 

@@ -270,19 +270,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         n: &Incoming,
         ctx: &IngestContext<'_>,
     ) -> impl Future<Output = Result<Ingested, StoreError>> + Send;
-    /// Like [`Store::ingest`], and a new payment's sync row is claimed in the same transaction for
-    /// `owner` (attempt 1, leased until `ctx.now_ms + lease_ms`) and returned, sparing the
-    /// dispatcher a claim. Stores that cannot do this return `None` and leave the row pending.
-    fn ingest_claiming(
-        &self,
-        n: &Incoming,
-        ctx: &IngestContext<'_>,
-        owner: &str,
-        lease_ms: i64,
-    ) -> impl Future<Output = Result<(Ingested, Option<Claimed>), StoreError>> + Send {
-        let _ = (owner, lease_ms);
-        async move { Ok((self.ingest(n, ctx).await?, None)) }
-    }
     /// Claims up to `limit` due syncs for `owner` until `now_ms + lease_ms`.
     fn claim(
         &self,

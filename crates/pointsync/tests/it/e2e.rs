@@ -52,20 +52,13 @@ fn payment(h: &Harness, txid: &str, amount: i64) -> MallTransaction {
 
 #[tokio::test]
 async fn a_generated_day_with_duplicates_manual_applications_and_refunds() {
-    // with new syncs handed straight to the dispatcher (the default), and with every sync claimed
-    for handoff in ["true", "false"] {
-        generated_day(handoff).await;
-    }
-}
-
-async fn generated_day(handoff: &str) {
     let h = Harness::start(
         PushConfig {
             duplicate_rate: 0.2,
             probe_rate: 0.1,
             ..fast_push()
         },
-        &[("POINTSYNC__DISPATCHER__HANDOFF", handoff)],
+        &[],
     )
     .await;
     let spec = GenerateSpec {
@@ -93,15 +86,6 @@ async fn generated_day(handoff: &str) {
         h.metric("pointsync_verification_failures_total", "probe") > 0.0,
         "probes were counted"
     );
-    let handed = h.metric("pointsync_sync_starts_total", "handoff");
-    assert_eq!(
-        handed > 0.0,
-        handoff == "true",
-        "handed-over syncs: {handed}"
-    );
-    if handoff == "false" {
-        assert!(h.metric("pointsync_sync_starts_total", "claim") >= 150.0);
-    }
 }
 
 #[tokio::test]
