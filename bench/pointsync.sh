@@ -52,7 +52,8 @@ for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sl
 start_service
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-done_count() { curl -s "http://127.0.0.1:$ADM/admin/status" | python3 -c "import json,sys;print(json.load(sys.stdin)['syncs'].get('done',0))"; }
+# progress from the Prometheus scrape (cheap at any history size; /admin/status counts every row)
+done_count() { curl -s "http://127.0.0.1:$ADM/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'; }
 sync_latency() { # since MS → p50 p99 (ms)
   python3 - "$WORK/pointsync.db" "$1" <<'PY'
 import sqlite3,sys
@@ -69,12 +70,17 @@ phase() { # NAME COUNT RATE SEED
   curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
     -d "{\"count\":$count,\"seed\":$seed,\"members\":200,\"rate_per_sec\":$rate}" >/dev/null
   # one long-lived poller (a python start per poll would eat a good part of a core)
-  python3 - "http://127.0.0.1:$ADM/admin/status" "$before" "$count" <<'PY'
-import json,sys,time,urllib.request
+  python3 - "http://127.0.0.1:$ADM/metrics" "$before" "$count" <<'PY'
+import re,sys,time,urllib.request
 url,before,count=sys.argv[1],int(sys.argv[2]),int(sys.argv[3])
+def value(text,pattern):
+    m=re.search(r'^'+pattern+r' (\S+)$',text,re.M)
+    return float(m.group(1)) if m else 0.0
 while True:
-    s=json.load(urllib.request.urlopen(url))['syncs']
-    if s.get('done',0)-before>=count and s.get('pending',0)+s.get('inflight',0)==0: break
+    t=urllib.request.urlopen(url).read().decode()
+    done=value(t,r'pointsync_syncs_total\{result="done"\}')
+    busy=value(t,r'pointsync_sync_backlog\{state="pending"\}')+value(t,r'pointsync_sync_backlog\{state="inflight"\}')
+    if done-before>=count and busy==0: break
     time.sleep(0.1)
 PY
   local wall cpu lat ack

@@ -13,9 +13,10 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// Verification failures by cause (missing_header, timestamp_window, probe, bad_signature, …).
     pub verification_failures: IntCounterVec,
-    /// Sync attempts by result (done, retry, parked, dead, fenced_out).
+    /// Sync attempts by result (done, retry, parked, dead, fenced_out), and rows whose lease
+    /// expired (rescued).
     pub syncs: IntCounterVec,
-    /// Outbox rows by state, refreshed periodically.
+    /// Outbox rows not done (pending, inflight, parked, dead), read from the store at each scrape.
     pub backlog: IntGaugeVec,
     /// Callback handling time (verify + durable commit), seconds.
     pub callback_seconds: Histogram,

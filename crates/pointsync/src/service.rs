@@ -181,7 +181,20 @@ async fn readyz<S: Store>(State(r): State<Arc<Receiver<S>>>) -> Response {
     }
 }
 
+/// The Prometheus scrape: the backlog gauges are read from the store now (an index range, cheap
+/// with millions of transactions stored), then everything is rendered.
 async fn metrics<S: Store>(State(r): State<Arc<Receiver<S>>>) -> String {
+    match r.store.backlog().await {
+        Ok(b) => {
+            for state in ["pending", "inflight", "parked", "dead"] {
+                r.metrics
+                    .backlog
+                    .with_label_values(&[state])
+                    .set(*b.get(state).unwrap_or(&0));
+            }
+        }
+        Err(e) => tracing::warn!("metrics: cannot read the sync backlog: {e}"),
+    }
     r.metrics.render()
 }
 
@@ -473,7 +486,7 @@ impl<S: Store> Dispatcher<S> {
     }
 }
 
-/// Returns expired leases to pending and refreshes the backlog gauges, until `stop`.
+/// Returns expired leases to pending, until `stop`.
 pub async fn rescuer<S: Store>(
     store: S,
     every: Duration,
@@ -482,17 +495,12 @@ pub async fn rescuer<S: Store>(
 ) {
     loop {
         match store.rescue(now_ms()).await {
-            Ok(n) if n > 0 => tracing::warn!("rescued {n} syncs whose lease expired"),
+            Ok(n) if n > 0 => {
+                metrics.syncs.with_label_values(&["rescued"]).inc_by(n);
+                tracing::warn!("rescued {n} syncs whose lease expired");
+            }
             Ok(_) => {}
             Err(e) => tracing::error!("rescuer: {e}"),
-        }
-        if let Ok(s) = store.status().await {
-            for state in ["pending", "inflight", "done", "parked", "dead"] {
-                metrics
-                    .backlog
-                    .with_label_values(&[state])
-                    .set(*s.syncs.get(state).unwrap_or(&0));
-            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -852,6 +852,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        // a range of the (state, due_at) index: proportional to the backlog, not the history
+        self.read(|c| {
+            counts(
+                c,
+                "SELECT state, COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight', 'parked', 'dead') GROUP BY state",
+            )
+        })
+        .await
+    }
+
     async fn status(&self) -> Result<Status, StoreError> {
         self.read(|c| {
             let oldest_pending_at: Option<i64> =

@@ -304,7 +304,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         allow_negative: bool,
         now_ms: i64,
     ) -> impl Future<Output = Result<Adjusted, StoreError>> + Send;
-    /// Backlog overview.
+    /// Sync rows not done, by state (pending, inflight, parked, dead): cheap whatever the
+    /// history's size, for the metrics scrape.
+    fn backlog(&self) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
+    /// Backlog overview. Counts every row (about a second per million transactions on the
+    /// development machine): for operators, not for frequent polling.
     fn status(&self) -> impl Future<Output = Result<Status, StoreError>> + Send;
     /// A member's balance and ledger.
     fn member(

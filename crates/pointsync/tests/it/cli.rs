@@ -149,6 +149,17 @@ async fn operator_commands_read_the_live_database() {
     let (m2, tx2) = h.member_pays(500);
     h.sim.set_authorization(&m2.openid, false, false).unwrap();
     h.quiet(Duration::from_secs(10)).await;
+    let text = reqwest::get(format!("http://{}/metrics", h.running().admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::harness::metric(&text, "pointsync_sync_backlog", "parked"),
+        1.0,
+        "the backlog gauge is read at the scrape: {text}"
+    );
     let o = pointsync(&["status", "--config", &config], &[]);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!("parked #2 {}", tx2.transaction_id)),

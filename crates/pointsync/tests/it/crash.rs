@@ -174,6 +174,19 @@ async fn kill_9_at_each_named_moment() {
             ),
             _ => assert!(delivery.delivered),
         }
+        if matches!(point, "before_send" | "after_204") {
+            // the killed process's lease expired and the new process's rescuer returned the row
+            let text = reqwest::get(format!("http://{}/metrics", rig.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                crate::harness::metric(&text, "pointsync_syncs_total", "rescued") >= 1.0,
+                "{point}: {text}"
+            );
+        }
         assert_eq!(
             rig.store
                 .audit()
