@@ -130,6 +130,12 @@ async fn open(config: &Config) -> Result<SqliteStore> {
     .with_context(|| format!("opening database {}", config.service.database.display()))
 }
 
+async fn open_read_only(config: &Config) -> Result<SqliteStore> {
+    SqliteStore::open_read_only(&config.service.database)
+        .await
+        .with_context(|| format!("opening database {}", config.service.database.display()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -231,7 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
-            let s = open(&config).await?.status().await?;
+            let s = open_read_only(&config).await?.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
@@ -305,7 +311,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Member { openid, config } => {
             let config = Config::load(&config)?;
-            match open(&config).await?.member(&openid).await? {
+            match open_read_only(&config).await?.member(&openid).await? {
                 None => anyhow::bail!("no member {openid}"),
                 Some(m) => {
                     println!(

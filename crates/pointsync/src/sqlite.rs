@@ -145,6 +145,38 @@ impl SqliteStore {
         })
     }
 
+    /// Opens the database for reading only (the `status` and `member` commands): no writer, no
+    /// migrations, so a newer binary never changes the schema under a running service. Refuses a
+    /// schema other than the one this binary knows. Writes fail with a clear error.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let p2 = path.clone();
+        let reader = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            if !p2.exists() {
+                return Err(StoreError::Task(format!("database {} does not exist", p2.display())));
+            }
+            let c = open_connection(&p2, Duration::from_secs(5), true)?;
+            let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+            if version != latest {
+                return Err(StoreError::Task(format!(
+                    "database {} has schema version {version}, this pointsync knows {latest}: run `pointsync migrate`",
+                    p2.display()
+                )));
+            }
+            Ok(c)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        // no writer thread: the receiving end is dropped, so a write is refused at once
+        let (jobs, _) = mpsc::unbounded_channel();
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
+    }
+
     /// Runs the migrations (the `migrate` command); returns those applied now.
     pub async fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
         let path = path.to_path_buf();
@@ -163,9 +195,12 @@ impl SqliteStore {
 
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(make(tx))
-            .map_err(|_| StoreError::Task("the writer thread has stopped".into()))?;
+        self.jobs.send(make(tx)).map_err(|_| {
+            StoreError::Task(format!(
+                "database {} is open for reading only here (or its writer has stopped)",
+                self.path.display()
+            ))
+        })?;
         rx.await
             .map_err(|_| StoreError::Task("the writer thread dropped the job".into()))?
     }

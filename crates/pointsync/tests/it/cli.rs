@@ -360,4 +360,50 @@ fn serve_on_a_read_only_database_exits_naming_the_file() {
         err.contains(&db.display().to_string()) && err.contains("read-only"),
         "{err}"
     );
+    // the operator's read commands still work on it, and refuse to write
+    let o = pointsync(&["status", "--config", &config], &[]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("syncs:"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pointsync(&["member", "oNOBODY", "--config", &config], &[]);
+    assert!(stderr(&o).contains("no member oNOBODY"), "{}", stderr(&o));
+}
+
+#[test]
+fn read_commands_never_migrate_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox =
+        wechatpay_sim::Sandbox::init(&dir.path().join("sandbox"), wechatpay_sim::TrustMode::Cert)
+            .unwrap();
+    let config = pointsync::demo::write_config(dir.path(), &sandbox, "http://127.0.0.1:9", "")
+        .unwrap()
+        .display()
+        .to_string();
+    let db = dir.path().join("pointsync.db");
+    // a database of an older schema, as a running older service would have it
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        c.execute_batch("PRAGMA user_version = 1").unwrap();
+    }
+    let o = pointsync(&["status", "--config", &config], &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("schema version 1") && stderr(&o).contains("pointsync migrate"),
+        "{}",
+        stderr(&o)
+    );
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1, "status left the schema alone");
+    let o = pointsync(
+        &["status", "--config", &config, "--json"],
+        &[("POINTSYNC__SERVICE__DATABASE", "/nonexistent/x.db")],
+    );
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
 }
