@@ -256,14 +256,8 @@ fn one<T>(
     c.prepare_cached(sql)?.query_row(p, f)
 }
 
-/// A job's result, held until the group commits.
-enum Done {
-    Ingest(Result<Ingested, StoreError>, Reply<Ingested>),
-    Claim(Result<Vec<Claimed>, StoreError>, Reply<Vec<Claimed>>),
-    Complete(Result<bool, StoreError>, Reply<bool>),
-    Count(Result<u64, StoreError>, Reply<u64>),
-    Adjust(Result<Adjusted, StoreError>, Reply<Adjusted>),
-}
+/// Sends a job's answer once its group has committed (or failed to).
+type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
 
 fn in_savepoint<T>(
     c: &Connection,
@@ -282,113 +276,124 @@ fn in_savepoint<T>(
     }
 }
 
-fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
-    let begun = exec(c, "BEGIN IMMEDIATE", [])
-        .map(|_| ())
-        .map_err(|e| (e.sqlite_error_code(), e.to_string()));
-    // every job of a group that could not begin gets the same precise error
-    let not_begun = || -> StoreError {
-        let name = path.display().to_string();
-        match &begun {
-            Err((
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked),
-                _,
-            )) => StoreError::Locked(name),
-            Err((Some(rusqlite::ErrorCode::ReadOnly), _)) => StoreError::ReadOnly(name),
-            Err((_, msg)) => {
-                StoreError::Task(format!("cannot begin a write transaction on {name}: {msg}"))
-            }
-            Ok(()) => StoreError::Task("no transaction".into()),
-        }
-    };
-    let mut done = Vec::with_capacity(group.len());
-    for job in group {
-        let ok = begun.is_ok();
-        done.push(match job {
-            Job::Ingest(n, rules, partner_mode, now_ms, reply) => {
-                let ctx = IngestContext { rules: &rules, partner_mode, now_ms };
-                let r = if ok { in_savepoint(c, |c| ingest(c, &n, &ctx)) } else { Err(not_begun()) };
-                Done::Ingest(r, reply)
-            }
-            Job::Claim(owner, now_ms, lease_ms, limit, reply) => {
-                let r = if ok { in_savepoint(c, |c| claim(c, &owner, now_ms, lease_ms, limit)) } else { Err(not_begun()) };
-                Done::Claim(r, reply)
-            }
-            Job::Complete(claimed, owner, outcome, now_ms, reply) => {
-                let r = if ok { in_savepoint(c, |c| complete(c, &claimed, &owner, &outcome, now_ms)) } else { Err(not_begun()) };
-                Done::Complete(r, reply)
-            }
-            Job::Release(owner, reply) => {
-                let r = if ok {
-                    in_savepoint(c, |c| {
-                        Ok(exec(c,
-                            "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_owner = ?",
-                            params![owner],
-                        )? as u64)
-                    })
-                } else {
-                    Err(not_begun())
-                };
-                Done::Count(r, reply)
-            }
-            Job::Rescue(now_ms, reply) => {
-                let r = if ok {
-                    in_savepoint(c, |c| {
-                        Ok(exec(c,
-                            "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < ?",
-                            params![now_ms],
-                        )? as u64)
-                    })
-                } else {
-                    Err(not_begun())
-                };
-                Done::Count(r, reply)
-            }
-            Job::Adjust(a, allow_negative, now_ms, reply) => {
-                let r = if ok { in_savepoint(c, |c| adjust(c, &a, allow_negative, now_ms)) } else { Err(not_begun()) };
-                Done::Adjust(r, reply)
-            }
-            Job::RetryParked(ids, now_ms, reply) => {
-                let r = if ok { in_savepoint(c, |c| retry_parked(c, &ids, now_ms)) } else { Err(not_begun()) };
-                Done::Count(r, reply)
-            }
-        });
-    }
-    crate::crash::point("before_commit");
-    let committed = match &begun {
-        Ok(()) => exec(c, "COMMIT", [])
-            .map(|_| ())
-            .map_err(|e| named_error(StoreError::from(e), path)),
-        Err(_) => Err(not_begun()),
-    };
-    if committed.is_err() && !c.is_autocommit() {
-        let _ = c.execute_batch("ROLLBACK");
-    }
-    // answer only now: nothing is acknowledged before the group is durable
-    for d in done {
-        match d {
-            Done::Ingest(r, reply) => drop(reply.send(settle(&committed, r, path))),
-            Done::Claim(r, reply) => drop(reply.send(settle(&committed, r, path))),
-            Done::Complete(r, reply) => drop(reply.send(settle(&committed, r, path))),
-            Done::Count(r, reply) => drop(reply.send(settle(&committed, r, path))),
-            Done::Adjust(r, reply) => drop(reply.send(settle(&committed, r, path))),
-        }
+/// The same failure for another waiting caller (a `StoreError` is not `Clone`).
+fn replicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Locked(p) => StoreError::Locked(p.clone()),
+        StoreError::ReadOnly(p) => StoreError::ReadOnly(p.clone()),
+        StoreError::Io(p) => StoreError::Io(p.clone()),
+        e => StoreError::Task(e.to_string()),
     }
 }
 
-/// A job's answer once its group committed (or failed to).
-fn settle<T>(
-    committed: &Result<(), StoreError>,
-    r: Result<T, StoreError>,
-    path: &Path,
-) -> Result<T, StoreError> {
-    match committed {
-        Ok(()) => r.map_err(|e| named_error(e, path)),
-        Err(StoreError::Locked(p)) => Err(StoreError::Locked(p.clone())),
-        Err(StoreError::ReadOnly(p)) => Err(StoreError::ReadOnly(p.clone())),
-        Err(StoreError::Io(p)) => Err(StoreError::Io(p.clone())),
-        Err(e) => Err(StoreError::Task(format!("commit failed: {e}"))),
+/// A group-level failure (BEGIN or COMMIT) named precisely, with `what` failed in front of any
+/// other database error.
+fn group_error(e: rusqlite::Error, path: &Path, what: &str) -> StoreError {
+    match StoreError::classify(e, path) {
+        StoreError::Db(e) => StoreError::Task(format!("{what} on {}: {e}", path.display())),
+        e => e,
     }
+}
+
+/// Runs `f` in its own savepoint, or fails as the group's BEGIN did.
+fn attempt<T>(
+    c: &Connection,
+    begun: &Result<(), StoreError>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match begun {
+        Ok(()) => in_savepoint(c, f),
+        Err(e) => Err(replicate(e)),
+    }
+}
+
+/// Holds a job's result until the group's outcome is known: nothing is acknowledged before the
+/// group is durable.
+fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>, path: &Path) -> Answer {
+    let r = r.map_err(|e| named_error(e, path));
+    Box::new(move |committed| {
+        let _ = reply.send(match committed {
+            Ok(()) => r,
+            Err(e) => Err(replicate(e)),
+        });
+    })
+}
+
+fn run_job(c: &Connection, job: Job, begun: &Result<(), StoreError>, path: &Path) -> Answer {
+    match job {
+        Job::Ingest(n, rules, partner_mode, now_ms, reply) => {
+            let ctx = IngestContext {
+                rules: &rules,
+                partner_mode,
+                now_ms,
+            };
+            answer(attempt(c, begun, |c| ingest(c, &n, &ctx)), reply, path)
+        }
+        Job::Claim(owner, now_ms, lease_ms, limit, reply) => answer(
+            attempt(c, begun, |c| claim(c, &owner, now_ms, lease_ms, limit)),
+            reply,
+            path,
+        ),
+        Job::Complete(claimed, owner, outcome, now_ms, reply) => answer(
+            attempt(c, begun, |c| {
+                complete(c, &claimed, &owner, &outcome, now_ms)
+            }),
+            reply,
+            path,
+        ),
+        Job::Release(owner, reply) => {
+            answer(attempt(c, begun, |c| release(c, &owner)), reply, path)
+        }
+        Job::Rescue(now_ms, reply) => answer(attempt(c, begun, |c| rescue(c, now_ms)), reply, path),
+        Job::Adjust(a, allow_negative, now_ms, reply) => answer(
+            attempt(c, begun, |c| adjust(c, &a, allow_negative, now_ms)),
+            reply,
+            path,
+        ),
+        Job::RetryParked(ids, now_ms, reply) => answer(
+            attempt(c, begun, |c| retry_parked(c, &ids, now_ms)),
+            reply,
+            path,
+        ),
+    }
+}
+
+fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
+    let begun = exec(c, "BEGIN IMMEDIATE", [])
+        .map(|_| ())
+        .map_err(|e| group_error(e, path, "cannot begin a write transaction"));
+    let answers: Vec<Answer> = group
+        .into_iter()
+        .map(|job| run_job(c, job, &begun, path))
+        .collect();
+    crate::crash::point("before_commit");
+    let committed = begun.and_then(|()| {
+        exec(c, "COMMIT", [])
+            .map(|_| ())
+            .map_err(|e| group_error(e, path, "commit failed"))
+    });
+    if committed.is_err() && !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    for a in answers {
+        a(&committed);
+    }
+}
+
+fn release(c: &Connection, owner: &str) -> Result<u64, StoreError> {
+    Ok(exec(
+        c,
+        "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_owner = ?",
+        params![owner],
+    )? as u64)
+}
+
+fn rescue(c: &Connection, now_ms: i64) -> Result<u64, StoreError> {
+    Ok(exec(
+        c,
+        "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < ?",
+        params![now_ms],
+    )? as u64)
 }
 
 fn insert_inbox(
