@@ -130,6 +130,13 @@ async fn open(config: &Config) -> Result<SqliteStore> {
     .with_context(|| format!("opening database {}", config.service.database.display()))
 }
 
+/// Binds a listener; the error names the config key.
+async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("key `{key}`: cannot bind {addr}"))
+}
+
 async fn open_read_only(config: &Config) -> Result<SqliteStore> {
     SqliteStore::open_read_only(&config.service.database)
         .await
@@ -180,22 +187,8 @@ async fn run(cli: Cli) -> Result<()> {
             let config = Config::load(&config)?;
             init_logs(config.service.log_format == "json");
             let store = open(&config).await?;
-            let public = tokio::net::TcpListener::bind(config.service.public_listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "key `service.public_listen`: cannot bind {}",
-                        config.service.public_listen
-                    )
-                })?;
-            let admin = tokio::net::TcpListener::bind(config.service.admin_listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "key `service.admin_listen`: cannot bind {}",
-                        config.service.admin_listen
-                    )
-                })?;
+            let public = bind(config.service.public_listen, "service.public_listen").await?;
+            let admin = bind(config.service.admin_listen, "service.admin_listen").await?;
             let running = pointsync::service::start(&config, store, public, admin).await?;
             println!(
                 "listening public={} admin={}",

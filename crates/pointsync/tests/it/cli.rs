@@ -22,6 +22,28 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A valid config (the demo's, with a fresh sandbox) in `dir`; its database is `dir/pointsync.db`.
+fn demo_config(dir: &Path) -> String {
+    let sandbox =
+        wechatpay_sim::Sandbox::init(&dir.join("sandbox"), wechatpay_sim::TrustMode::Cert).unwrap();
+    pointsync::demo::write_config(dir, &sandbox, "http://127.0.0.1:9", "")
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// `pointsync serve` with its callback listener on `public` and the admin one on any port; for
+/// runs that must fail at start-up.
+fn serve(config: &str, public: &str) -> Output {
+    pointsync(
+        &["serve", "--config", config],
+        &[
+            ("POINTSYNC__SERVICE__PUBLIC_LISTEN", public),
+            ("POINTSYNC__SERVICE__ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+}
+
 fn write(dir: &Path, text: &str) -> String {
     let p = dir.join("bad.toml");
     std::fs::write(&p, text).unwrap();
@@ -91,13 +113,7 @@ fn bad_config_names_the_key_and_the_file() {
         stderr(&o)
     );
     // serve needs the key files: the missing private key is named
-    let o = pointsync(
-        &["serve", "--config", &path],
-        &[
-            ("POINTSYNC__SERVICE__PUBLIC_LISTEN", "127.0.0.1:0"),
-            ("POINTSYNC__SERVICE__ADMIN_LISTEN", "127.0.0.1:0"),
-        ],
-    );
+    let o = serve(&path, "127.0.0.1:0");
     let e = stderr(&o);
     assert!(!o.status.success());
     assert!(
@@ -335,25 +351,13 @@ async fn the_demo_reports_a_record_that_matches_the_ledger() {
 #[test]
 fn serve_on_a_read_only_database_exits_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox =
-        wechatpay_sim::Sandbox::init(&dir.path().join("sandbox"), wechatpay_sim::TrustMode::Cert)
-            .unwrap();
-    let config = pointsync::demo::write_config(dir.path(), &sandbox, "http://127.0.0.1:9", "")
-        .unwrap()
-        .display()
-        .to_string();
+    let config = demo_config(dir.path());
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let db = dir.path().join("pointsync.db");
     assert!(db.exists(), "the demo config keeps its database beside it");
     let _guard = crate::harness::make_read_only(&db);
-    let o = pointsync(
-        &["serve", "--config", &config],
-        &[
-            ("POINTSYNC__SERVICE__PUBLIC_LISTEN", "127.0.0.1:0"),
-            ("POINTSYNC__SERVICE__ADMIN_LISTEN", "127.0.0.1:0"),
-        ],
-    );
+    let o = serve(&config, "127.0.0.1:0");
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(
@@ -374,13 +378,7 @@ fn serve_on_a_read_only_database_exits_naming_the_file() {
 #[test]
 fn read_commands_never_migrate_a_database() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox =
-        wechatpay_sim::Sandbox::init(&dir.path().join("sandbox"), wechatpay_sim::TrustMode::Cert)
-            .unwrap();
-    let config = pointsync::demo::write_config(dir.path(), &sandbox, "http://127.0.0.1:9", "")
-        .unwrap()
-        .display()
-        .to_string();
+    let config = demo_config(dir.path());
     let db = dir.path().join("pointsync.db");
     // a database of an older schema, as a running older service would have it
     {
@@ -406,4 +404,18 @@ fn read_commands_never_migrate_a_database() {
         &[("POINTSYNC__SERVICE__DATABASE", "/nonexistent/x.db")],
     );
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+#[test]
+fn serve_names_the_listener_key_it_cannot_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let o = serve(&config, &taken.local_addr().unwrap().to_string());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("key `service.public_listen`: cannot bind"),
+        "{}",
+        stderr(&o)
+    );
 }
