@@ -324,6 +324,11 @@ impl Simulator {
         let s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         s.deliveries.values().cloned().collect()
     }
+    /// The delivery of the callback about `key` (a payment's transaction id, a refund's refund id,
+    /// an authorization's openid); the first found if several notifications were made for it.
+    pub fn delivery(&self, key: &str) -> Option<Delivery> {
+        self.deliveries().into_iter().find(|d| d.key == key)
+    }
     /// Counters.
     pub fn counters(&self) -> Counters {
         self.shared

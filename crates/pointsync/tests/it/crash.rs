@@ -160,12 +160,7 @@ async fn kill_9_at_each_named_moment() {
             calls.iter().all(|c| c.body == calls[0].body),
             "{point}: resends are byte-identical"
         );
-        let delivery = rig
-            .sim
-            .deliveries()
-            .into_iter()
-            .find(|d| d.key == tx.transaction_id)
-            .unwrap();
+        let delivery = rig.sim.delivery(&tx.transaction_id).unwrap();
         match point {
             // no 2xx was sent; WeChat's retry stored it once
             "before_commit" | "after_commit" => assert!(

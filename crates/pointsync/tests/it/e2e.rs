@@ -22,6 +22,12 @@ fn signer(h: &Harness) -> CallbackSigner {
     )
 }
 
+/// Signs a payment callback as WeChat would now and posts it; the status.
+async fn post_payment(h: &Harness, t: MallTransaction) -> u16 {
+    let cb = signer(h).build(&Event::MallTransaction(t), &CallbackSpec::at(now()));
+    post(h, &cb).await
+}
+
 async fn post(h: &Harness, cb: &SignedCallback) -> u16 {
     post_raw(h, &cb.headers, cb.body.clone()).await
 }
@@ -36,6 +42,15 @@ async fn post_raw(h: &Harness, headers: &HeaderMap, body: Vec<u8>) -> u16 {
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// The fast schedule with WeChat's real 5 s answer timeout, longer than the service's 3 s handler
+/// timeout: for scenarios where the service is slow on purpose.
+fn wechat_timeouts() -> PushConfig {
+    PushConfig {
+        timeout_ms: 5_000,
+        ..fast_push()
+    }
 }
 
 fn now() -> i64 {
@@ -119,14 +134,7 @@ async fn the_same_callback_many_times_sequentially_and_concurrently_has_one_effe
         commit_tag: Some("MANUAL1".into()),
         ..t
     };
-    assert_eq!(
-        post(
-            &h,
-            &signer(&h).build(&Event::MallTransaction(manual), &CallbackSpec::at(now()))
-        )
-        .await,
-        204
-    );
+    assert_eq!(post_payment(&h, manual).await, 204);
     let audit = h.store.audit().await.unwrap();
     assert_eq!((audit.credits.len(), audit.points_issued), (1, 100));
     let status = h.store.status().await.unwrap();
@@ -275,23 +283,9 @@ async fn refunds_before_their_payment_and_several_partial_refunds() {
 async fn a_business_invalid_payload_is_stored_as_rejected_and_answered_2xx() {
     let h = Harness::start(fast_push(), &[]).await;
     let bad = payment(&h, "4200000000000000000003", -1);
-    assert_eq!(
-        post(
-            &h,
-            &signer(&h).build(&Event::MallTransaction(bad), &CallbackSpec::at(now()))
-        )
-        .await,
-        204
-    );
+    assert_eq!(post_payment(&h, bad).await, 204);
     let good = payment(&h, "4200000000000000000004", 1_000);
-    assert_eq!(
-        post(
-            &h,
-            &signer(&h).build(&Event::MallTransaction(good), &CallbackSpec::at(now()))
-        )
-        .await,
-        204
-    );
+    assert_eq!(post_payment(&h, good).await, 204);
     let s = h.store.status().await.unwrap();
     assert_eq!(s.inbox.get("rejected"), Some(&1));
     assert_eq!(h.metric("pointsync_callbacks_total", "rejected"), 1.0);
@@ -392,12 +386,7 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
         })
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let d = h
-        .sim
-        .deliveries()
-        .into_iter()
-        .find(|d| d.key == tx.transaction_id)
-        .unwrap();
+    let d = h.sim.delivery(&tx.transaction_id).unwrap();
     assert!(
         !d.delivered && d.last_status >= 500,
         "never 2xx while the database is locked: {d:?}"
@@ -451,14 +440,7 @@ async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
     // member pays (the writer may first spend one busy timeout on a rescuer or dispatcher job).
     // The callback is refused with a 5xx (nothing stored, nothing acknowledged),
     // WeChat retries on its schedule, and the retry after the lock is gone credits once.
-    let h = Harness::start(
-        PushConfig {
-            timeout_ms: 5_000, // WeChat's: longer than the service's 3 s handler timeout
-            ..fast_push()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::start(wechat_timeouts(), &[]).await;
     let other = rusqlite::Connection::open(&h.config.service.database).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (m, tx) = h.member_pays(8_800);
@@ -474,12 +456,7 @@ async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
         h.sim.deliveries(),
         h.running().metrics.render()
     );
-    let d = h
-        .sim
-        .deliveries()
-        .into_iter()
-        .find(|d| d.key.contains(&tx.transaction_id))
-        .unwrap();
+    let d = h.sim.delivery(&tx.transaction_id).unwrap();
     assert!(d.delivered && d.attempts >= 2, "{d:?}");
     let view = h.store.member(&m.openid).await.unwrap().unwrap();
     assert_eq!((view.balance, view.entries.len()), (88, 1));
@@ -492,14 +469,7 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     // attribute makes the kernel refuse them, as a disk remounted read-only would) while the
     // service runs. Callbacks get a 5xx and nothing is acknowledged; once writes work again,
     // WeChat's retries land once each and nothing acknowledged before is lost.
-    let h = Harness::start(
-        PushConfig {
-            timeout_ms: 5_000,
-            ..fast_push()
-        },
-        &[],
-    )
-    .await;
+    let h = Harness::start(wechat_timeouts(), &[]).await;
     let (m1, _) = h.member_pays(1_000);
     h.quiet(Duration::from_secs(10)).await;
     let wal = h.config.service.database.with_extension("db-wal");
@@ -513,12 +483,7 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     }
     drop(guard);
     h.quiet(Duration::from_secs(30)).await;
-    let d = h
-        .sim
-        .deliveries()
-        .into_iter()
-        .find(|d| d.key.contains(&tx2.transaction_id))
-        .unwrap();
+    let d = h.sim.delivery(&tx2.transaction_id).unwrap();
     assert!(d.delivered && d.attempts >= 2, "{d:?}");
     assert_eq!(
         h.store.member(&m1.openid).await.unwrap().unwrap().balance,

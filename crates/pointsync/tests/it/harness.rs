@@ -137,6 +137,15 @@ pub fn metric(text: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// The keys of the callbacks of `event_type` that the service acknowledged.
+fn acknowledged(sim: &Simulator, event_type: &str) -> BTreeSet<String> {
+    sim.deliveries()
+        .into_iter()
+        .filter(|d| d.delivered && d.event_type == event_type)
+        .map(|d| d.key)
+        .collect()
+}
+
 /// Asserts I1 and I3–I6 once the system is quiet (I2 and I7 are asserted where they can be observed).
 pub async fn assert_invariants(sim: &Simulator, store: &SqliteStore) {
     assert_invariants_with(sim, store, 0).await;
@@ -147,12 +156,7 @@ pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct
     let audit = store.audit().await.unwrap();
     let status = store.status().await.unwrap();
     // I1: every acknowledged payment callback is stored; every stored payment has a sync row
-    let acked: BTreeSet<String> = sim
-        .deliveries()
-        .into_iter()
-        .filter(|d| d.delivered && d.event_type == "MALL_TRANSACTION.SUCCESS")
-        .map(|d| d.key)
-        .collect();
+    let acked = acknowledged(sim, "MALL_TRANSACTION.SUCCESS");
     let credited: BTreeSet<String> = audit.credits.keys().cloned().collect();
     let missing: Vec<_> = acked.difference(&credited).collect();
     assert!(
@@ -165,12 +169,7 @@ pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct
         audit.payments_without_sync
     );
     // I3: credits = distinct payments; debits = distinct refunds (unique keys make more impossible)
-    let acked_refunds: BTreeSet<String> = sim
-        .deliveries()
-        .into_iter()
-        .filter(|d| d.delivered && d.event_type == "MALL_REFUND.SUCCESS")
-        .map(|d| d.key)
-        .collect();
+    let acked_refunds = acknowledged(sim, "MALL_REFUND.SUCCESS");
     assert_eq!(
         audit.debits + audit.held_refunds,
         acked_refunds.len() as i64 + direct_refunds,
