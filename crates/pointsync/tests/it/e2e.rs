@@ -495,3 +495,31 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     );
     assert_invariants(&h.sim, &h.store).await;
 }
+
+#[tokio::test]
+async fn a_callback_wechat_hangs_up_on_is_counted_and_its_retry_is_a_duplicate() {
+    // WeChat waits 300 ms here; the write lock is held for 1.5 s (under the 2 s busy timeout), so
+    // WeChat hangs up first. The ingest still commits on the writer thread; the retry is then a
+    // duplicate: one credit, and the hung-up attempt counted as abandoned.
+    let h = Harness::start(
+        PushConfig {
+            timeout_ms: 300,
+            ..fast_push()
+        },
+        &[],
+    )
+    .await;
+    let other = rusqlite::Connection::open(&h.config.service.database).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (m, tx) = h.member_pays(4_400);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    other.execute_batch("ROLLBACK").unwrap();
+    h.quiet(Duration::from_secs(30)).await;
+    assert!(h.metric("pointsync_callbacks_total", "abandoned") >= 1.0);
+    assert!(h.metric("pointsync_callbacks_total", "duplicate") >= 1.0);
+    let d = h.sim.delivery(&tx.transaction_id).unwrap();
+    assert!(d.delivered && d.attempts >= 2, "{d:?}");
+    let view = h.store.member(&m.openid).await.unwrap().unwrap();
+    assert_eq!((view.balance, view.entries.len()), (44, 1));
+    assert_invariants(&h.sim, &h.store).await;
+}
