@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pointsync::rules::Rules;
-use pointsync::sqlite::SqliteStore;
+use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Incoming, IngestContext, Store, SyncOutcome};
 use wechatpay::notify::{Event, MallTransaction};
 
@@ -40,7 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(4000);
     let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(&dir.path().join("bench.db"), Duration::from_secs(5)).await?;
+    let store =
+        SqliteStore::open_path(&dir.path().join("bench.db"), Duration::from_secs(5)).await?;
     let rules = Arc::new(Rules::default());
     let now = pointsync::service::now_ms();
 

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::rules::Rules;
+use crate::store::Database;
 
 /// `[service]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,8 +38,8 @@ pub struct ServiceConfig {
     pub public_listen: SocketAddr,
     /// Admin listener: health, readiness, metrics, status. Loopback by default.
     pub admin_listen: SocketAddr,
-    /// SQLite database file (relative paths are relative to the config file).
-    pub database: PathBuf,
+    /// Where the data lives: an SQLite file (relative paths are relative to the config file).
+    pub database: Database,
     /// The callback path configured at WeChat Pay.
     pub callback_path: String,
     /// Largest callback body accepted (bytes).
@@ -56,12 +57,21 @@ impl Default for ServiceConfig {
         Self {
             public_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            database: PathBuf::from("pointsync.db"),
+            database: Database::Sqlite(PathBuf::from("pointsync.db")),
             callback_path: "/wechatpay/notify".into(),
             body_limit: 64 * 1024,
             handler_timeout_ms: 3000,
             busy_timeout_ms: 5000,
             log_format: "text".into(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// How the store is opened for serving.
+    pub fn open_options(&self) -> crate::store::OpenOptions {
+        crate::store::OpenOptions {
+            busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
         }
     }
 }
@@ -249,7 +259,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut self.service.database);
+        self.service.database.resolve(base);
         abs(&mut self.wechatpay.private_key);
         abs(&mut self.wechatpay.apiv3_key_file);
         for t in &mut self.wechatpay.trust {

@@ -15,8 +15,8 @@ use wechatpay_sim::{
 };
 
 use crate::config::Config;
-use crate::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -227,11 +227,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     sandbox.write_env(&sim.base_url())?;
     let config_path = write_config(&dir, &sandbox, &sim.base_url(), "")?;
     let config = Config::load(&config_path)?;
-    let store = SqliteStore::open(
-        &config.service.database,
-        Duration::from_millis(config.service.busy_timeout_ms),
-    )
-    .await?;
+    let store = SqliteStore::open(&config.service.database, &config.service.open_options()).await?;
     let running = crate::service::start(&config, store.clone(), public, admin).await?;
 
     let started = Instant::now();

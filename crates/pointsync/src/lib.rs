@@ -7,8 +7,8 @@
 pub mod config;
 pub mod crash;
 pub mod demo;
+pub mod domain;
 pub mod metrics;
 pub mod rules;
 pub mod service;
-pub mod sqlite;
 pub mod store;

@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pointsync::config::Config;
-use pointsync::sqlite::SqliteStore;
-use pointsync::store::{Adjusted, Store};
+use pointsync::store::sqlite::SqliteStore;
+use pointsync::store::{Adjusted, Database, Store};
 
 /// The mall's WeChat Pay 智慧商圈 points service.
 #[derive(Parser, Debug)]
@@ -121,26 +120,11 @@ fn init_logs_with(json: bool, default_filter: &str) {
     }
 }
 
-async fn open(config: &Config) -> Result<SqliteStore> {
-    SqliteStore::open(
-        &config.service.database,
-        Duration::from_millis(config.service.busy_timeout_ms),
-    )
-    .await
-    .with_context(|| format!("opening database {}", config.service.database.display()))
-}
-
 /// Binds a listener; the error names the config key.
 async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("key `{key}`: cannot bind {addr}"))
-}
-
-async fn open_read_only(config: &Config) -> Result<SqliteStore> {
-    SqliteStore::open_read_only(&config.service.database)
-        .await
-        .with_context(|| format!("opening database {}", config.service.database.display()))
 }
 
 fn main() -> ExitCode {
@@ -181,12 +165,72 @@ async fn shutdown_signal() {
     }
 }
 
+impl Command {
+    /// The config file of a command that has one.
+    fn config(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Demo { .. } => None,
+            Command::Serve { config }
+            | Command::Status { config, .. }
+            | Command::Member { config, .. }
+            | Command::Adjust { config, .. }
+            | Command::Migrate { config }
+            | Command::Sync {
+                command: SyncCommand::Retry { config, .. },
+            } => Some(config),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
+    let Some(path) = cli.command.config() else {
+        return demo(cli.command).await;
+    };
+    let config = Config::load(path)?;
+    // the backend is chosen by `service.database`
+    match &config.service.database {
+        Database::Sqlite(_) => with_store::<SqliteStore>(cli.command, config).await,
+    }
+}
+
+async fn demo(command: Command) -> Result<()> {
+    let Command::Demo {
+        dir,
+        payments,
+        members,
+        rate,
+        seed,
+    } = command
+    else {
+        anyhow::bail!("not the demo command");
+    };
+    // the demo's progress line and report say what happened; logs only for errors
+    init_logs_with(false, "error");
+    println!("pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})");
+    let report = pointsync::demo::run(pointsync::demo::DemoOptions {
+        dir,
+        payments,
+        members,
+        rate,
+        seed,
+        ..Default::default()
+    })
+    .await?;
+    println!("{report}");
+    if report.records_match {
+        Ok(())
+    } else {
+        anyhow::bail!("WeChat's record does not match the ledger")
+    }
+}
+
+async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
+    let db = &config.service.database;
+    match command {
+        Command::Demo { .. } => anyhow::bail!("the demo has no config"),
+        Command::Serve { .. } => {
             init_logs(config.service.log_format == "json");
-            let store = open(&config).await?;
+            let store = S::open(db, &config.service.open_options()).await?;
             let public = bind(config.service.public_listen, "service.public_listen").await?;
             let admin = bind(config.service.admin_listen, "service.admin_listen").await?;
             let running = pointsync::service::start(&config, store, public, admin).await?;
@@ -200,37 +244,8 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Demo {
-            dir,
-            payments,
-            members,
-            rate,
-            seed,
-        } => {
-            // the demo's progress line and report say what happened; logs only for errors
-            init_logs_with(false, "error");
-            println!(
-                "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})"
-            );
-            let report = pointsync::demo::run(pointsync::demo::DemoOptions {
-                dir,
-                payments,
-                members,
-                rate,
-                seed,
-                ..Default::default()
-            })
-            .await?;
-            println!("{report}");
-            if report.records_match {
-                Ok(())
-            } else {
-                anyhow::bail!("WeChat's record does not match the ledger")
-            }
-        }
-        Command::Status { config, json } => {
-            let config = Config::load(&config)?;
-            let s = open_read_only(&config).await?.status().await?;
+        Command::Status { json, .. } => {
+            let s = S::open_read_only(db).await?.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
@@ -253,15 +268,9 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Sync {
-            command:
-                SyncCommand::Retry {
-                    parked: _,
-                    ids,
-                    config,
-                },
+            command: SyncCommand::Retry { ids, .. },
         } => {
-            let config = Config::load(&config)?;
-            let n = open(&config)
+            let n = S::open(db, &config.service.open_options())
                 .await?
                 .retry_parked(&ids, pointsync::service::now_ms())
                 .await?;
@@ -273,9 +282,8 @@ async fn run(cli: Cli) -> Result<()> {
             points,
             reference,
             reason,
-            config,
+            ..
         } => {
-            let config = Config::load(&config)?;
             let a = pointsync::store::Adjustment {
                 openid: openid.clone(),
                 points,
@@ -283,7 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
                 reason,
             };
             let allow = config.rules.allow_negative_balance;
-            let store = open(&config).await?;
+            let store = S::open(db, &config.service.open_options()).await?;
             match store
                 .adjust(&a, allow, pointsync::service::now_ms())
                 .await?
@@ -302,38 +310,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Member { openid, config } => {
-            let config = Config::load(&config)?;
-            match open_read_only(&config).await?.member(&openid).await? {
-                None => anyhow::bail!("no member {openid}"),
-                Some(m) => {
+        Command::Member { openid, .. } => match S::open_read_only(db).await?.member(&openid).await?
+        {
+            None => anyhow::bail!("no member {openid}"),
+            Some(m) => {
+                println!(
+                    "{}  balance {}  authorized {:?}",
+                    m.openid, m.balance, m.authorized
+                );
+                for e in m.entries {
                     println!(
-                        "{}  balance {}  authorized {:?}",
-                        m.openid, m.balance, m.authorized
+                        "  {:>6} {:>+7} → {:>7}  {} {}  {}",
+                        e.kind, e.points, e.balance_after, e.transaction_id, e.refund_id, e.rule
                     );
-                    for e in m.entries {
-                        println!(
-                            "  {:>6} {:>+7} → {:>7}  {} {}  {}",
-                            e.kind,
-                            e.points,
-                            e.balance_after,
-                            e.transaction_id,
-                            e.refund_id,
-                            e.rule
-                        );
-                    }
-                    Ok(())
                 }
+                Ok(())
             }
-        }
-        Command::Migrate { config } => {
-            let config = Config::load(&config)?;
-            let applied = SqliteStore::migrate(&config.service.database).await?;
-            if applied.is_empty() {
-                println!("schema up to date ({})", pointsync::sqlite::SCHEMA);
+        },
+        Command::Migrate { .. } => {
+            let m = S::migrate(db).await?;
+            if m.applied.is_empty() {
+                println!("schema up to date ({})", m.version);
             }
-            for m in applied {
-                println!("applied: {m}");
+            for a in m.applied {
+                println!("applied: {a}");
             }
             Ok(())
         }

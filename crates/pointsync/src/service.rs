@@ -258,8 +258,11 @@ pub struct Dispatcher<S> {
     metrics: Metrics,
 }
 
-/// The path of the points sync API.
-pub const POINTS_NOTIFY: &str = "/v3/businesscircle/points/notify";
+/// The request stored at enqueue time, byte for byte.
+fn stored_request(c: &Claimed) -> RawRequest {
+    let method = Method::from_bytes(c.method.as_bytes()).unwrap_or(Method::POST);
+    RawRequest::new(method, c.path.clone(), c.payload.clone().into_bytes())
+}
 
 impl<S: Store> Dispatcher<S> {
     /// A dispatcher with a fresh owner id (one per process start).
@@ -338,7 +341,7 @@ impl<S: Store> Dispatcher<S> {
             self.bucket.acquire().await;
             crate::crash::point("before_send");
             let started = Instant::now();
-            let req = RawRequest::new(Method::POST, POINTS_NOTIFY, c.payload.clone().into_bytes());
+            let req = stored_request(&c);
             let result = self.client.execute(&req).await;
             self.metrics
                 .sync_seconds

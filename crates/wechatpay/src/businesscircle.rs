@@ -144,6 +144,9 @@ businesscircle_open_enum!(
 // ---------------------------------------------------------------------------------------------
 // Points notify.
 
+/// The path of the points-notify API.
+pub const POINTS_NOTIFY_PATH: &str = "/v3/businesscircle/points/notify";
+
 /// `POST /v3/businesscircle/points/notify` — tells WeChat the points a transaction earned.
 /// Success is `204` with an empty body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,11 +225,7 @@ impl PointsNotifyRequest {
     pub fn to_request(&self) -> Result<RawRequest, Error> {
         self.validate()?;
         let body = serde_json::to_vec(self).map_err(|e| Error::Request(e.to_string()))?;
-        Ok(RawRequest::new(
-            Method::POST,
-            "/v3/businesscircle/points/notify",
-            body,
-        ))
+        Ok(RawRequest::new(Method::POST, POINTS_NOTIFY_PATH, body))
     }
 }
 

@@ -238,7 +238,7 @@ async fn operator_commands_read_the_live_database() {
     assert_eq!(view.balance, 50);
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("schema up to date (2 adjustments)"),
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (3 outbox requests)"),
         "{}",
         stderr(&o)
     );
@@ -249,7 +249,8 @@ async fn operator_commands_read_the_live_database() {
         &[("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap())],
     );
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("applied: 1 init\napplied: 2 adjustments"),
+        String::from_utf8_lossy(&o.stdout)
+            .contains("applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests"),
         "{}",
         stderr(&o)
     );
@@ -306,7 +307,10 @@ fn the_readme_config_example_parses() {
         std::iter::empty(),
     )
     .unwrap();
-    assert_eq!(c.service.database, Path::new("/etc/pointsync/pointsync.db"));
+    assert_eq!(
+        c.service.database.sqlite_path(),
+        Some(Path::new("/etc/pointsync/pointsync.db"))
+    );
     assert_eq!(
         c.rules.stores[0].no_points_remarks.as_deref(),
         Some("商品不参与积分活动")

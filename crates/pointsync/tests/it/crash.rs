@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pointsync::sqlite::SqliteStore;
 use pointsync::store::Store;
+use pointsync::store::sqlite::SqliteStore;
 use rand::{Rng, SeedableRng};
 use wechatpay_sim::{
     GenerateSpec, NewMember, NewPayment, PushConfig, Sandbox, SimConfig, Simulator, TrustMode,
@@ -47,9 +47,10 @@ impl Rig {
         .unwrap();
         let config =
             pointsync::demo::write_config(dir.path(), &sandbox, &sim.base_url(), "").unwrap();
-        let store = SqliteStore::open(&dir.path().join("pointsync.db"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let store =
+            SqliteStore::open_path(&dir.path().join("pointsync.db"), Duration::from_secs(5))
+                .await
+                .unwrap();
         Self {
             sim,
             store,

@@ -360,7 +360,13 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
     let m = h.sim.add_member(NewMember::default()).unwrap();
     h.quiet(Duration::from_secs(10)).await;
     // another process holds the write lock longer than the busy timeout (2 s)
-    let path = h.config.service.database.clone();
+    let path = h
+        .config
+        .service
+        .database
+        .sqlite_path()
+        .unwrap()
+        .to_path_buf();
     let mut locker = std::process::Command::new("python3")
         .arg("-c")
         .arg(format!(
@@ -441,7 +447,8 @@ async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
     // The callback is refused with a 5xx (nothing stored, nothing acknowledged),
     // WeChat retries on its schedule, and the retry after the lock is gone credits once.
     let h = Harness::start(wechat_timeouts(), &[]).await;
-    let other = rusqlite::Connection::open(&h.config.service.database).unwrap();
+    let other =
+        rusqlite::Connection::open(h.config.service.database.sqlite_path().unwrap()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (m, tx) = h.member_pays(8_800);
     tokio::time::sleep(Duration::from_millis(4_500)).await;
@@ -472,7 +479,13 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     let h = Harness::start(wechat_timeouts(), &[]).await;
     let (m1, _) = h.member_pays(1_000);
     h.quiet(Duration::from_secs(10)).await;
-    let wal = h.config.service.database.with_extension("db-wal");
+    let wal = h
+        .config
+        .service
+        .database
+        .sqlite_path()
+        .unwrap()
+        .with_extension("db-wal");
     assert!(wal.exists(), "{}", wal.display());
     let guard = crate::harness::make_read_only(&wal);
     let (m2, tx2) = h.member_pays(2_000);
@@ -509,7 +522,8 @@ async fn a_callback_wechat_hangs_up_on_is_counted_and_its_retry_is_a_duplicate()
         &[],
     )
     .await;
-    let other = rusqlite::Connection::open(&h.config.service.database).unwrap();
+    let other =
+        rusqlite::Connection::open(h.config.service.database.sqlite_path().unwrap()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (m, tx) = h.member_pays(4_400);
     tokio::time::sleep(Duration::from_millis(1_500)).await;

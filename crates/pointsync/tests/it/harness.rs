@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use pointsync::config::Config;
 use pointsync::service::Running;
-use pointsync::sqlite::SqliteStore;
 use pointsync::store::Store;
+use pointsync::store::sqlite::SqliteStore;
 use tokio::net::TcpListener;
 use wechatpay_sim::{PushConfig, Sandbox, SimConfig, Simulator, TrustMode};
 
@@ -58,9 +58,12 @@ impl Harness {
         .await
         .unwrap();
         let config = config(dir.path(), &sandbox, &sim.base_url(), overrides);
-        let store = SqliteStore::open(&config.service.database, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let store = SqliteStore::open_path(
+            config.service.database.sqlite_path().unwrap(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
         let running = pointsync::service::start(&config, store.clone(), public, admin)
             .await
             .unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use pointsync::rules::{Rules, StoreRule};
-use pointsync::sqlite::SqliteStore;
+use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Incoming, IngestContext, Ingested, Store, SyncOutcome};
 use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund};
 
@@ -11,7 +11,7 @@ const T0: i64 = 1_700_000_000_000;
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("p.db"), Duration::from_secs(5))
+    let s = SqliteStore::open_path(&dir.path().join("p.db"), Duration::from_secs(5))
         .await
         .unwrap();
     (dir, s)
@@ -432,7 +432,7 @@ async fn partner_mode_syncs_with_the_malls_sub_mchid() {
 async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    let s = SqliteStore::open(&path, Duration::from_millis(300))
+    let s = SqliteStore::open_path(&path, Duration::from_millis(300))
         .await
         .unwrap();
     let rules = Rules::default();
@@ -451,7 +451,7 @@ async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, pointsync::store::StoreError::Locked(_)),
+        matches!(err, pointsync::store::StoreError::Locked { .. }),
         "{err:?}"
     );
     assert!(
@@ -478,7 +478,7 @@ async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept
     let path = dir.path().join("p.db");
     let rules = Rules::default();
     {
-        let s = SqliteStore::open(&path, Duration::from_secs(2))
+        let s = SqliteStore::open_path(&path, Duration::from_secs(2))
             .await
             .unwrap();
         s.ingest(&payment("R1", "o1", 5_000, "S1"), &ctx(&rules))
@@ -491,12 +491,12 @@ async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
     let guard = crate::harness::make_read_only(&path);
-    let err = SqliteStore::open(&path, Duration::from_secs(2))
+    let err = SqliteStore::open_path(&path, Duration::from_secs(2))
         .await
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, pointsync::store::StoreError::ReadOnly(_)),
+        matches!(err, pointsync::store::StoreError::ReadOnly { .. }),
         "{err:?}"
     );
     assert!(
@@ -504,7 +504,7 @@ async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept
         "{text}"
     );
     drop(guard);
-    let s = SqliteStore::open(&path, Duration::from_secs(2))
+    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
         .await
         .unwrap();
     let m = s.member("o1").await.unwrap().unwrap();
@@ -580,11 +580,13 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
             "PRAGMA user_version = 1;
              INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ('o9', 1, '', '', 42, 0);
              INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
-             VALUES ('o9', 'credit', 'T9', '', 42, 42, 0, '{}', 0);",
+             VALUES ('o9', 'credit', 'T9', '', 42, 42, 0, '{}', 0);
+             INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
+             VALUES ('T9', '{\"transaction_id\":\"T9\"}', 'pending', 0, 0);",
         )
         .unwrap();
     }
-    let s = SqliteStore::open(&path, Duration::from_secs(2))
+    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
         .await
         .unwrap();
     let m = s.member("o9").await.unwrap().unwrap();
@@ -599,11 +601,25 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
         s.adjust(&a, false, T0).await.unwrap(),
         pointsync::store::Adjusted::Applied { balance: 40 }
     );
+    // a sync enqueued by version 1 (body only) is sent as the points sync it was
+    let c = s.claim("w", T0, 1_000, 10).await.unwrap();
+    assert_eq!(
+        (
+            c[0].method.as_str(),
+            c[0].path.as_str(),
+            c[0].payload.as_str()
+        ),
+        (
+            "POST",
+            "/v3/businesscircle/points/notify",
+            r#"{"transaction_id":"T9"}"#
+        )
+    );
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
 }
 
 #[tokio::test]
@@ -621,7 +637,7 @@ async fn a_write_error_names_the_database_and_the_store_recovers() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, pointsync::store::StoreError::Io(_)),
+        matches!(err, pointsync::store::StoreError::Io { .. }),
         "{err:?}"
     );
     assert!(

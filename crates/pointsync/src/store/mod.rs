@@ -1,14 +1,20 @@
-//! The narrow storage interface. SQLite implements it today ([`crate::sqlite::SqliteStore`]); the
-//! PostgreSQL issue implements it a second time. All SQL lives behind it.
+//! The narrow storage contract. SQLite implements it today ([`sqlite::SqliteStore`]); a second
+//! backend plugs in by implementing [`Store`] and passing the same contract suite. All SQL lives
+//! behind it, and no business decision: those are [`crate::domain`]'s.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use wechatpay::notify::Event;
 
-use crate::rules::Rules;
+pub use crate::domain::IngestContext;
+
+pub mod sqlite;
 
 /// A verified, decrypted callback to store.
 #[derive(Debug, Clone)]
@@ -59,17 +65,6 @@ pub enum Ingested {
     Ignored,
 }
 
-/// How ingest behaves.
-#[derive(Debug, Clone)]
-pub struct IngestContext<'a> {
-    /// Points rules.
-    pub rules: &'a Rules,
-    /// Partner mode: send the callback's `mchid` as `sub_mchid`.
-    pub partner_mode: bool,
-    /// Now, Unix milliseconds.
-    pub now_ms: i64,
-}
-
 /// A sync claimed by a dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
@@ -77,7 +72,11 @@ pub struct Claimed {
     pub id: i64,
     /// The transaction.
     pub transaction_id: String,
-    /// The body stored at enqueue time.
+    /// HTTP method stored at enqueue time.
+    pub method: String,
+    /// Path and query stored at enqueue time.
+    pub path: String,
+    /// The body stored at enqueue time, sent byte for byte.
     pub payload: String,
     /// This attempt's number (fencing token).
     pub attempt: i64,
@@ -217,52 +216,213 @@ pub struct Audit {
     pub held_refunds: i64,
 }
 
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
+/// A backend's own error, kept as the source of a [`StoreError`].
+pub type Source = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A storage failure, in terms any backend can report. The backend's own error is kept as the
+/// `source`. Clone, so one failed group commit can answer every caller in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
-    /// The database failed (locked, I/O error, unavailable…).
-    #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A database task failed to run to completion.
-    #[error("database task: {0}")]
-    Task(String),
+    /// The database cannot be opened or reached.
+    #[error("database {database} cannot be opened or reached: {source}")]
+    Unavailable {
+        /// The database (a file path; never a password).
+        database: String,
+        /// The backend's error.
+        source: Source,
+    },
+    /// The database does not exist (read-only opening never creates one).
+    #[error("database {database} does not exist")]
+    NotFound {
+        /// The database.
+        database: String,
+    },
     /// Another connection held the write lock for longer than the busy timeout.
     #[error(
-        "database {0} is locked: another connection held its write lock longer than the busy \
-         timeout (service.busy_timeout_ms); nothing was written"
+        "database {database} is locked: another connection held its write lock longer than the \
+         busy timeout (service.busy_timeout_ms); nothing was written"
     )]
-    Locked(String),
+    Locked {
+        /// The database.
+        database: String,
+    },
     /// The database cannot be written.
     #[error(
-        "database {0} is read-only (file permissions, the immutable attribute or a read-only \
-         mount); pointsync must be able to write it; nothing was written"
+        "database {database} is read-only (file permissions, the immutable attribute or a \
+         read-only mount); pointsync must be able to write it; nothing was written"
     )]
-    ReadOnly(String),
-    /// The file system refused a read or write (I/O error, disk full).
-    #[error("database {0}; nothing was written")]
-    Io(String),
+    ReadOnly {
+        /// The database.
+        database: String,
+    },
+    /// The storage refused a read or write (I/O error, disk full).
+    #[error("database {database}: {source}; nothing was written")]
+    Io {
+        /// The database.
+        database: String,
+        /// The backend's error.
+        source: Source,
+    },
+    /// The stored schema is not the one this binary knows.
+    #[error(
+        "database {database} has schema version {found}, this pointsync knows {expected}: run \
+         `pointsync migrate`"
+    )]
+    SchemaMismatch {
+        /// The database.
+        database: String,
+        /// The stored version.
+        found: i64,
+        /// This binary's version.
+        expected: i64,
+    },
+    /// A write conflicted with another one and was not applied.
+    #[error("database {database}: {what}; nothing was written")]
+    Conflict {
+        /// The database.
+        database: String,
+        /// What conflicted.
+        what: String,
+    },
+    /// This handle cannot write (opened read-only, or its writer stopped).
+    #[error("database {database} is open for reading only here (or its writer has stopped)")]
+    Closed {
+        /// The database.
+        database: String,
+    },
+    /// Any other failure of the backend.
+    #[error("database {database}: {what}: {source}")]
+    Backend {
+        /// The database.
+        database: String,
+        /// What was being done.
+        what: String,
+        /// The backend's error.
+        source: Source,
+    },
 }
 
 impl StoreError {
-    /// Names a SQLite failure precisely: a lock held too long and a read-only file get their own
-    /// errors naming the database file.
-    pub fn classify(e: rusqlite::Error, path: &std::path::Path) -> Self {
-        use rusqlite::ErrorCode;
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                Self::Locked(path.display().to_string())
-            }
-            Some(ErrorCode::ReadOnly) => Self::ReadOnly(path.display().to_string()),
-            Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull) => {
-                Self::Io(format!("{}: {e}", path.display()))
-            }
-            _ => Self::Db(e),
+    /// A short stable name of the cause, for metrics labels and logs.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::NotFound { .. } => "not_found",
+            Self::Locked { .. } => "locked",
+            Self::ReadOnly { .. } => "read_only",
+            Self::Io { .. } => "io",
+            Self::SchemaMismatch { .. } => "schema_mismatch",
+            Self::Conflict { .. } => "conflict",
+            Self::Closed { .. } => "closed",
+            Self::Backend { .. } => "backend",
         }
     }
 }
 
-/// The storage contract of the service.
+/// Where the data lives: `service.database` in the config. A file path means SQLite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl Database {
+    /// Reads `service.database`: a file path (SQLite).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Err(
+                "PostgreSQL URLs are not supported by this version of pointsync yet; \
+                        give an SQLite file path"
+                    .into(),
+            );
+        }
+        if s.trim().is_empty() {
+            return Err("must name an SQLite file".into());
+        }
+        Ok(Self::Sqlite(PathBuf::from(s)))
+    }
+
+    /// The SQLite file, for SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(p) => Some(p),
+        }
+    }
+
+    /// A relative file path made relative to `base` (the config file's folder).
+    pub fn resolve(&mut self, base: &Path) {
+        match self {
+            Self::Sqlite(p) => {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for Database {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a store is opened for serving.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// How long a write waits for a lock held by another connection.
+    pub busy_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Migrations applied now (`"2 adjustments"`), oldest first.
+    pub applied: Vec<String>,
+    /// The schema version reached (`"3 outbox requests"`).
+    pub version: String,
+}
+
+/// The storage contract of the service. Every backend passes the same contract suite
+/// (`tests/it/contract.rs`); decisions are made by [`crate::domain`], a store only reads snapshots
+/// and applies plans.
 pub trait Store: Clone + Send + Sync + 'static {
+    /// Opens the store for serving: created if missing, migrated to this binary's schema.
+    fn open(
+        db: &Database,
+        opts: &OpenOptions,
+    ) -> impl Future<Output = Result<Self, StoreError>> + Send;
+    /// Opens an existing store for reading only (`status`, `member`): nothing is created or
+    /// migrated; a schema other than this binary's is refused with
+    /// [`StoreError::SchemaMismatch`]; writes fail with [`StoreError::Closed`].
+    fn open_read_only(db: &Database) -> impl Future<Output = Result<Self, StoreError>> + Send;
+    /// Creates or upgrades the schema (`pointsync migrate`).
+    fn migrate(db: &Database) -> impl Future<Output = Result<Migrated, StoreError>> + Send;
     /// Stores a callback with all its effects in one transaction (inbox, decision, ledger,
     /// balance, outbox), committed durably before returning.
     fn ingest(

@@ -1,0 +1,62 @@
+//! Operator adjustments: points redeemed or corrected in the mall's own systems.
+
+use serde_json::json;
+
+use super::{LedgerRow, china_day};
+use crate::store::{Adjusted, Adjustment};
+
+/// What a store knows before an adjustment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdjustSnapshot {
+    /// The member's balance, if the member exists.
+    pub balance: Option<i64>,
+    /// An adjustment with this reference is stored already.
+    pub seen: bool,
+}
+
+/// The rows an applied adjustment writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdjustWrite {
+    /// The new balance.
+    pub balance: i64,
+    /// The ledger entry (kind `adjust`, keyed by the reference).
+    pub entry: LedgerRow,
+}
+
+/// Decides an adjustment: refused for an unknown member, a no-op for a reference applied before,
+/// refused when it would take the balance below zero unless `allow_negative`.
+pub fn adjust(
+    a: &Adjustment,
+    snap: AdjustSnapshot,
+    allow_negative: bool,
+    now_ms: i64,
+) -> (Adjusted, Option<AdjustWrite>) {
+    let Some(balance) = snap.balance else {
+        return (Adjusted::UnknownMember, None);
+    };
+    if snap.seen {
+        return (Adjusted::Duplicate { balance }, None);
+    }
+    let after = balance + a.points;
+    if after < 0 && a.points < 0 && !allow_negative {
+        return (Adjusted::WouldGoNegative { balance }, None);
+    }
+    let entry = LedgerRow {
+        openid: a.openid.clone(),
+        kind: "adjust",
+        transaction_id: a.reference.clone(),
+        refund_id: String::new(),
+        points: a.points,
+        balance_after: after,
+        day: china_day(now_ms),
+        rule: json!({"reason": "adjustment", "note": a.reason, "reference": a.reference}),
+        created_at: now_ms,
+    };
+    (
+        Adjusted::Applied { balance: after },
+        Some(AdjustWrite {
+            balance: after,
+            entry,
+        }),
+    )
+}

@@ -1,0 +1,472 @@
+//! The SQLite store: WAL with `synchronous=FULL`, one writer connection on its own thread with
+//! group commit, a busy timeout, migrations embedded.
+//!
+//! Writes (callbacks, claims, completions, rescues) are queued to the writer thread, which runs
+//! every queued job in one `BEGIN IMMEDIATE` transaction — each job inside its own savepoint, so a
+//! failing job rolls back alone — commits once (one fsync for the group), and only then answers
+//! each caller. Nothing is acknowledged before it is durable, and a caller that goes away (WeChat
+//! hung up) cannot leave the writer inside a transaction.
+//!
+//! `write.rs` holds the jobs (snapshot reads and plan application), `read.rs` the operator queries.
+
+mod read;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Adjusted, Adjustment, Audit, Claimed, Database, Incoming, IngestContext, Ingested, MemberView,
+    Migrated, OpenOptions, Status, Store, StoreError, SyncOutcome,
+};
+
+/// Embedded migrations: (version, name, SQL), applied in order and recorded in `PRAGMA user_version`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "adjustments",
+        include_str!("../../../migrations/sqlite/0002_adjustments.sql"),
+    ),
+    (
+        3,
+        "outbox requests",
+        include_str!("../../../migrations/sqlite/0003_outbox_requests.sql"),
+    ),
+];
+
+/// The schema version the embedded migrations reach.
+pub fn schema() -> String {
+    MIGRATIONS
+        .last()
+        .map(|(v, n, _)| format!("{v} {n}"))
+        .unwrap_or_default()
+}
+
+fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Jobs written in one group at most.
+const MAX_GROUP: usize = 512;
+
+/// Names an SQLite failure in the contract's terms, keeping it as the source.
+pub(crate) fn classify(e: rusqlite::Error, path: &Path, what: &str) -> StoreError {
+    use rusqlite::ErrorCode;
+    let database = path.display().to_string();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Locked { database }
+        }
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { database },
+        Some(ErrorCode::SystemIoFailure | ErrorCode::DiskFull) => StoreError::Io {
+            database,
+            source: Arc::new(e),
+        },
+        Some(ErrorCode::CannotOpen | ErrorCode::NotADatabase | ErrorCode::PermissionDenied) => {
+            StoreError::Unavailable {
+                database,
+                source: Arc::new(e),
+            }
+        }
+        _ => StoreError::Backend {
+            database,
+            what: what.to_string(),
+            source: Arc::new(e),
+        },
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write, run by the writer thread inside the group's transaction.
+type Work<T> = Box<dyn FnOnce(&Connection) -> rusqlite::Result<T> + Send>;
+
+/// A queued job: runs, and returns the answer to send once the group's outcome is known.
+type Job = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
+
+/// Sends a job's answer once its group has committed (or failed to).
+type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
+/// SQLite storage. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::UnboundedSender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn open_connection(
+    path: &Path,
+    busy_timeout: Duration,
+    read_only: bool,
+) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let named = |e| classify(e, path, "opening");
+    let c = Connection::open_with_flags(path, flags).map_err(named)?;
+    c.busy_timeout(busy_timeout).map_err(named)?;
+    if !read_only {
+        // SQLite quietly opens a file it cannot write read-only; say so now, not at the first
+        // callback
+        if c.is_readonly(rusqlite::DatabaseName::Main).map_err(named)? {
+            return Err(StoreError::ReadOnly {
+                database: path.display().to_string(),
+            });
+        }
+        c.pragma_update(None, "journal_mode", "WAL")
+            .map_err(named)?;
+    }
+    c.pragma_update(None, "synchronous", "FULL")
+        .map_err(named)?;
+    c.pragma_update(None, "foreign_keys", true).map_err(named)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+fn migrate_connection(c: &mut Connection, path: &Path) -> Result<Vec<String>, StoreError> {
+    let named = |e| classify(e, path, "migrating");
+    let current: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(named)?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if *version > current {
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(named)?;
+            tx.execute_batch(sql).map_err(named)?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(named)?;
+            tx.commit().map_err(named)?;
+            applied.push(format!("{version} {name}"));
+        }
+    }
+    Ok(applied)
+}
+
+fn task_failed(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend {
+        database: path.display().to_string(),
+        what: "a database task did not finish".into(),
+        source: Arc::new(e),
+    }
+}
+
+fn sqlite_path(db: &Database) -> &Path {
+    match db {
+        Database::Sqlite(p) => p,
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the SQLite file at `path`: [`Store::open`] for a path.
+    pub async fn open_path(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
+        <Self as Store>::open(
+            &Database::Sqlite(path.to_path_buf()),
+            &OpenOptions { busy_timeout },
+        )
+        .await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        what: &'static str,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let work: Work<T> = Box::new(work);
+        let job: Job = Box::new(move |c, begun, path| {
+            let r = attempt(c, begun, work).map_err(|e| match e {
+                Failed::Sql(e) => classify(e, path, what),
+                Failed::Group(e) => e,
+            });
+            answer(r, tx)
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed {
+            database: self.path.display().to_string(),
+        })?;
+        rx.await.map_err(|e| task_failed(&self.path, e))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&c).map_err(|e| classify(e, &path, what))
+        })
+        .await
+        .map_err(|e| task_failed(&self.path, e))?
+    }
+}
+
+/// The writer thread: takes every queued job, runs them in one transaction, commits, answers.
+fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &Path) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut c, group, path);
+    }
+}
+
+enum Failed {
+    Sql(rusqlite::Error),
+    Group(StoreError),
+}
+
+/// Runs `f` in its own savepoint, or fails as the group's BEGIN did.
+fn attempt<T>(c: &Connection, begun: &Result<(), StoreError>, f: Work<T>) -> Result<T, Failed> {
+    if let Err(e) = begun {
+        return Err(Failed::Group(e.clone()));
+    }
+    write::exec(c, "SAVEPOINT job", []).map_err(Failed::Sql)?;
+    match f(c) {
+        Ok(v) => {
+            write::exec(c, "RELEASE job", []).map_err(Failed::Sql)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(Failed::Sql(e))
+        }
+    }
+}
+
+/// Holds a job's result until the group's outcome is known: nothing is acknowledged before the
+/// group is durable.
+fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>) -> Answer {
+    Box::new(move |committed| {
+        let _ = reply.send(match committed {
+            Ok(()) => r,
+            Err(e) => Err(e.clone()),
+        });
+    })
+}
+
+fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
+    let begun = write::exec(c, "BEGIN IMMEDIATE", [])
+        .map(|_| ())
+        .map_err(|e| classify(e, path, "cannot begin a write transaction"));
+    let answers: Vec<Answer> = group.into_iter().map(|job| job(c, &begun, path)).collect();
+    crate::crash::point("before_commit");
+    let committed = begun.and_then(|()| {
+        write::exec(c, "COMMIT", [])
+            .map(|_| ())
+            .map_err(|e| classify(e, path, "commit failed"))
+    });
+    if committed.is_err() && !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    for a in answers {
+        a(&committed);
+    }
+}
+
+impl Store for SqliteStore {
+    async fn open(db: &Database, opts: &OpenOptions) -> Result<Self, StoreError> {
+        let path = sqlite_path(db).to_path_buf();
+        let p2 = path.clone();
+        let busy_timeout = opts.busy_timeout;
+        let (writer, reader) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut w = open_connection(&p2, busy_timeout, false)?;
+            migrate_connection(&mut w, &p2)?;
+            let r = open_connection(&p2, busy_timeout, true)?;
+            Ok((w, r))
+        })
+        .await
+        .map_err(|e| task_failed(&path, e))??;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let p3 = path.clone();
+        std::thread::Builder::new()
+            .name("pointsync-writer".into())
+            .spawn(move || writer_loop(writer, rx, &p3))
+            .map_err(|e| task_failed(&path, e))?;
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
+    }
+
+    async fn open_read_only(db: &Database) -> Result<Self, StoreError> {
+        let path = sqlite_path(db).to_path_buf();
+        let p2 = path.clone();
+        let reader = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let database = p2.display().to_string();
+            if !p2.exists() {
+                return Err(StoreError::NotFound { database });
+            }
+            let c = open_connection(&p2, Duration::from_secs(5), true)?;
+            let found: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(|e| classify(e, &p2, "reading the schema version"))?;
+            if found != latest() {
+                return Err(StoreError::SchemaMismatch {
+                    database,
+                    found,
+                    expected: latest(),
+                });
+            }
+            Ok(c)
+        })
+        .await
+        .map_err(|e| task_failed(&path, e))??;
+        // no writer thread: the receiving end is dropped, so a write is refused at once
+        let (jobs, _) = mpsc::unbounded_channel();
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
+    }
+
+    async fn migrate(db: &Database) -> Result<Migrated, StoreError> {
+        let path = sqlite_path(db).to_path_buf();
+        let p2 = path.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut c = open_connection(&p2, Duration::from_secs(5), false)?;
+            migrate_connection(&mut c, &p2)
+        })
+        .await
+        .map_err(|e| task_failed(&path, e))??;
+        Ok(Migrated {
+            applied,
+            version: schema(),
+        })
+    }
+
+    async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
+        let n = n.clone();
+        let rules = Arc::new(ctx.rules.clone());
+        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
+        self.submit(
+            move |c| {
+                let ctx = IngestContext {
+                    rules: &rules,
+                    partner_mode,
+                    now_ms,
+                };
+                write::ingest(c, &n, &ctx)
+            },
+            "storing a callback",
+        )
+        .await
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let owner = owner.to_string();
+        self.submit(
+            move |c| write::claim(c, &owner, now_ms, lease_ms, limit),
+            "claiming syncs",
+        )
+        .await
+    }
+
+    async fn complete(
+        &self,
+        cl: &Claimed,
+        owner: &str,
+        outcome: &SyncOutcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (cl, owner, outcome) = (cl.clone(), owner.to_string(), outcome.clone());
+        self.submit(
+            move |c| write::complete(c, &cl, &owner, &outcome, now_ms),
+            "recording a sync outcome",
+        )
+        .await
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_string();
+        self.submit(move |c| write::release(c, &owner), "releasing leases")
+            .await
+    }
+
+    async fn rescue(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.submit(move |c| write::rescue(c, now_ms), "rescuing leases")
+            .await
+    }
+
+    async fn adjust(
+        &self,
+        a: &Adjustment,
+        allow_negative: bool,
+        now_ms: i64,
+    ) -> Result<Adjusted, StoreError> {
+        let a = a.clone();
+        self.submit(
+            move |c| write::adjust(c, &a, allow_negative, now_ms),
+            "adjusting a balance",
+        )
+        .await
+    }
+
+    async fn retry_parked(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.submit(
+            move |c| write::retry_parked(c, &ids, now_ms),
+            "re-queueing parked syncs",
+        )
+        .await
+    }
+
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        self.read("reading the backlog", read::backlog).await
+    }
+
+    async fn status(&self) -> Result<Status, StoreError> {
+        self.read("reading the status", read::status).await
+    }
+
+    async fn member(&self, openid: &str) -> Result<Option<MemberView>, StoreError> {
+        let openid = openid.to_string();
+        self.read("reading a member", move |c| read::member(c, openid))
+            .await
+    }
+
+    async fn audit(&self) -> Result<Audit, StoreError> {
+        self.read("auditing", read::audit).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read("ping", |c| {
+            write::one(c, "SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())
+        })
+        .await
+    }
+}

@@ -1,0 +1,130 @@
+//! Operator and metrics queries, on the reader connection.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::write::one;
+use crate::store::{Audit, LedgerEntry, MemberView, ParkedSync, Status};
+
+fn counts(c: &Connection, sql: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    rows.collect()
+}
+
+fn strings(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare(sql)?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Sync rows not done, by state: a range of the `(state, due_at)` index, proportional to the
+/// backlog, not the history.
+pub(super) fn backlog(c: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
+    counts(
+        c,
+        "SELECT state, COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight', 'parked', 'dead') GROUP BY state",
+    )
+}
+
+pub(super) fn status(c: &Connection) -> rusqlite::Result<Status> {
+    let oldest_pending_at: Option<i64> = one(
+        c,
+        "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'inflight')",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut st = c.prepare_cached(
+        "SELECT id, transaction_id, state, attempts, last_error FROM outbox WHERE state IN ('parked', 'dead') ORDER BY id LIMIT 1000",
+    )?;
+    let parked = st
+        .query_map([], |r| {
+            Ok(ParkedSync {
+                id: r.get(0)?,
+                transaction_id: r.get(1)?,
+                state: r.get(2)?,
+                attempts: r.get(3)?,
+                error: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Status {
+        syncs: counts(c, "SELECT state, COUNT(*) FROM outbox GROUP BY state")?,
+        inbox: counts(c, "SELECT status, COUNT(*) FROM inbox GROUP BY status")?,
+        oldest_pending_at,
+        parked,
+    })
+}
+
+pub(super) fn member(c: &Connection, openid: String) -> rusqlite::Result<Option<MemberView>> {
+    let m: Option<(Option<i64>, i64)> = one(
+        c,
+        "SELECT authorized, balance FROM members WHERE openid = ?",
+        params![openid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?;
+    let Some((authorized, balance)) = m else {
+        return Ok(None);
+    };
+    let mut st = c.prepare_cached(
+        "SELECT kind, transaction_id, refund_id, points, balance_after, rule, created_at FROM ledger WHERE openid = ? ORDER BY id",
+    )?;
+    let entries = st
+        .query_map(params![openid], |r| {
+            let rule: String = r.get(5)?;
+            Ok(LedgerEntry {
+                kind: r.get(0)?,
+                transaction_id: r.get(1)?,
+                refund_id: r.get(2)?,
+                points: r.get(3)?,
+                balance_after: r.get(4)?,
+                rule: serde_json::from_str(&rule).unwrap_or(Value::String(rule)),
+                created_at: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(MemberView {
+        openid,
+        authorized: authorized.map(|a| a == 1),
+        balance,
+        entries,
+    }))
+}
+
+pub(super) fn audit(c: &Connection) -> rusqlite::Result<Audit> {
+    let mut st = c.prepare("SELECT transaction_id, points FROM ledger WHERE kind = 'credit'")?;
+    let credits: BTreeMap<String, i64> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let (debits, points_deducted): (i64, i64) = one(
+        c,
+        "SELECT COUNT(*), COALESCE(-SUM(points), 0) FROM ledger WHERE kind = 'debit'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut st =
+        c.prepare("SELECT done_at - created_at FROM outbox WHERE state = 'done' ORDER BY 1")?;
+    let sync_latencies_ms = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(Audit {
+        points_issued: credits.values().sum(),
+        credits,
+        debits,
+        points_deducted,
+        sync_latencies_ms,
+        unbalanced_members: strings(
+            c,
+            "SELECT m.openid FROM members m LEFT JOIN (SELECT openid, SUM(points) AS total FROM ledger GROUP BY openid) l
+             ON l.openid = m.openid WHERE m.balance != COALESCE(l.total, 0)",
+        )?,
+        payments_without_sync: strings(
+            c,
+            "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL",
+        )?,
+        held_refunds: one(c, "SELECT COUNT(*) FROM inbox WHERE status = 'held'", [], |r| {
+            r.get(0)
+        })?,
+    })
+}
