@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod crash;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod metrics;

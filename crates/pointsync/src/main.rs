@@ -204,23 +204,36 @@ async fn demo(command: Command) -> Result<()> {
     else {
         anyhow::bail!("not the demo command");
     };
-    // the demo's progress line and report say what happened; logs only for errors
-    init_logs_with(false, "error");
-    println!("pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})");
-    let report = pointsync::demo::run(pointsync::demo::DemoOptions {
-        dir,
-        payments,
-        members,
-        rate,
-        seed,
-        ..Default::default()
-    })
-    .await?;
-    println!("{report}");
-    if report.records_match {
-        Ok(())
-    } else {
-        anyhow::bail!("WeChat's record does not match the ledger")
+    #[cfg(not(feature = "demo"))]
+    {
+        let _ = (dir, payments, members, rate, seed);
+        anyhow::bail!(
+            "this pointsync was built without the demo (it keeps the simulator and test keys out \
+             of the service); run it with: cargo run --release -p pointsync --features demo -- demo"
+        )
+    }
+    #[cfg(feature = "demo")]
+    {
+        // the demo's progress line and report say what happened; logs only for errors
+        init_logs_with(false, "error");
+        println!(
+            "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})"
+        );
+        let report = pointsync::demo::run(pointsync::demo::DemoOptions {
+            dir,
+            payments,
+            members,
+            rate,
+            seed,
+            ..Default::default()
+        })
+        .await?;
+        println!("{report}");
+        if report.records_match {
+            Ok(())
+        } else {
+            anyhow::bail!("WeChat's record does not match the ledger")
+        }
     }
 }
 
