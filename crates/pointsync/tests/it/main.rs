@@ -1,8 +1,10 @@
-//! pointsync integration tests: the SQLite store on a real file, then the service end to end
+//! pointsync integration tests: the storage contract (run by each backend: SQLite on a real file),
+//! the SQLite backend's own faults, then the service end to end
 //! through the simulator over loopback HTTP.
 
 mod cli;
+mod contract;
 mod crash;
 mod e2e;
 mod harness;
-mod store;
+mod sqlite;

@@ -1,23 +1,40 @@
-//! The store contract on a real SQLite file: ingest effects, dedupe, refunds, outbox leases and fencing.
+//! The storage contract, generic over any [`Store`]: ingest effects, dedupe, refunds, outbox
+//! leases and fencing, adjustments. Each backend runs the whole suite with [`contract_suite!`]
+//! (SQLite in `sqlite.rs`); a new backend only implements [`Backend`].
 
 use std::time::Duration;
 
 use pointsync::rules::{Rules, StoreRule};
-use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Incoming, IngestContext, Ingested, Store, SyncOutcome};
 use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund};
 
-const T0: i64 = 1_700_000_000_000;
+pub const T0: i64 = 1_700_000_000_000;
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open_path(&dir.path().join("p.db"), Duration::from_secs(5))
-        .await
-        .unwrap();
-    (dir, s)
+/// A backend under test: a fresh, empty, migrated store and whatever keeps it alive.
+pub trait Backend {
+    /// The store.
+    type S: Store;
+    /// A fresh store.
+    fn fresh() -> impl std::future::Future<Output = (Box<dyn std::any::Any + Send>, Self::S)> + Send;
 }
 
-fn incoming(event: Event) -> Incoming {
+/// Runs every contract test against `$backend`, one `#[tokio::test]` each.
+#[macro_export]
+macro_rules! contract_suite {
+    ($backend:ty) => {
+        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance);
+    };
+    (@ $backend:ty: $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::contract::$name::<$backend>().await
+            }
+        )*
+    };
+}
+
+pub fn incoming(event: Event) -> Incoming {
     Incoming {
         notification_id: format!("EV-{}", rand::random::<u32>()),
         event_type: event.event_type().to_string(),
@@ -26,7 +43,7 @@ fn incoming(event: Event) -> Incoming {
     }
 }
 
-fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
+pub fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
     let mut t = wechatpay::testing::example_transaction();
     t.transaction_id = txid.into();
     t.openid = openid.into();
@@ -35,7 +52,7 @@ fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
     incoming(Event::MallTransaction(t))
 }
 
-fn refund(txid: &str, refund_id: &str, pay: i64, amount: i64) -> Incoming {
+pub fn refund(txid: &str, refund_id: &str, pay: i64, amount: i64) -> Incoming {
     incoming(Event::MallRefund(MallRefund {
         mchid: "1230000109".into(),
         merchant_name: "广场".into(),
@@ -52,7 +69,7 @@ fn refund(txid: &str, refund_id: &str, pay: i64, amount: i64) -> Incoming {
     }))
 }
 
-fn auth(openid: &str, authorized: bool) -> Incoming {
+pub fn auth(openid: &str, authorized: bool) -> Incoming {
     incoming(Event::MallAuth(MallAuth {
         openid: openid.into(),
         code: "C1".into(),
@@ -66,7 +83,7 @@ fn auth(openid: &str, authorized: bool) -> Incoming {
     }))
 }
 
-fn ctx(rules: &Rules) -> IngestContext<'_> {
+pub fn ctx(rules: &Rules) -> IngestContext<'_> {
     IngestContext {
         rules,
         partner_mode: false,
@@ -74,9 +91,8 @@ fn ctx(rules: &Rules) -> IngestContext<'_> {
     }
 }
 
-#[tokio::test]
-async fn payments_credit_once_and_enqueue_one_sync_with_the_payload_stored() {
-    let (_d, s) = store().await;
+pub async fn payments_credit_once_and_enqueue_one_sync_with_the_payload_stored<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     assert_eq!(
         s.ingest(&auth("o1", true), &ctx(&rules)).await.unwrap(),
@@ -122,9 +138,8 @@ async fn payments_credit_once_and_enqueue_one_sync_with_the_payload_stored() {
     assert_eq!(c[0].attempt, 1);
 }
 
-#[tokio::test]
-async fn excluded_store_syncs_zero_points_with_remarks() {
-    let (_d, s) = store().await;
+pub async fn excluded_store_syncs_zero_points_with_remarks<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules {
         stores: vec![StoreRule {
             shop_number: "S6".into(),
@@ -149,9 +164,8 @@ async fn excluded_store_syncs_zero_points_with_remarks() {
     assert_eq!(v["no_points_remarks"], "商品不参与积分活动");
 }
 
-#[tokio::test]
-async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait() {
-    let (_d, s) = store().await;
+pub async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     // a refund before its payment is held
     assert_eq!(
@@ -199,9 +213,8 @@ async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait()
     assert_eq!(m.entries.len(), 4);
 }
 
-#[tokio::test]
-async fn refunding_every_payment_brings_the_balance_to_exactly_zero() {
-    let (_d, s) = store().await;
+pub async fn refunding_every_payment_brings_the_balance_to_exactly_zero<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     s.ingest(&payment("T1", "o1", 10_001, "S1"), &ctx(&rules))
         .await
@@ -223,9 +236,8 @@ async fn refunding_every_payment_brings_the_balance_to_exactly_zero() {
     assert!(m.entries.iter().all(|e| e.balance_after >= 0));
 }
 
-#[tokio::test]
-async fn business_invalid_callbacks_are_stored_as_rejected() {
-    let (_d, s) = store().await;
+pub async fn business_invalid_callbacks_are_stored_as_rejected<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     let r = s
         .ingest(&payment("T1", "o1", -5, "S1"), &ctx(&rules))
@@ -246,9 +258,8 @@ async fn business_invalid_callbacks_are_stored_as_rejected() {
     assert!(st.syncs.is_empty(), "no sync for a rejected payment");
 }
 
-#[tokio::test]
-async fn leases_fence_completions_and_expire() {
-    let (_d, s) = store().await;
+pub async fn leases_fence_completions_and_expire<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
         .await
@@ -327,9 +338,8 @@ async fn leases_fence_completions_and_expire() {
     assert_eq!(s.release("D").await.unwrap(), 1);
 }
 
-#[tokio::test]
-async fn unauthorized_members_are_not_credited_and_daily_caps_hold() {
-    let (_d, s) = store().await;
+pub async fn unauthorized_members_are_not_credited_and_daily_caps_hold<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules {
         daily_cap: Some(150),
         ..Rules::default()
@@ -371,12 +381,11 @@ async fn unauthorized_members_are_not_credited_and_daily_caps_hold() {
     );
 }
 
-#[tokio::test]
-async fn cancelled_callers_never_leave_the_writer_inside_a_transaction() {
+pub async fn cancelled_callers_never_leave_the_writer_inside_a_transaction<B: Backend>() {
     // A callback handler is dropped when WeChat hangs up or the handler times out. Before ingest
     // ran detached, a drop at the wrong moment left the single writer connection in an open
     // transaction and every later write failed ("begin_with at non-zero transaction depth").
-    let (_d, s) = store().await;
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     for i in 0..400u64 {
         let p = payment(&format!("C{i}"), &format!("o{}", i % 7), 1_000, "S1");
@@ -399,9 +408,8 @@ async fn cancelled_callers_never_leave_the_writer_inside_a_transaction() {
     assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
 }
 
-#[tokio::test]
-async fn partner_mode_syncs_with_the_malls_sub_mchid() {
-    let (_d, s) = store().await;
+pub async fn partner_mode_syncs_with_the_malls_sub_mchid<B: Backend>() {
+    let (_d, s) = B::fresh().await;
     let rules = Rules::default();
     let partner = IngestContext {
         partner_mode: true,
@@ -428,91 +436,7 @@ async fn partner_mode_syncs_with_the_malls_sub_mchid() {
     );
 }
 
-#[tokio::test]
-async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
-    let s = SqliteStore::open_path(&path, Duration::from_millis(300))
-        .await
-        .unwrap();
-    let rules = Rules::default();
-    assert_eq!(
-        s.ingest(&payment("L1", "o1", 1_000, "S1"), &ctx(&rules))
-            .await
-            .unwrap(),
-        Ingested::Payment { points: 10 }
-    );
-    // another process (here: another connection) takes the write lock and keeps it
-    let other = rusqlite::Connection::open(&path).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let err = s
-        .ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        matches!(err, pointsync::store::StoreError::Locked { .. }),
-        "{err:?}"
-    );
-    assert!(
-        text.contains(&path.display().to_string()) && text.contains("locked"),
-        "{text}"
-    );
-    other.execute_batch("ROLLBACK").unwrap();
-    // what was committed before is intact, and the retried callback (WeChat retries on 5xx) lands
-    assert_eq!(
-        s.ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
-            .await
-            .unwrap(),
-        Ingested::Payment { points: 20 }
-    );
-    let m = s.member("o1").await.unwrap().unwrap();
-    assert_eq!((m.balance, m.entries.len()), (30, 2));
-    let audit = s.audit().await.unwrap();
-    assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
-}
-
-#[tokio::test]
-async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
-    let rules = Rules::default();
-    {
-        let s = SqliteStore::open_path(&path, Duration::from_secs(2))
-            .await
-            .unwrap();
-        s.ingest(&payment("R1", "o1", 5_000, "S1"), &ctx(&rules))
-            .await
-            .unwrap();
-    }
-    // the writer thread checkpoints nothing on its own; make sure the -wal content is in the file
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
-    let guard = crate::harness::make_read_only(&path);
-    let err = SqliteStore::open_path(&path, Duration::from_secs(2))
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        matches!(err, pointsync::store::StoreError::ReadOnly { .. }),
-        "{err:?}"
-    );
-    assert!(
-        text.contains(&path.display().to_string()) && text.contains("read-only"),
-        "{text}"
-    );
-    drop(guard);
-    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let m = s.member("o1").await.unwrap().unwrap();
-    assert_eq!(m.balance, 50);
-}
-
-#[tokio::test]
-async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balance() {
+pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balance<B: Backend>() {
     use pointsync::store::{Adjusted, Adjustment};
     let adj = |points: i64, reference: &str| Adjustment {
         openid: "o1".into(),
@@ -521,7 +445,7 @@ async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balance()
         reason: "停车兑换".into(),
     };
     for allow in [false, true] {
-        let (_d, s) = store().await;
+        let (_d, s) = B::fresh().await;
         let rules = Rules {
             allow_negative_balance: allow,
             ..Rules::default()
@@ -566,90 +490,4 @@ async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balance()
         assert_eq!(m.balance, m.entries.iter().map(|e| e.points).sum::<i64>());
         assert!(s.audit().await.unwrap().unbalanced_members.is_empty());
     }
-}
-
-#[tokio::test]
-async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql"))
-            .unwrap();
-        c.execute_batch(
-            "PRAGMA user_version = 1;
-             INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ('o9', 1, '', '', 42, 0);
-             INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
-             VALUES ('o9', 'credit', 'T9', '', 42, 42, 0, '{}', 0);
-             INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
-             VALUES ('T9', '{\"transaction_id\":\"T9\"}', 'pending', 0, 0);",
-        )
-        .unwrap();
-    }
-    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let m = s.member("o9").await.unwrap().unwrap();
-    assert_eq!((m.balance, m.entries.len()), (42, 1));
-    let a = pointsync::store::Adjustment {
-        openid: "o9".into(),
-        points: -2,
-        reference: "X".into(),
-        reason: String::new(),
-    };
-    assert_eq!(
-        s.adjust(&a, false, T0).await.unwrap(),
-        pointsync::store::Adjusted::Applied { balance: 40 }
-    );
-    // a sync enqueued by version 1 (body only) is sent as the points sync it was
-    let c = s.claim("w", T0, 1_000, 10).await.unwrap();
-    assert_eq!(
-        (
-            c[0].method.as_str(),
-            c[0].path.as_str(),
-            c[0].payload.as_str()
-        ),
-        (
-            "POST",
-            "/v3/businesscircle/points/notify",
-            r#"{"transaction_id":"T9"}"#
-        )
-    );
-    let c = rusqlite::Connection::open(&path).unwrap();
-    let v: i64 = c
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, 3);
-}
-
-#[tokio::test]
-async fn a_write_error_names_the_database_and_the_store_recovers() {
-    let (d, s) = store().await;
-    let rules = Rules::default();
-    s.ingest(&payment("W1", "o1", 1_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap();
-    let path = d.path().join("p.db");
-    let guard = crate::harness::make_read_only(&path.with_extension("db-wal"));
-    let err = s
-        .ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        matches!(err, pointsync::store::StoreError::Io { .. }),
-        "{err:?}"
-    );
-    assert!(
-        text.contains(&path.display().to_string()) && text.contains("I/O"),
-        "{text}"
-    );
-    drop(guard);
-    assert_eq!(
-        s.ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
-            .await
-            .unwrap(),
-        Ingested::Payment { points: 20 }
-    );
-    assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 30);
 }

@@ -1,0 +1,198 @@
+//! The SQLite backend: the contract suite on a real file, then what only SQLite has (the write
+//! lock, read-only files, the I/O error of a file refusing writes, the in-place upgrade).
+
+use std::time::Duration;
+
+use pointsync::rules::Rules;
+use pointsync::store::sqlite::SqliteStore;
+use pointsync::store::{Ingested, Store};
+
+use crate::contract::{Backend, T0, ctx, payment};
+
+/// Fresh SQLite files in a temporary folder.
+pub struct Sqlite;
+
+impl Backend for Sqlite {
+    type S = SqliteStore;
+    async fn fresh() -> (Box<dyn std::any::Any + Send>, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open_path(&dir.path().join("p.db"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        (Box::new(dir), s)
+    }
+}
+
+mod contract {
+    crate::contract_suite!(super::Sqlite);
+}
+
+#[tokio::test]
+async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let s = SqliteStore::open_path(&path, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let rules = Rules::default();
+    assert_eq!(
+        s.ingest(&payment("L1", "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 10 }
+    );
+    // another process (here: another connection) takes the write lock and keeps it
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = s
+        .ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::Locked { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("locked"),
+        "{text}"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    // what was committed before is intact, and the retried callback (WeChat retries on 5xx) lands
+    assert_eq!(
+        s.ingest(&payment("L2", "o1", 2_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 20 }
+    );
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!((m.balance, m.entries.len()), (30, 2));
+    let audit = s.audit().await.unwrap();
+    assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let rules = Rules::default();
+    {
+        let s = SqliteStore::open_path(&path, Duration::from_secs(2))
+            .await
+            .unwrap();
+        s.ingest(&payment("R1", "o1", 5_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap();
+    }
+    // the writer thread checkpoints nothing on its own; make sure the -wal content is in the file
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let guard = crate::harness::make_read_only(&path);
+    let err = SqliteStore::open_path(&path, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::ReadOnly { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("read-only"),
+        "{text}"
+    );
+    drop(guard);
+    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!(m.balance, 50);
+}
+
+#[tokio::test]
+async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ('o9', 1, '', '', 42, 0);
+             INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
+             VALUES ('o9', 'credit', 'T9', '', 42, 42, 0, '{}', 0);
+             INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
+             VALUES ('T9', '{\"transaction_id\":\"T9\"}', 'pending', 0, 0);",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let m = s.member("o9").await.unwrap().unwrap();
+    assert_eq!((m.balance, m.entries.len()), (42, 1));
+    let a = pointsync::store::Adjustment {
+        openid: "o9".into(),
+        points: -2,
+        reference: "X".into(),
+        reason: String::new(),
+    };
+    assert_eq!(
+        s.adjust(&a, false, T0).await.unwrap(),
+        pointsync::store::Adjusted::Applied { balance: 40 }
+    );
+    // a sync enqueued by version 1 (body only) is sent as the points sync it was
+    let c = s.claim("w", T0, 1_000, 10).await.unwrap();
+    assert_eq!(
+        (
+            c[0].method.as_str(),
+            c[0].path.as_str(),
+            c[0].payload.as_str()
+        ),
+        (
+            "POST",
+            "/v3/businesscircle/points/notify",
+            r#"{"transaction_id":"T9"}"#
+        )
+    );
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+}
+
+#[tokio::test]
+async fn a_write_error_names_the_database_and_the_store_recovers() {
+    let (d, s) = Sqlite::fresh().await;
+    let d = d.downcast::<tempfile::TempDir>().unwrap();
+    let rules = Rules::default();
+    s.ingest(&payment("W1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let path = d.path().join("p.db");
+    let guard = crate::harness::make_read_only(&path.with_extension("db-wal"));
+    let err = s
+        .ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, pointsync::store::StoreError::Io { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("I/O"),
+        "{text}"
+    );
+    drop(guard);
+    assert_eq!(
+        s.ingest(&payment("W2", "o1", 2_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 20 }
+    );
+    assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 30);
+}
