@@ -333,24 +333,15 @@ impl Config {
             b = b.backup_url((!u.is_empty()).then(|| u.clone()));
         }
         b.build().map_err(|e| {
-            let key = match &e {
-                wechatpay::ConfigError::Key {
-                    name: "private key",
-                    ..
-                } => "wechatpay.private_key",
-                wechatpay::ConfigError::Key {
-                    name: "APIv3 key", ..
-                } => "wechatpay.apiv3_key_file",
-                wechatpay::ConfigError::Missing("mchid")
-                | wechatpay::ConfigError::Invalid { name: "mchid", .. } => "wechatpay.mchid",
-                wechatpay::ConfigError::Invalid { name: "serial", .. }
-                | wechatpay::ConfigError::MerchantSerialTrusted(_) => "wechatpay.serial",
-                wechatpay::ConfigError::Invalid {
-                    name: "base URL", ..
-                } => "wechatpay.base_url",
-                wechatpay::ConfigError::Invalid {
-                    name: "backup URL", ..
-                } => "wechatpay.backup_url",
+            use wechatpay::Setting;
+            let key = match e.setting() {
+                Setting::Mchid => "wechatpay.mchid",
+                Setting::Serial => "wechatpay.serial",
+                Setting::PrivateKey => "wechatpay.private_key",
+                Setting::ApiV3Key => "wechatpay.apiv3_key_file",
+                Setting::Trust => "wechatpay.trust",
+                Setting::BaseUrl => "wechatpay.base_url",
+                Setting::BackupUrl => "wechatpay.backup_url",
                 _ => "wechatpay",
             };
             ConfigError(format!("key `{key}`: {e}"))

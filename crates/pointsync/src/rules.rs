@@ -39,7 +39,7 @@ pub struct StoreRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownMember {
-    /// Credit: WeChat only sends payments of authorized members. [INFERRED]
+    /// Credit: WeChat only sends payments of authorized members. \[INFERRED\]
     #[default]
     Credit,
     /// No points until an authorization callback arrives.

@@ -41,19 +41,19 @@ pub use push::PushConfig;
 pub use sandbox::{Sandbox, SandboxInfo, TrustMode};
 pub use state::{AckLatency, Counters, Delivery, Member, SyncCall, Transaction};
 
-/// Behaviour switches, several of them for `[INFERRED]` WeChat behaviour.
+/// Behaviour switches, several of them for `\[INFERRED\]` WeChat behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SimOptions {
-    /// Reject points sync for members not `AUTHORIZED` (400 `INVALID_REQUEST`). [INFERRED]
+    /// Reject points sync for members not `AUTHORIZED` (400 `INVALID_REQUEST`). \[INFERRED\]
     pub require_authorized: bool,
-    /// Reject a second points sync for a transaction with a different body. [INFERRED]: default accepts and counts it.
+    /// Reject a second points sync for a transaction with a different body. \[INFERRED\]: default accepts and counts it.
     pub reject_conflicting: bool,
     /// Answer commit_status with an empty 204 instead of 200 JSON (as some mirrors describe).
     pub commit_status_204: bool,
     /// Sign answers with a key that does not match the trusted certificate/public key.
     pub sign_with_wrong_key: bool,
-    /// Status for points sync of an unknown transaction: 404 `RESOURCE_NOT_EXISTS` or 400 `PARAM_ERROR`. [INFERRED]
+    /// Status for points sync of an unknown transaction: 404 `RESOURCE_NOT_EXISTS` or 400 `PARAM_ERROR`. \[INFERRED\]
     pub unknown_transaction_status: u16,
     /// Body characters kept in `truncated_sign_message`.
     pub truncate_body_chars: usize,

@@ -4,20 +4,23 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
+use crate::builder::ClientBuilder;
 use crate::businesscircle::V3;
 use crate::certificates::{self, PlatformCertificate};
 use crate::chain::Chain;
-use crate::core::{ClientBuilder, Core, Prepared, RawRequest, Response};
+use crate::error::Setting;
 use crate::error::{ConfigError, Error};
 use crate::notify::NotifyParser;
+use crate::pipeline::{Pipeline, Prepared};
+use crate::request::{ApiRequest, RawRequest, Response, Sender};
 use crate::trust::TrustStore;
 
 /// The blocking WeChat Pay APIv3 client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
-    core: Arc<Core>,
+    core: Arc<Pipeline>,
     http: reqwest::blocking::Client,
 }
 
@@ -27,14 +30,14 @@ impl Client {
         ClientBuilder::new()
     }
 
-    pub(crate) fn from_core(core: Core) -> Result<Self, ConfigError> {
+    pub(crate) fn from_pipeline(core: Pipeline) -> Result<Self, ConfigError> {
         let http = reqwest::blocking::Client::builder()
             .timeout(core.timeout)
             .connect_timeout(core.connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| ConfigError::Invalid {
-                name: "HTTP client",
+                setting: Setting::HttpClient,
                 reason: e.to_string(),
             })?;
         Ok(Self {
@@ -73,6 +76,12 @@ impl Client {
         self.core.notify_parser()
     }
 
+    /// Sends a typed request: validated, signed, its answer verified and decoded.
+    pub fn send<R: ApiRequest>(&self, call: &R) -> Result<R::Output, Error> {
+        let response = self.execute(&call.to_request()?)?;
+        call.decode(response)
+    }
+
     /// Signs and sends `req`, verifies the answer.
     pub fn execute(&self, req: &RawRequest) -> Result<Response, Error> {
         let mut attempt = 0;
@@ -106,14 +115,16 @@ impl Client {
                     self.core.endpoints.report(primary, true);
                     let status = resp.status();
                     let headers = std::mem::take(resp.headers_mut());
-                    let body = resp.bytes().map_err(|e| Core::transport_error(&url, e))?;
+                    let body = resp
+                        .bytes()
+                        .map_err(|e| Pipeline::transport_error(&url, e))?;
                     return Ok((p, status, headers, body));
                 }
                 Err(e) if e.is_connect() => {
                     self.core.endpoints.report(primary, false);
-                    last = Some(Core::transport_error(&url, e));
+                    last = Some(Pipeline::transport_error(&url, e));
                 }
-                Err(e) => return Err(Core::transport_error(&url, e)),
+                Err(e) => return Err(Pipeline::transport_error(&url, e)),
             }
         }
         Err(last.unwrap_or_else(|| Error::Request("no endpoint configured".into())))
@@ -126,30 +137,20 @@ impl Client {
     }
 }
 
-impl Chain<'_, Client> {
-    /// Sends with any method.
-    pub fn send(self, method: Method) -> Result<Response, Error> {
-        let req = self.build(method)?;
-        self.client.execute(&req)
+impl Sender for Client {
+    type Sent<'a, T: 'a> = Result<T, Error>;
+    fn send_call<'a, R>(&'a self, call: R) -> Self::Sent<'a, R::Output>
+    where
+        R: ApiRequest + Send + Sync + 'a,
+    {
+        self.send(&call)
     }
-    /// `GET`.
-    pub fn get(self) -> Result<Response, Error> {
-        self.send(Method::GET)
-    }
-    /// `POST`.
-    pub fn post(self) -> Result<Response, Error> {
-        self.send(Method::POST)
-    }
-    /// `PUT`.
-    pub fn put(self) -> Result<Response, Error> {
-        self.send(Method::PUT)
-    }
-    /// `PATCH`.
-    pub fn patch(self) -> Result<Response, Error> {
-        self.send(Method::PATCH)
-    }
-    /// `DELETE`.
-    pub fn delete(self) -> Result<Response, Error> {
-        self.send(Method::DELETE)
+}
+
+impl ClientBuilder {
+    /// Validates everything and builds the blocking client. Do not call it inside an async
+    /// runtime.
+    pub fn build_blocking(self) -> Result<Client, ConfigError> {
+        Client::from_pipeline(self.build_pipeline()?)
     }
 }

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Core, Prepared, RawRequest, decode_json};
 use crate::crypto::aead_decrypt;
-use crate::error::{ConfigError, Error, KeyError};
+use crate::error::{ConfigError, Error, KeyError, Setting};
+use crate::pipeline::{Pipeline, Prepared};
+use crate::request::{RawRequest, decode_json};
 use crate::trust::{TrustStore, parse_certificate_pem};
 use crate::verify::verify_signature;
 
@@ -69,7 +70,7 @@ pub(crate) fn request() -> RawRequest {
 }
 
 pub(crate) fn finish(
-    core: &Core,
+    core: &Pipeline,
     p: &Prepared,
     status: StatusCode,
     headers: HeaderMap,
@@ -85,9 +86,7 @@ pub(crate) fn finish(
     let key = core
         .apiv3_key
         .as_ref()
-        .ok_or(Error::Config(ConfigError::Missing(
-            "APIv3 key (needed to decrypt certificates)",
-        )))?;
+        .ok_or(Error::Config(ConfigError::Missing(Setting::ApiV3Key)))?;
     let parsed: CertificatesResponse = decode_json(&body)?;
     let mut certs = Vec::with_capacity(parsed.data.len());
     for entry in parsed.data {

@@ -18,8 +18,8 @@ use http::Method;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
-use crate::core::RawRequest;
 use crate::error::Error;
+use crate::request::{RawRequest, Sender, Unbuilt};
 
 /// Characters percent-encoded in path parameters and query parts: all but RFC 3986 unreserved.
 pub const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -140,6 +140,39 @@ impl<'a, C> Chain<'a, C> {
             .clone()
             .map_err(|e| Error::Request(format!("cannot serialise JSON body: {e}")))?;
         Ok(RawRequest::new(method, path, body))
+    }
+}
+
+impl<'a, C: Sender> Chain<'a, C> {
+    /// Sends with any method: a future on the async client, the result on the blocking one.
+    pub fn send(self, method: Method) -> C::Sent<'a, crate::request::Response> {
+        match self.build(method) {
+            Ok(req) => self.client.send_call(req),
+            // the error travels the same way a send's would
+            Err(e) => self
+                .client
+                .send_call(Unbuilt::<crate::request::Response>::new(e)),
+        }
+    }
+    /// `GET`.
+    pub fn get(self) -> C::Sent<'a, crate::request::Response> {
+        self.send(Method::GET)
+    }
+    /// `POST`.
+    pub fn post(self) -> C::Sent<'a, crate::request::Response> {
+        self.send(Method::POST)
+    }
+    /// `PUT`.
+    pub fn put(self) -> C::Sent<'a, crate::request::Response> {
+        self.send(Method::PUT)
+    }
+    /// `PATCH`.
+    pub fn patch(self) -> C::Sent<'a, crate::request::Response> {
+        self.send(Method::PATCH)
+    }
+    /// `DELETE`.
+    pub fn delete(self) -> C::Sent<'a, crate::request::Response> {
+        self.send(Method::DELETE)
     }
 }
 

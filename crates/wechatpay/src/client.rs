@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
+use crate::builder::ClientBuilder;
 use crate::businesscircle::V3;
 use crate::certificates::{self, PlatformCertificate};
 use crate::chain::Chain;
-use crate::core::{ClientBuilder, Core, Prepared, RawRequest, Response};
+use crate::error::Setting;
 use crate::error::{ConfigError, Error};
 use crate::notify::NotifyParser;
+use crate::pipeline::{Pipeline, Prepared};
+use crate::request::{ApiRequest, RawRequest, Response, Sender};
 use crate::trust::TrustStore;
 
 /// The async WeChat Pay APIv3 client. Cheap to clone; clones share the connection pool.
@@ -33,7 +36,7 @@ use crate::trust::TrustStore;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    core: Arc<Core>,
+    core: Arc<Pipeline>,
     http: reqwest::Client,
 }
 
@@ -43,14 +46,14 @@ impl Client {
         ClientBuilder::new()
     }
 
-    pub(crate) fn from_core(core: Core) -> Result<Self, ConfigError> {
+    pub(crate) fn from_pipeline(core: Pipeline) -> Result<Self, ConfigError> {
         let http = reqwest::Client::builder()
             .timeout(core.timeout)
             .connect_timeout(core.connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| ConfigError::Invalid {
-                name: "HTTP client",
+                setting: Setting::HttpClient,
                 reason: e.to_string(),
             })?;
         Ok(Self {
@@ -97,6 +100,12 @@ impl Client {
         self.core.notify_parser()
     }
 
+    /// Sends a typed request: validated, signed, its answer verified and decoded.
+    pub async fn send<R: ApiRequest>(&self, call: &R) -> Result<R::Output, Error> {
+        let response = self.execute(&call.to_request()?).await?;
+        call.decode(response)
+    }
+
     /// Signs and sends `req`, verifies the answer. GETs are retried only if enabled
     /// with [`ClientBuilder::retry_gets`].
     pub async fn execute(&self, req: &RawRequest) -> Result<Response, Error> {
@@ -137,14 +146,14 @@ impl Client {
                     let body = resp
                         .bytes()
                         .await
-                        .map_err(|e| Core::transport_error(&url, e))?;
+                        .map_err(|e| Pipeline::transport_error(&url, e))?;
                     return Ok((p, status, headers, body));
                 }
                 Err(e) if e.is_connect() => {
                     self.core.endpoints.report(primary, false);
-                    last = Some(Core::transport_error(&url, e));
+                    last = Some(Pipeline::transport_error(&url, e));
                 }
-                Err(e) => return Err(Core::transport_error(&url, e)),
+                Err(e) => return Err(Pipeline::transport_error(&url, e)),
             }
         }
         Err(last.unwrap_or_else(|| Error::Request("no endpoint configured".into())))
@@ -165,30 +174,19 @@ impl Client {
     }
 }
 
-impl Chain<'_, Client> {
-    /// Sends with any method.
-    pub async fn send(self, method: Method) -> Result<Response, Error> {
-        let req = self.build(method)?;
-        self.client.execute(&req).await
+impl Sender for Client {
+    type Sent<'a, T: 'a> = crate::request::SendFuture<'a, T>;
+    fn send_call<'a, R>(&'a self, call: R) -> Self::Sent<'a, R::Output>
+    where
+        R: ApiRequest + Send + Sync + 'a,
+    {
+        Box::pin(async move { self.send(&call).await })
     }
-    /// `GET`.
-    pub async fn get(self) -> Result<Response, Error> {
-        self.send(Method::GET).await
-    }
-    /// `POST`.
-    pub async fn post(self) -> Result<Response, Error> {
-        self.send(Method::POST).await
-    }
-    /// `PUT`.
-    pub async fn put(self) -> Result<Response, Error> {
-        self.send(Method::PUT).await
-    }
-    /// `PATCH`.
-    pub async fn patch(self) -> Result<Response, Error> {
-        self.send(Method::PATCH).await
-    }
-    /// `DELETE`.
-    pub async fn delete(self) -> Result<Response, Error> {
-        self.send(Method::DELETE).await
+}
+
+impl ClientBuilder {
+    /// Validates everything and builds the async client.
+    pub fn build(self) -> Result<Client, ConfigError> {
+        Client::from_pipeline(self.build_pipeline()?)
     }
 }

@@ -60,20 +60,20 @@ pub enum KeyError {
 pub enum ConfigError {
     /// A required setting is missing.
     #[error("missing setting: {0}")]
-    Missing(&'static str),
+    Missing(Setting),
     /// A setting has an invalid value.
-    #[error("invalid {name}: {reason}")]
+    #[error("invalid {setting}: {reason}")]
     Invalid {
         /// The setting.
-        name: &'static str,
+        setting: Setting,
         /// Why.
         reason: String,
     },
     /// A key failed to load.
-    #[error("{name}: {source}")]
+    #[error("{setting}: {source}")]
     Key {
         /// Which key.
-        name: &'static str,
+        setting: Setting,
         /// Why.
         source: KeyError,
     },
@@ -87,6 +87,57 @@ pub enum ConfigError {
         "merchant certificate serial {0} is also listed as a trusted WeChat Pay key; the trust store must hold WeChat's certificates or public key, not the merchant's"
     )]
     MerchantSerialTrusted(String),
+}
+
+impl ConfigError {
+    /// The setting at fault, so a caller can name its own configuration key without reading the
+    /// message.
+    pub fn setting(&self) -> Setting {
+        match self {
+            Self::Missing(s) | Self::Invalid { setting: s, .. } | Self::Key { setting: s, .. } => {
+                *s
+            }
+            Self::EmptyTrustStore => Setting::Trust,
+            Self::MerchantSerialTrusted(_) => Setting::Serial,
+        }
+    }
+}
+
+/// A client setting, as [`ConfigError::setting`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The merchant id.
+    Mchid,
+    /// The merchant API certificate serial.
+    Serial,
+    /// The merchant private key.
+    PrivateKey,
+    /// The APIv3 key.
+    ApiV3Key,
+    /// The trusted WeChat Pay keys (platform certificates or public key).
+    Trust,
+    /// The primary base URL.
+    BaseUrl,
+    /// The backup base URL.
+    BackupUrl,
+    /// The HTTP client (timeouts, TLS).
+    HttpClient,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Mchid => "mchid",
+            Self::Serial => "serial (merchant API certificate serial)",
+            Self::PrivateKey => "private key",
+            Self::ApiV3Key => "APIv3 key",
+            Self::Trust => "trusted WeChat Pay key",
+            Self::BaseUrl => "base URL",
+            Self::BackupUrl => "backup URL",
+            Self::HttpClient => "HTTP client",
+        })
+    }
 }
 
 /// A response or callback signature could not be verified. The variants name each cause.

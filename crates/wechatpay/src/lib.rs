@@ -31,26 +31,30 @@
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
+mod builder;
 pub mod businesscircle;
 pub mod certificates;
 pub mod chain;
 mod client;
 pub mod clock;
-mod core;
 pub mod crypto;
+mod endpoints;
 pub mod error;
 pub mod explain;
 pub mod notify;
+mod pipeline;
+mod request;
 pub mod sign;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod trust;
 pub mod verify;
 
+pub use crate::builder::{ClientBuilder, DEFAULT_BACKUP_URL, DEFAULT_BASE_URL, user_agent};
 pub use crate::client::Client;
-pub use crate::core::{
-    ClientBuilder, DEFAULT_BACKUP_URL, DEFAULT_BASE_URL, RawRequest, Response, user_agent,
-};
 pub use crate::crypto::{ApiV3Key, PrivateKey, PublicKey};
-pub use crate::error::{ApiError, ConfigError, Error, KeyError, ValidationError, VerifyError};
+pub use crate::error::{
+    ApiError, ConfigError, Error, KeyError, Setting, ValidationError, VerifyError,
+};
+pub use crate::request::{ApiRequest, RawRequest, Response, SendFuture, Sender};
 pub use crate::trust::TrustStore;

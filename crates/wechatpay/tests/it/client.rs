@@ -374,6 +374,37 @@ async fn gets_retry_only_when_enabled_and_posts_never() {
 }
 
 #[tokio::test]
+async fn a_custom_base_url_has_no_backup_unless_one_is_given() {
+    let sim = sim(TrustMode::Cert).await;
+    let (m, _tx) = paid(&sim);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    // a test server as the base URL, no backup set: nothing may fail over to WeChat's backup
+    let client = sim.client_builder().base_url(&dead_url).build().unwrap();
+    let err = authorization(&client, &m).await.unwrap_err();
+    match &err {
+        wechatpay::Error::Transport { url, .. } => {
+            assert!(
+                url.starts_with(&dead_url),
+                "only the custom URL was tried: {url}"
+            )
+        }
+        e => panic!("expected a transport error, got {e}"),
+    }
+    assert!(!client.on_backup(), "no fail-over without a backup");
+    // WeChat's own primary keeps WeChat's backup by default; an explicit backup is used as given
+    let explicit = sim
+        .client_builder()
+        .base_url(&dead_url)
+        .backup_url(Some(sim.base_url()))
+        .build()
+        .unwrap();
+    authorization(&explicit, &m).await.unwrap();
+    assert!(explicit.on_backup());
+}
+
+#[tokio::test]
 async fn fails_over_to_backup_and_back() {
     let sim = sim(TrustMode::Cert).await;
     let (m, _tx) = paid(&sim);
@@ -440,6 +471,64 @@ async fn certificates_download_and_public_key_mode_hint() {
 
 async fn sim_pubkey() -> Simulator {
     sim(TrustMode::Pubkey).await
+}
+
+#[test]
+fn owned_requests_are_sent_by_either_client_with_one_definition() {
+    use wechatpay::businesscircle::{CommitStatusRequest, UserAuthorizationRequest};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt
+        .block_on(Simulator::start(SimConfig::test(TrustMode::Cert)))
+        .unwrap();
+    let (m, tx) = paid(&sim);
+    let auth = UserAuthorizationRequest {
+        openid: m.openid.clone(),
+        query: UserAuthorizationQuery::new(&m.appid),
+    };
+    let pending = CommitStatusRequest {
+        openid: m.openid.clone(),
+        query: CommitStatusQuery::new(1000, &m.appid),
+    };
+    let async_client = sim.client_builder().build().unwrap();
+    let (a, p) = rt.block_on(async {
+        (
+            async_client.send(&auth).await.unwrap(),
+            async_client.send(&pending).await.unwrap(),
+        )
+    });
+    let blocking = sim.client_builder().build_blocking().unwrap();
+    let (a2, p2) = (
+        blocking.send(&auth).unwrap(),
+        blocking.send(&pending).unwrap(),
+    );
+    assert_eq!(p.points_commit_status, Some(PointsCommitStatus::Pending));
+    let n = blocking.send(&notify_req(&tx)).unwrap();
+    let after = rt.block_on(async_client.send(&pending)).unwrap();
+    assert_eq!(
+        after.points_commit_status,
+        Some(PointsCommitStatus::Finished)
+    );
+    assert_eq!(
+        (a.authorize_state.clone(), &a.openid),
+        (AuthorizeState::Authorized, &m.openid)
+    );
+    assert_eq!((a, p), (a2, p2), "both clients decode the same answer");
+    assert_eq!(n.status, 204);
+    // a request that fails its field rules is refused before anything is sent
+    let before = sim.counters().requests;
+    let bad = UserAuthorizationRequest {
+        openid: String::new(),
+        query: UserAuthorizationQuery::new(&m.appid),
+    };
+    assert!(matches!(blocking.send(&bad), Err(Error::Validation(_))));
+    // so is a raw chain that cannot be built, on either client
+    let unbuilt = blocking.chain("v3/x/{openid}").get().unwrap_err();
+    assert!(unbuilt.to_string().contains("{openid}"), "{unbuilt}");
+    let unbuilt = rt
+        .block_on(async_client.chain("v3/x/{openid}").get())
+        .unwrap_err();
+    assert!(unbuilt.to_string().contains("{openid}"), "{unbuilt}");
+    assert_eq!(sim.counters().requests, before, "nothing was sent");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use wechatpay::clock::{FixedClock, FixedNonce};
 use wechatpay::sign::{RequestSigner, authorization, parse_authorization, request_sign_string};
 use wechatpay::testing::keys;
-use wechatpay::{ApiV3Key, ConfigError, KeyError, PrivateKey};
+use wechatpay::{ApiV3Key, ConfigError, KeyError, PrivateKey, Setting};
 
 use crate::testdata;
 
@@ -186,7 +186,10 @@ fn builder() -> wechatpay::ClientBuilder {
 fn builder_validates_everything() {
     builder().build().unwrap();
     let err = |b: wechatpay::ClientBuilder| b.build().unwrap_err();
-    assert_eq!(err(builder().mchid("")), ConfigError::Missing("mchid"));
+    assert_eq!(
+        err(builder().mchid("")),
+        ConfigError::Missing(Setting::Mchid)
+    );
     assert!(matches!(
         err(builder().private_key_pem(keys::WEAK_KEY_PEM)),
         ConfigError::Key {
@@ -221,10 +224,21 @@ fn builder_validates_everything() {
     assert!(matches!(
         err(builder().base_url("ftp://x")),
         ConfigError::Invalid {
-            name: "base URL",
+            setting: Setting::BaseUrl,
             ..
         }
     ));
+    // every failure names its setting, for callers that map it to their own config keys
+    assert_eq!(err(builder().serial("not hex!")).setting(), Setting::Serial);
+    assert_eq!(
+        err(builder().private_key_pem(keys::WEAK_KEY_PEM)).setting(),
+        Setting::PrivateKey
+    );
+    assert_eq!(err(builder().apiv3_key("x")).setting(), Setting::ApiV3Key);
+    assert_eq!(
+        err(builder().backup_url(Some("nope".into()))).setting(),
+        Setting::BackupUrl
+    );
     let msg = err(builder().serial("not hex!")).to_string();
     assert!(msg.contains("serial"), "{msg}");
 }

@@ -1,0 +1,243 @@
+//! The pipeline every request goes through, shared by the async and blocking clients: sign now,
+//! then turn the answer into a verified [`Response`] or a typed error. Only the I/O differs
+//! between the two clients.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use http::{Method, StatusCode};
+use serde_json::Value;
+use url::Url;
+
+use crate::clock::{Clock, NonceSource};
+use crate::crypto::ApiV3Key;
+use crate::endpoints::Endpoints;
+use crate::error::{ApiError, ConfigError, Error};
+use crate::explain::explain_sign_error;
+use crate::request::{RawRequest, Response};
+use crate::sign::RequestSigner;
+use crate::trust::TrustStore;
+use crate::verify::{REQUEST_ID, verify_signature};
+
+/// A request after signing: what goes on the wire.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub method: Method,
+    pub target: String,
+    /// The primary endpoint's URL, parsed once while signing.
+    pub primary_url: Url,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub sign_string: Vec<u8>,
+}
+
+impl Prepared {
+    /// Where to send it: the URL parsed while signing for the primary, the same target on `base` otherwise.
+    pub fn url_for(&self, primary: bool, base: &Url) -> Result<Url, Error> {
+        if primary {
+            Ok(self.primary_url.clone())
+        } else {
+            base.join(&self.target)
+                .map_err(|e| Error::Request(e.to_string()))
+        }
+    }
+}
+
+/// Configuration shared by a client and its clones.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub signer: RequestSigner,
+    pub trust: RwLock<Arc<TrustStore>>,
+    pub apiv3_key: Option<ApiV3Key>,
+    pub endpoints: Endpoints,
+    pub clock: Arc<dyn Clock>,
+    pub nonces: Arc<dyn NonceSource>,
+    pub user_agent: HeaderValue,
+    pub retry_gets: u32,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Pipeline {
+    pub fn trust(&self) -> Arc<TrustStore> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Signs `req` now.
+    pub fn prepare(&self, req: &RawRequest) -> Result<Prepared, Error> {
+        if !req.path_and_query.starts_with('/') {
+            return Err(Error::Request(format!(
+                "path must start with `/`: {}",
+                req.path_and_query
+            )));
+        }
+        // Sign exactly what the URL parser will put on the wire.
+        let url = self
+            .endpoints
+            .primary
+            .join(&req.path_and_query)
+            .map_err(|e| Error::Request(format!("bad path `{}`: {e}", req.path_and_query)))?;
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let now = self.clock.now();
+        let nonce = self.nonces.nonce();
+        let signed = self
+            .signer
+            .sign(req.method.as_str(), &target, &req.body, now, &nonce);
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&signed.authorization)
+                .map_err(|e| Error::Request(e.to_string()))?,
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(USER_AGENT, self.user_agent.clone());
+        if !req.body.is_empty() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(id) = self.trust().public_key_id()
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            headers.insert("wechatpay-serial", v);
+        }
+        Ok(Prepared {
+            method: req.method.clone(),
+            target,
+            primary_url: url,
+            headers,
+            body: req.body.clone(),
+            sign_string: signed.sign_string,
+        })
+    }
+
+    /// Turns a received answer into a verified [`Response`] or a typed error.
+    pub fn finish(
+        &self,
+        p: &Prepared,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, Error> {
+        let request_id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let trust = self.trust();
+        let now = self.clock.now();
+        if status.is_success() {
+            return match verify_signature(&trust, &headers, &body, now) {
+                Ok(v) => Ok(Response {
+                    status,
+                    headers,
+                    body,
+                    request_id,
+                    verified_by: v.serial,
+                }),
+                Err(source) => Err(Error::Verify {
+                    method: p.method.to_string(),
+                    path: p.target.clone(),
+                    request_id,
+                    source,
+                }),
+            };
+        }
+        let signed = verify_signature(&trust, &headers, &body, now).is_ok();
+        let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let field = |k: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let code = field("code");
+        let message = field("message");
+        let detail = parsed.as_ref().and_then(|v| v.get("detail")).cloned();
+        let sign_explanation =
+            (status == StatusCode::UNAUTHORIZED && code == "SIGN_ERROR").then(|| {
+                explain_sign_error(
+                    &p.sign_string,
+                    detail.as_ref().and_then(|d| d.get("sign_information")),
+                )
+            });
+        let hint = match (status.as_u16(), code.as_str()) {
+            (404, "RESOURCE_NOT_EXISTS") if p.target.starts_with("/v3/certificates") => Some(
+                "this merchant uses WeChat Pay public-key mode: download the public key and its PUB_KEY_ID_… from 商户平台 → 账户中心 → API安全 and trust it (--trust PUB_KEY_ID_…=PATH)"
+                    .to_string(),
+            ),
+            (401, _) if sign_explanation.is_none() => Some(
+                "check mchid, the merchant certificate serial and that the private key belongs to that certificate"
+                    .to_string(),
+            ),
+            (429, _) => Some("rate limited: back off and retry with the same payload".to_string()),
+            _ => None,
+        };
+        let mut body_text = String::from_utf8_lossy(&body).into_owned();
+        if body_text.len() > 8192 {
+            let mut cut = 8192;
+            while !body_text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            body_text.truncate(cut);
+        }
+        Err(Error::Api(Box::new(ApiError {
+            status: status.as_u16(),
+            code,
+            message,
+            detail,
+            request_id,
+            body: body_text,
+            signed,
+            sign_explanation,
+            hint,
+        })))
+    }
+
+    /// Maps a transport error, deciding whether WeChat may have received the request.
+    pub fn transport_error(url: &Url, e: reqwest::Error) -> Error {
+        let may_have_reached = !(e.is_connect() || e.is_builder());
+        Error::Transport {
+            url: url.to_string(),
+            may_have_reached,
+            source: e,
+        }
+    }
+
+    /// The one retry rule of both clients: a GET whose result is retryable is retried up to
+    /// `retry_gets` times, after 100 ms, 200 ms, 400 ms, … (capped at 2 s). `None`: return `result`.
+    pub fn get_retry_delay(
+        &self,
+        req: &RawRequest,
+        attempt: &mut u32,
+        result: &Result<Response, Error>,
+    ) -> Option<Duration> {
+        match result {
+            Err(e)
+                if req.method == Method::GET && *attempt < self.retry_gets && e.is_retryable() =>
+            {
+                *attempt += 1;
+                Some(Duration::from_millis(
+                    (100u64 << (*attempt).min(5).saturating_sub(1)).min(2000),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// A callback parser sharing the trust store, APIv3 key and clock.
+    pub fn notify_parser(&self) -> Result<crate::notify::NotifyParser, ConfigError> {
+        let key = self
+            .apiv3_key
+            .clone()
+            .ok_or(ConfigError::Missing(crate::error::Setting::ApiV3Key))?;
+        Ok(
+            crate::notify::NotifyParser::new((*self.trust()).clone(), key)
+                .with_clock(self.clock.clone()),
+        )
+    }
+}
