@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+pub use crate::error::AeadError;
 use crate::error::KeyError;
 
 /// Length in bytes of WeChat Pay's APIv3 key.
@@ -183,32 +184,6 @@ impl ApiV3Key {
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32-byte AES-256 key"))
     }
-}
-
-/// Why an AEAD_AES_256_GCM operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AeadError {
-    /// The nonce is not 12 bytes.
-    #[error("nonce must be 12 bytes, got {len}")]
-    NonceLength {
-        /// Length found.
-        len: usize,
-    },
-    /// The ciphertext is not valid base64.
-    #[error("ciphertext is not valid base64")]
-    Base64,
-    /// The ciphertext is shorter than the 16-byte tag.
-    #[error("ciphertext is shorter than the 16-byte GCM tag ({len} bytes)")]
-    TooShort {
-        /// Length found.
-        len: usize,
-    },
-    /// The tag did not authenticate: wrong APIv3 key, or tampered nonce, AAD or ciphertext.
-    #[error(
-        "authentication failed: wrong APIv3 key, or tampered ciphertext, nonce or associated_data"
-    )]
-    Authentication,
 }
 
 fn nonce_of(nonce: &str) -> Result<Nonce, AeadError> {

@@ -328,7 +328,7 @@ pub enum Error {
         what: &'static str,
         /// Why.
         #[source]
-        source: crate::crypto::AeadError,
+        source: AeadError,
     },
     /// Missing client configuration for this call (e.g. no APIv3 key for certificate download).
     #[error(transparent)]
@@ -363,4 +363,30 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// Why an AEAD_AES_256_GCM operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AeadError {
+    /// The nonce is not 12 bytes.
+    #[error("nonce must be 12 bytes, got {len}")]
+    NonceLength {
+        /// Length found.
+        len: usize,
+    },
+    /// The ciphertext is not valid base64.
+    #[error("ciphertext is not valid base64")]
+    Base64,
+    /// The ciphertext is shorter than the 16-byte tag.
+    #[error("ciphertext is shorter than the 16-byte GCM tag ({len} bytes)")]
+    TooShort {
+        /// Length found.
+        len: usize,
+    },
+    /// The tag did not authenticate: wrong APIv3 key, or tampered nonce, AAD or ciphertext.
+    #[error(
+        "authentication failed: wrong APIv3 key, or tampered ciphertext, nonce or associated_data"
+    )]
+    Authentication,
 }

@@ -3,7 +3,34 @@
 use serde_json::json;
 
 use super::{LedgerRow, china_day};
-use crate::store::{Adjusted, Adjustment};
+use serde::Serialize;
+
+/// An operator's adjustment of a member's balance: points redeemed or corrected in the mall's own
+/// systems. Idempotent on `reference`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adjustment {
+    /// The member.
+    pub openid: String,
+    /// Points added (positive) or taken (negative).
+    pub points: i64,
+    /// The operator's unique reference (a redemption order, a ticket…).
+    pub reference: String,
+    /// Why, kept in the ledger.
+    pub reason: String,
+}
+
+/// What an adjustment did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Adjusted {
+    /// Written; the balance after it.
+    Applied { balance: i64 },
+    /// This reference was applied before; nothing changed.
+    Duplicate { balance: i64 },
+    /// Refused: it would make the balance negative (`rules.allow_negative_balance` is off).
+    WouldGoNegative { balance: i64 },
+    /// No such member.
+    UnknownMember,
+}
 
 /// What a store knows before an adjustment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -12,11 +12,10 @@ mod payment;
 use serde_json::Value;
 use wechatpay::notify::{AuthType, Event};
 
-pub use adjust::{AdjustSnapshot, AdjustWrite, adjust};
+pub use adjust::{AdjustSnapshot, AdjustWrite, Adjusted, Adjustment, adjust};
 pub use payment::{PaymentSnapshot, refund_effects};
 
 use crate::rules::{Authorization, Rules};
-use crate::store::{Incoming, Ingested};
 
 /// The China-time day number of a Unix-ms instant (daily caps count in China time).
 pub fn china_day(now_ms: i64) -> i64 {
@@ -26,6 +25,55 @@ pub fn china_day(now_ms: i64) -> i64 {
 /// RFC 3339 in China time, as WeChat writes times.
 pub fn china_time(now_ms: i64) -> String {
     wechatpay::clock::rfc3339_china(now_ms / 1000)
+}
+
+/// A verified, decrypted callback to store.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// WeChat's notification id.
+    pub notification_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The decrypted resource, as decrypted.
+    pub plaintext: String,
+    /// The typed event.
+    pub event: Event,
+}
+
+impl From<wechatpay::notify::Notification> for Incoming {
+    fn from(n: wechatpay::notify::Notification) -> Self {
+        Self {
+            notification_id: n.id,
+            event_type: n.event_type,
+            plaintext: n.plaintext,
+            event: n.event,
+        }
+    }
+}
+
+/// What storing a callback did. Every variant is committed before the caller answers 2xx.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// New payment: credited (possibly 0 points) and a points sync enqueued.
+    Payment {
+        /// Points credited.
+        points: i64,
+    },
+    /// New refund applied: points deducted.
+    Refund {
+        /// Points deducted.
+        points: i64,
+    },
+    /// Refund of a payment not seen yet: held until the payment arrives.
+    Held,
+    /// Authorization recorded.
+    Authorization,
+    /// Seen before (same natural key): no new effect.
+    Duplicate,
+    /// Verified but business-invalid: stored raw as rejected, no effect.
+    Rejected(String),
+    /// An event type this service does not act on: stored.
+    Ignored,
 }
 
 /// How ingest behaves: the rules, the merchant mode and the time.

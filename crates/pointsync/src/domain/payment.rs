@@ -6,11 +6,10 @@ use wechatpay::businesscircle::PointsNotifyRequest;
 use wechatpay::notify::{Event, MALL_REFUND_SUCCESS, MallRefund, MallTransaction};
 
 use super::{
-    InboxKey, InboxStatus, IngestContext, LedgerRow, MemberWrite, OutboxRow, PaymentRow,
-    PaymentUpdate, Plan, Snapshot, china_day, china_time, inbox_row,
+    InboxKey, InboxStatus, Incoming, IngestContext, Ingested, LedgerRow, MemberWrite, OutboxRow,
+    PaymentRow, PaymentUpdate, Plan, Snapshot, china_day, china_time, inbox_row,
 };
 use crate::rules::{Payment, refund_deduction};
-use crate::store::{Incoming, Ingested};
 
 /// A stored payment, as refunds need it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,6 @@ use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund, MallTransaction};
 
 use super::*;
 use crate::rules::{Rules, StoreRule};
-use crate::store::{Adjusted, Adjustment};
 
 const T0: i64 = 1_700_000_000_000;
 

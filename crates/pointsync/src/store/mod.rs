@@ -10,60 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wechatpay::notify::Event;
 
-pub use crate::domain::IngestContext;
+pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested};
 
 pub mod sqlite;
-
-/// A verified, decrypted callback to store.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// WeChat's notification id.
-    pub notification_id: String,
-    /// The event type.
-    pub event_type: String,
-    /// The decrypted resource, as decrypted.
-    pub plaintext: String,
-    /// The typed event.
-    pub event: Event,
-}
-
-impl From<wechatpay::notify::Notification> for Incoming {
-    fn from(n: wechatpay::notify::Notification) -> Self {
-        Self {
-            notification_id: n.id,
-            event_type: n.event_type,
-            plaintext: n.plaintext,
-            event: n.event,
-        }
-    }
-}
-
-/// What storing a callback did. Every variant is committed before the caller answers 2xx.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ingested {
-    /// New payment: credited (possibly 0 points) and a points sync enqueued.
-    Payment {
-        /// Points credited.
-        points: i64,
-    },
-    /// New refund applied: points deducted.
-    Refund {
-        /// Points deducted.
-        points: i64,
-    },
-    /// Refund of a payment not seen yet: held until the payment arrives.
-    Held,
-    /// Authorization recorded.
-    Authorization,
-    /// Seen before (same natural key): no new effect.
-    Duplicate,
-    /// Verified but business-invalid: stored raw as rejected, no effect.
-    Rejected(String),
-    /// An event type this service does not act on: stored.
-    Ignored,
-}
 
 /// A sync claimed by a dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,33 +116,6 @@ pub struct MemberView {
     pub balance: i64,
     /// Entries, oldest first.
     pub entries: Vec<LedgerEntry>,
-}
-
-/// An operator's adjustment of a member's balance: points redeemed or corrected in the mall's own
-/// systems. Idempotent on `reference`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Adjustment {
-    /// The member.
-    pub openid: String,
-    /// Points added (positive) or taken (negative).
-    pub points: i64,
-    /// The operator's unique reference (a redemption order, a ticket…).
-    pub reference: String,
-    /// Why, kept in the ledger.
-    pub reason: String,
-}
-
-/// What an adjustment did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Adjusted {
-    /// Written; the balance after it.
-    Applied { balance: i64 },
-    /// This reference was applied before; nothing changed.
-    Duplicate { balance: i64 },
-    /// Refused: it would make the balance negative (`rules.allow_negative_balance` is off).
-    WouldGoNegative { balance: i64 },
-    /// No such member.
-    UnknownMember,
 }
 
 /// Totals for reports and invariant checks.
