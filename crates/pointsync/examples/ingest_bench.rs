@@ -3,7 +3,7 @@
 //! Usage: cargo run --release -p pointsync --example ingest_bench [N]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pointsync::rules::Rules;
 use pointsync::store::sqlite::SqliteStore;
@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rules = Arc::new(Rules::default());
     let now = pointsync::service::now_ms();
 
-    let t = Instant::now();
+    let t = wechatpay::clock::monotonic();
     for i in 0..n {
         let ctx = IngestContext {
             rules: &rules,
@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n as f64 / t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
+    let t = wechatpay::clock::monotonic();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..64 {
         let (store, rules) = (store.clone(), rules.clone());
@@ -80,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         n as f64 / t.elapsed().as_secs_f64()
     );
 
-    let t = Instant::now();
+    let t = wechatpay::clock::monotonic();
     let mut done = 0;
     loop {
         let claimed = store.claim("bench", now, 60_000, 64).await?;

@@ -5,7 +5,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -230,7 +230,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let store = SqliteStore::open(&config.service.database, &config.service.open_options()).await?;
     let running = crate::service::start(&config, store.clone(), public, admin).await?;
 
-    let started = Instant::now();
+    let started = wechatpay::clock::monotonic();
     let spec = GenerateSpec {
         count: opts.payments,
         seed: opts.seed,

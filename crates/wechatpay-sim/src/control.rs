@@ -344,7 +344,7 @@ impl Shared {
             .rate_per_sec
             .filter(|r| *r > 0.0)
             .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
-        let paced = tokio::time::Instant::now();
+        let paced = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
         for i in 0..spec.members.max(1) {
             if let Some(gap) = gap {
                 tokio::time::sleep_until(paced + gap * i as u32).await;
@@ -359,7 +359,7 @@ impl Shared {
         }
         let mut out = Vec::with_capacity(spec.count);
 
-        let start = tokio::time::Instant::now();
+        let start = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
         for i in 0..spec.count {
             if let Some(gap) = gap {
                 tokio::time::sleep_until(start + gap * i as u32).await;

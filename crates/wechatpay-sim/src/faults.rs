@@ -122,7 +122,7 @@ impl Faults {
             return false;
         };
         let qps = f64::from(qps.max(1));
-        let now = Instant::now();
+        let now = wechatpay::clock::monotonic();
         let (tokens, last) = self.bucket.get_or_insert((qps, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * qps).min(qps);
         *last = now;

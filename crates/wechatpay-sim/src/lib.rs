@@ -379,7 +379,7 @@ impl Simulator {
     }
     /// Waits until no callback delivery is in progress, or `timeout` passes. Returns whether settled.
     pub async fn settle(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(wechatpay::clock::monotonic()) + timeout;
         loop {
             let notified = self.shared.settled.notified();
             if self

@@ -105,7 +105,7 @@ async fn send(
         ..CallbackSpec::at(sim.clock.now())
     };
     let cb = sim.signer.build(event, &spec);
-    let started = std::time::Instant::now();
+    let started = wechatpay::clock::monotonic();
     let res = sim
         .http
         .post(url)

@@ -195,8 +195,14 @@ fn new_cert(key_der: &[u8], common_name: &str) -> Result<(String, String)> {
         .push(rcgen::DnType::CommonName, common_name);
     let (serial_hex, serial_raw) = random_serial();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial_raw));
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5 * 365);
+    params.not_before =
+        time::OffsetDateTime::from_unix_timestamp(wechatpay::clock::unix_ms() / 1000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            - time::Duration::days(1);
+    params.not_after =
+        time::OffsetDateTime::from_unix_timestamp(wechatpay::clock::unix_ms() / 1000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            + time::Duration::days(5 * 365);
     let cert = params.self_signed(&kp).context("signing certificate")?;
     Ok((cert.pem(), serial_hex))
 }

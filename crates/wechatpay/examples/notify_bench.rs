@@ -5,8 +5,6 @@
 //!
 //! Usage: notify_bench N CONCURRENCY
 
-use std::time::Instant;
-
 use wechatpay::businesscircle::PointsNotifyRequest;
 
 fn proc_cpu_secs() -> f64 {
@@ -82,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             client.v3().businesscircle().points().notify().post(&req).await?;
         }
         let cpu0 = proc_cpu_secs();
-        let t0 = Instant::now();
+        let t0 = wechatpay::clock::monotonic();
         let per_task = n / conc;
         let mut tasks = Vec::new();
         let local = tokio::task::LocalSet::new();

@@ -7,7 +7,7 @@ fn main() {
     for _ in 0..200 {
         key.sign_base64(msg);
     }
-    let t = std::time::Instant::now();
+    let t = wechatpay::clock::monotonic();
     for _ in 0..3000 {
         std::hint::black_box(key.sign_base64(msg));
     }

@@ -1,7 +1,26 @@
 //! Injected time and randomness, so signing and verification are testable to the second.
+//!
+//! This module is the one place in the workspace that reads the machine's clocks
+//! (`clippy.toml` disallows `SystemTime::now` and `Instant::now` everywhere else): code that
+//! needs the time takes a [`Clock`], or calls [`unix_ms`] or [`monotonic`].
 
 use std::fmt::Debug;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Unix milliseconds now, from the system clock.
+pub fn unix_ms() -> i64 {
+    #[allow(clippy::disallowed_methods)]
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Now on the monotonic clock, for durations and deadlines.
+pub fn monotonic() -> Instant {
+    #[allow(clippy::disallowed_methods)]
+    Instant::now()
+}
 
 /// A source of the current Unix time in seconds.
 pub trait Clock: Send + Sync + Debug {
@@ -15,11 +34,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
-        #[allow(clippy::disallowed_methods)]
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
+        unix_ms().div_euclid(1000)
     }
 }
 

@@ -56,7 +56,7 @@ impl Endpoints {
             }
         } else if self.backup.is_some() {
             tracing::warn!("wechatpay: cannot connect to primary endpoint; failing over to backup");
-            *s = Some(Instant::now());
+            *s = Some(crate::clock::monotonic());
         }
     }
 

@@ -6,7 +6,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pointsync::store::Store;
 use pointsync::store::sqlite::SqliteStore;
@@ -65,7 +65,7 @@ impl Rig {
     /// callback listener is bound: the contract's goal is acknowledging again within 5 s of a
     /// restart, asserted here for every start, the restarts after each kill included.
     async fn spawn(&self, crash_at: Option<&str>) -> Child {
-        let started = Instant::now();
+        let started = wechatpay::clock::monotonic();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pointsync"));
         cmd.args(["serve", "--config"])
             .arg(&self.config)
@@ -81,7 +81,7 @@ impl Rig {
             cmd.env(pointsync::crash::ENV, p);
         }
         let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
         loop {
             if let Ok(r) = reqwest::get(format!("http://{}/healthz", self.admin)).await
                 && r.status() == 200
@@ -97,7 +97,7 @@ impl Rig {
                 panic!("pointsync serve exited during start-up: {s}");
             }
             assert!(
-                Instant::now() < deadline,
+                wechatpay::clock::monotonic() < deadline,
                 "pointsync serve did not become healthy"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -110,13 +110,16 @@ impl Rig {
 }
 
 fn wait_killed(child: &mut Child, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    let deadline = wechatpay::clock::monotonic() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert_eq!(status.signal(), Some(9), "killed by SIGKILL, got {status}");
             return;
         }
-        assert!(Instant::now() < deadline, "the crash point was not reached");
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "the crash point was not reached"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

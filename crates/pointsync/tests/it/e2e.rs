@@ -11,7 +11,7 @@ use wechatpay_sim::{
     Endpoint, FaultConfig, FaultKind, FaultRule, GenerateSpec, NewMember, NewPayment, PushConfig,
 };
 
-use crate::harness::{Harness, assert_invariants, assert_invariants_with, fast_push};
+use crate::harness::{Harness, assert_invariants, assert_invariants_with, fast_push, wait_for};
 
 fn signer(h: &Harness) -> CallbackSigner {
     let sb = h.sim.sandbox();
@@ -338,8 +338,15 @@ async fn client_errors_park_without_hot_retries_and_an_operator_can_redrive() {
         s.parked[0].error
     );
     let calls = h.sim.syncs().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.sim.syncs().len(), calls, "no hot retry");
+    // another member's payment synced after the parking proves the dispatcher kept running
+    let (_, later) = h.member_pays(1_000);
+    h.quiet(Duration::from_secs(10)).await;
+    assert_eq!(h.sim.synced_points().get(&later.transaction_id), Some(&10));
+    assert_eq!(
+        h.sim.syncs().len(),
+        calls + 1,
+        "no hot retry of the parked sync"
+    );
     // the operator fixes the cause and re-drives
     h.sim.set_authorization(&m2.openid, true, false).unwrap();
     assert_eq!(
@@ -391,7 +398,12 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
             ..NewPayment::default()
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_for("a refused delivery", Duration::from_secs(10), || {
+        h.sim
+            .delivery(&tx.transaction_id)
+            .is_some_and(|d| d.attempts >= 1 && d.last_status >= 500)
+    })
+    .await;
     let d = h.sim.delivery(&tx.transaction_id).unwrap();
     assert!(
         !d.delivered && d.last_status >= 500,
@@ -432,7 +444,10 @@ async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
         manual_share: 0.0,
     };
     h.sim.generate(spec).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for("a sync in flight", Duration::from_secs(10), || {
+        h.sim.counters().requests >= 1
+    })
+    .await;
     h.running.take().unwrap().shutdown().await;
     let s = h.store.status().await.unwrap();
     assert_eq!(s.syncs.get("inflight"), None, "nothing left leased: {s:?}");
@@ -451,7 +466,12 @@ async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
         rusqlite::Connection::open(h.config.service.database.sqlite_path().unwrap()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (m, tx) = h.member_pays(8_800);
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    wait_for("WeChat's delivery refused", Duration::from_secs(15), || {
+        h.sim
+            .delivery(&tx.transaction_id)
+            .is_some_and(|d| d.attempts >= 1 && d.last_status >= 500)
+    })
+    .await;
     other.execute_batch("ROLLBACK").unwrap();
     h.quiet(Duration::from_secs(30)).await;
     assert!(
@@ -489,9 +509,9 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     assert!(wal.exists(), "{}", wal.display());
     let guard = crate::harness::make_read_only(&wal);
     let (m2, tx2) = h.member_pays(2_000);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(10);
     while h.metric("pointsync_callbacks_total", "db_error") < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "no db_error seen");
+        assert!(wechatpay::clock::monotonic() < deadline, "no db_error seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(guard);
@@ -526,7 +546,10 @@ async fn a_callback_wechat_hangs_up_on_is_counted_and_its_retry_is_a_duplicate()
         rusqlite::Connection::open(h.config.service.database.sqlite_path().unwrap()).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let (m, tx) = h.member_pays(4_400);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    wait_for("WeChat hanging up", Duration::from_secs(10), || {
+        h.metric("pointsync_callbacks_total", "abandoned") >= 1.0
+    })
+    .await;
     other.execute_batch("ROLLBACK").unwrap();
     h.quiet(Duration::from_secs(30)).await;
     assert!(h.metric("pointsync_callbacks_total", "abandoned") >= 1.0);
@@ -536,4 +559,58 @@ async fn a_callback_wechat_hangs_up_on_is_counted_and_its_retry_is_a_duplicate()
     let view = h.store.member(&m.openid).await.unwrap().unwrap();
     assert_eq!((view.balance, view.entries.len()), (44, 1));
     assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn the_injected_clock_decides_expiry_a_sync_past_its_maximum_age_dies_unsent() {
+    use std::sync::Arc;
+
+    use pointsync::clock::ManualClock;
+    use pointsync::service::Dispatcher;
+    use pointsync::store::{Incoming, IngestContext, Ingested};
+
+    let mut h = Harness::start(fast_push(), &[]).await;
+    // no running dispatcher: this test drives one on its own clock
+    h.running.take().unwrap().shutdown().await;
+    let t0 = 1_700_000_000_000;
+    let incoming = |t: MallTransaction| Incoming {
+        notification_id: format!("EV-{}", t.transaction_id),
+        event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
+        plaintext: serde_json::to_string(&t).unwrap(),
+        event: Event::MallTransaction(t),
+    };
+    let ctx = IngestContext {
+        rules: &h.config.rules,
+        partner_mode: false,
+        now_ms: t0,
+    };
+    let old = incoming(payment(&h, "T-OLD", 1_000));
+    assert_eq!(
+        h.store.ingest(&old, &ctx).await.unwrap(),
+        Ingested::Payment { points: 10 }
+    );
+    let max_age = h.config.dispatcher.max_age_hours * 3_600_000;
+    let clock = Arc::new(ManualClock::new(t0 + max_age + 1));
+    let dispatcher = Arc::new(Dispatcher::new(
+        h.store.clone(),
+        h.config.client().unwrap(),
+        h.config.dispatcher.clone(),
+        pointsync::metrics::Metrics::new(),
+        clock.clone(),
+    ));
+    let before = h.sim.counters().requests;
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1);
+    let s = h.store.status().await.unwrap();
+    assert_eq!(s.syncs.get("dead"), Some(&1), "{s:?}");
+    assert!(s.parked[0].error.contains("not sent"), "{s:?}");
+    assert_eq!(h.sim.counters().requests, before, "nothing was sent");
+
+    // the same age minus a millisecond on the injected clock: sent
+    let young = incoming(payment(&h, "T-YOUNG", 1_000));
+    h.store.ingest(&young, &ctx).await.unwrap();
+    clock.set(t0 + max_age);
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1);
+    assert_eq!(h.sim.counters().requests, before + 1, "sent once");
+    let s = h.store.status().await.unwrap();
+    assert_eq!(s.syncs.get("dead"), Some(&1), "{s:?}");
 }

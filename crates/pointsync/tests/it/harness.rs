@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pointsync::config::Config;
 use pointsync::service::Running;
@@ -85,6 +85,18 @@ impl Harness {
         self.running.as_ref().unwrap()
     }
 
+    /// Waits until `done()` holds (checked every 10 ms); fails naming `what` after `timeout`.
+    pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = wechatpay::clock::monotonic() + timeout;
+        while !done() {
+            assert!(
+                wechatpay::clock::monotonic() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until WeChat has nothing left to push and no sync is pending or in flight.
     pub async fn quiet(&self, timeout: Duration) {
         wait_quiet(&self.sim, &self.store, timeout).await;
@@ -115,9 +127,21 @@ impl Harness {
     }
 }
 
+/// Waits until `done()` holds (checked every 10 ms); fails naming `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = wechatpay::clock::monotonic() + timeout;
+    while !done() {
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until WeChat has nothing left to push and no sync is pending or in flight.
 pub async fn wait_quiet(sim: &Simulator, store: &SqliteStore, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+    let deadline = wechatpay::clock::monotonic() + timeout;
     loop {
         let settled = sim.settle(Duration::ZERO).await;
         let s = store.status().await.unwrap();
@@ -125,7 +149,7 @@ pub async fn wait_quiet(sim: &Simulator, store: &SqliteStore, timeout: Duration)
             return;
         }
         assert!(
-            Instant::now() < deadline,
+            wechatpay::clock::monotonic() < deadline,
             "not quiet after {timeout:?}: {s:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

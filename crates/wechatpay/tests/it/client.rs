@@ -318,7 +318,7 @@ async fn faults_map_to_typed_retryable_errors() {
     }
     // latency only delays
     sim.fail_next(Endpoint::PointsNotify, FaultKind::Latency { ms: 200 }, 1);
-    let t = std::time::Instant::now();
+    let t = wechatpay::clock::monotonic();
     notify(&client, &tx).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(200));
     assert_eq!(sim.counters().faults, 7);
@@ -431,7 +431,15 @@ async fn fails_over_to_backup_and_back() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // wait out the fail-back delay
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(5);
+    while client.on_backup() {
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "fail-back delay never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = primary.counters().requests;
     authorization(&client, &m).await.unwrap();
     assert!(!client.on_backup(), "failed back");

@@ -1,0 +1,245 @@
+//! The outbox dispatcher: claims due syncs under a lease, sends each stored request byte for
+//! byte within the rate limit, records the outcome fenced by the attempt; and the rescuer that
+//! returns expired leases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use wechatpay::RawRequest;
+
+use super::bucket::TokenBucket;
+use crate::clock::{Clock, monotonic};
+use crate::config::DispatcherConfig;
+use crate::metrics::Metrics;
+use crate::retry::{RetryPolicy, classify, retry_outcome};
+use crate::store::{Claimed, Store, StoreError, SyncOutcome};
+
+/// Sends queued points syncs.
+#[derive(Debug)]
+pub struct Dispatcher<S> {
+    store: S,
+    client: wechatpay::Client,
+    cfg: DispatcherConfig,
+    policy: RetryPolicy,
+    owner: String,
+    bucket: TokenBucket,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+}
+
+/// The request stored at enqueue time, byte for byte.
+fn stored_request(c: &Claimed) -> RawRequest {
+    let method = Method::from_bytes(c.method.as_bytes()).unwrap_or(Method::POST);
+    RawRequest::new(method, c.path.clone(), c.payload.clone().into_bytes())
+}
+
+impl<S: Store> Dispatcher<S> {
+    /// A dispatcher with a fresh owner id (one per process start).
+    pub fn new(
+        store: S,
+        client: wechatpay::Client,
+        cfg: DispatcherConfig,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            bucket: TokenBucket::new(cfg.qps),
+            owner: format!(
+                "{}-{}",
+                std::process::id(),
+                wechatpay::crypto::random_token(10)
+            ),
+            policy: RetryPolicy::from(&cfg),
+            cfg,
+            metrics,
+            clock,
+        }
+    }
+
+    /// This process's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    async fn send_one(self: Arc<Self>, c: Claimed) {
+        let outcome = if self.policy.expired(self.clock.now_ms() - c.created_at) {
+            self.policy.dead()
+        } else {
+            self.bucket.acquire().await;
+            crate::crash::point("before_send");
+            let started = monotonic();
+            let result = self.client.execute(&stored_request(&c)).await;
+            self.metrics
+                .sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                crate::crash::point("after_204");
+            }
+            if let Err(e) = &result {
+                let request_id = e
+                    .api()
+                    .and_then(|a| a.request_id.clone())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    transaction_id = c.transaction_id,
+                    attempt = c.attempt,
+                    request_id,
+                    "points sync failed: {e}"
+                );
+            }
+            let now = self.clock.now_ms();
+            let failure = result.as_ref().err().map(classify);
+            retry_outcome(
+                failure.as_ref(),
+                c.attempt,
+                now - c.created_at,
+                now,
+                &self.policy,
+                rand::random::<f64>(),
+            )
+        };
+        let label = match &outcome {
+            SyncOutcome::Done => "done",
+            SyncOutcome::Retry { .. } => "retry",
+            SyncOutcome::Parked { .. } => "parked",
+            SyncOutcome::Dead { .. } => "dead",
+        };
+        let now = self.clock.now_ms();
+        match self.store.complete(&c, &self.owner, &outcome, now).await {
+            Ok(true) => {
+                self.metrics.syncs.with_label_values(&[label]).inc();
+                if label == "done" {
+                    let secs = (now - c.created_at).max(0) as f64 / 1000.0;
+                    self.metrics.callback_to_sync_seconds.observe(secs);
+                }
+            }
+            Ok(false) => {
+                self.metrics.syncs.with_label_values(&["fenced_out"]).inc();
+                tracing::warn!(
+                    transaction_id = c.transaction_id,
+                    attempt = c.attempt,
+                    "lease was taken over; completion ignored"
+                );
+            }
+            Err(e) => tracing::error!(
+                transaction_id = c.transaction_id,
+                "cannot record sync outcome (the lease will expire and the row be retried): {e}"
+            ),
+        }
+    }
+
+    /// Sends `c` in its own task once one of `permits` (the in-flight limit) is free.
+    async fn spawn_send(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        permits: &Arc<Semaphore>,
+        c: Claimed,
+    ) {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let me = self.clone();
+        tasks.spawn(async move {
+            me.send_one(c).await;
+            drop(permit);
+        });
+    }
+
+    async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, StoreError> {
+        self.store
+            .claim(&self.owner, self.clock.now_ms(), self.cfg.lease_ms, limit)
+            .await
+    }
+
+    /// One round: claim due rows and send them, at most `concurrency` at once. Returns how many
+    /// were claimed.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let claimed = self.claim(self.cfg.batch).await?;
+        let n = claimed.len();
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut tasks = JoinSet::new();
+        for c in claimed {
+            self.spawn_send(&mut tasks, &permits, c).await;
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(n)
+    }
+
+    /// Runs until `stop` turns true. Keeps up to `concurrency` syncs in flight, claiming more as
+    /// slots free up (no per-batch barrier); sleeps when nothing is due, woken early by `wake`.
+    /// On stop it claims nothing more, lets in-flight syncs finish, and releases any lease left.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
+        let mut tasks = JoinSet::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = permits.available_permits() as i64;
+            let mut claimed = 0;
+            if free > 0 {
+                match self.claim(free.min(self.cfg.batch)).await {
+                    Ok(rows) => {
+                        claimed = rows.len() as i64;
+                        for c in rows {
+                            self.spawn_send(&mut tasks, &permits, c).await;
+                        }
+                    }
+                    Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),
+                }
+            }
+            if claimed > 0 && claimed == free.min(self.cfg.batch) {
+                // probably more due: claim again as soon as a slot frees
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(self.cfg.poll_ms)) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = stop.changed() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        match self.store.release(&self.owner).await {
+            Ok(n) if n > 0 => tracing::info!("released {n} leased syncs"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot release leases (they will expire): {e}"),
+        }
+    }
+}
+
+/// Returns expired leases to pending, until `stop`.
+pub async fn rescuer<S: Store>(
+    store: S,
+    every: Duration,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match store.rescue(clock.now_ms()).await {
+            Ok(n) if n > 0 => {
+                metrics.syncs.with_label_values(&["rescued"]).inc_by(n);
+                tracing::warn!("rescued {n} syncs whose lease expired");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("rescuer: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

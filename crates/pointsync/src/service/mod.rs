@@ -1,0 +1,138 @@
+//! The running service: the callback receiver (public listener), the admin endpoints (loopback
+//! listener), the outbox dispatcher and the lease rescuer, started together and stopped
+//! gracefully.
+//!
+//! - `receiver.rs` — callbacks in: verify, decide, store, answer;
+//! - `admin.rs` — `/healthz`, `/readyz`, `/metrics`, `/admin/status`;
+//! - `dispatcher.rs` — syncs out: claim, send, record; the rescuer;
+//! - `bucket.rs` — the outgoing rate limit.
+
+mod admin;
+mod bucket;
+mod dispatcher;
+mod receiver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+pub use admin::admin_app;
+pub use bucket::TokenBucket;
+pub use dispatcher::{Dispatcher, rescuer};
+pub use receiver::{Receiver, public_app};
+
+pub use crate::clock::now_ms;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A running service's addresses and handles.
+#[derive(Debug)]
+pub struct Running {
+    /// The public (callback) listener's address.
+    pub public_addr: std::net::SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: std::net::SocketAddr,
+    /// Metrics.
+    pub metrics: Metrics,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops claiming, finishes in-flight syncs, releases leases, stops the listeners.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts everything on already-bound listeners, on the system clock.
+pub async fn start<S: Store>(
+    config: &Config,
+    store: S,
+    public: TcpListener,
+    admin: TcpListener,
+) -> anyhow::Result<Running> {
+    start_with_clock(config, store, public, admin, Arc::new(SystemClock)).await
+}
+
+/// Starts everything on already-bound listeners with the given clock.
+pub async fn start_with_clock<S: Store>(
+    config: &Config,
+    store: S,
+    public: TcpListener,
+    admin: TcpListener,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Running> {
+    let client = config.client()?;
+    let parser = client
+        .notify_parser()
+        .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?
+        .with_body_limit(config.service.body_limit);
+    let metrics = Metrics::new();
+    let wake = Arc::new(Notify::new());
+    let receiver = Arc::new(Receiver {
+        store: store.clone(),
+        parser,
+        rules: config.rules.clone(),
+        partner_mode: config.wechatpay.partner_mode,
+        handler_timeout: Duration::from_millis(config.service.handler_timeout_ms),
+        metrics: metrics.clone(),
+        wake: wake.clone(),
+        clock: clock.clone(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let mut tasks = JoinSet::new();
+    let app = public_app(
+        receiver.clone(),
+        &config.service.callback_path,
+        config.service.body_limit,
+    );
+    let mut s1 = stopped.clone();
+    tasks.spawn(async move {
+        let _ = axum::serve(public, app)
+            .with_graceful_shutdown(async move {
+                let _ = s1.changed().await;
+            })
+            .await;
+    });
+    let mut s2 = stopped.clone();
+    let admin_router = admin_app(receiver.clone());
+    tasks.spawn(async move {
+        let _ = axum::serve(admin, admin_router)
+            .with_graceful_shutdown(async move {
+                let _ = s2.changed().await;
+            })
+            .await;
+    });
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        client,
+        config.dispatcher.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
+    tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
+    tasks.spawn(dispatcher.run(wake, stopped.clone()));
+    tasks.spawn(rescuer(
+        store,
+        Duration::from_millis(config.dispatcher.rescue_every_ms),
+        metrics.clone(),
+        clock,
+        stopped,
+    ));
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        metrics,
+        stop,
+        tasks,
+    })
+}

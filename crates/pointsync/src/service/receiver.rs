@@ -1,0 +1,163 @@
+//! The public listener: WeChat's callbacks, verified on their raw bytes, decided and stored
+//! durably before the 2xx.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tokio::sync::Notify;
+use wechatpay::notify::{NotifyParser, answer};
+
+use crate::clock::{Clock, monotonic};
+use crate::metrics::Metrics;
+use crate::rules::Rules;
+use crate::store::{Incoming, IngestContext, Ingested, Store};
+
+/// Shared state of the receiver and admin endpoints.
+#[derive(Debug)]
+pub struct Receiver<S> {
+    /// The store.
+    pub store: S,
+    /// Verifies and decrypts callbacks.
+    pub parser: NotifyParser,
+    /// Points rules.
+    pub rules: Rules,
+    /// Partner mode.
+    pub partner_mode: bool,
+    /// Deadline for handling one callback.
+    pub handler_timeout: Duration,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Wakes the dispatcher when a sync is enqueued.
+    pub wake: Arc<Notify>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+async fn callback<S: Store>(
+    State(r): State<Arc<Receiver<S>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = monotonic();
+    let abandoned = Abandoned(Some(&r.metrics));
+    let request_id = headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let n = match r.parser.verify(&headers, &body) {
+        Ok(n) => n,
+        Err(e) => {
+            r.metrics
+                .callbacks
+                .with_label_values(&["verification_failed"])
+                .inc();
+            r.metrics
+                .verification_failures
+                .with_label_values(&[e.cause()])
+                .inc();
+            tracing::warn!(cause = e.cause(), request_id, "callback rejected: {e}");
+            return answer::rejected(&e).into_response();
+        }
+    };
+    let incoming = Incoming::from(n);
+    let ctx = IngestContext {
+        rules: &r.rules,
+        partner_mode: r.partner_mode,
+        now_ms: r.clock.now_ms(),
+    };
+    let outcome = tokio::time::timeout(r.handler_timeout, r.store.ingest(&incoming, &ctx)).await;
+    let (status, label) = match &outcome {
+        Ok(Ok(i)) => {
+            crate::crash::point("after_commit");
+            if matches!(i, Ingested::Payment { .. }) {
+                r.wake.notify_one();
+            }
+            if let Ingested::Rejected(why) = i {
+                tracing::error!(
+                    notification_id = incoming.notification_id,
+                    request_id,
+                    "verified callback is business-invalid, stored as rejected: {why}"
+                );
+            }
+            (StatusCode::NO_CONTENT, outcome_label(i))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                notification_id = incoming.notification_id,
+                request_id,
+                cause = e.cause(),
+                "cannot store callback, answering 500 so WeChat retries: {e}"
+            );
+            (StatusCode::INTERNAL_SERVER_ERROR, "db_error")
+        }
+        Err(_) => {
+            tracing::error!(
+                notification_id = incoming.notification_id,
+                request_id,
+                "storing the callback took too long, answering 503"
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, "timeout")
+        }
+    };
+    abandoned.disarm();
+    r.metrics.callbacks.with_label_values(&[label]).inc();
+    r.metrics
+        .callback_seconds
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        event_type = incoming.event_type,
+        notification_id = incoming.notification_id,
+        outcome = label,
+        "callback"
+    );
+    if status == StatusCode::NO_CONTENT {
+        answer::success().into_response()
+    } else {
+        answer::failure(status, "暂时无法处理，请重试").into_response()
+    }
+}
+
+/// Counts a callback whose handler was dropped before answering (WeChat hung up first): its
+/// ingest, if queued, still completes or rolls back on the writer, and WeChat retries.
+struct Abandoned<'a>(Option<&'a Metrics>);
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.callbacks.with_label_values(&["abandoned"]).inc();
+        }
+    }
+}
+
+fn outcome_label(i: &Ingested) -> &'static str {
+    match i {
+        Ingested::Payment { .. } => "payment",
+        Ingested::Refund { .. } => "refund",
+        Ingested::Held => "held",
+        Ingested::Authorization => "authorization",
+        Ingested::Duplicate => "duplicate",
+        Ingested::Rejected(_) => "rejected",
+        Ingested::Ignored => "ignored",
+    }
+}
+
+/// The public app: the callback path and nothing else.
+pub fn public_app<S: Store>(r: Arc<Receiver<S>>, path: &str, body_limit: usize) -> Router {
+    Router::new()
+        .route(path, post(callback::<S>))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(r)
+}
