@@ -85,18 +85,6 @@ impl Harness {
         self.running.as_ref().unwrap()
     }
 
-    /// Waits until `done()` holds (checked every 10 ms); fails naming `what` after `timeout`.
-    pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-        let deadline = wechatpay::clock::monotonic() + timeout;
-        while !done() {
-            assert!(
-                wechatpay::clock::monotonic() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Waits until WeChat has nothing left to push and no sync is pending or in flight.
     pub async fn quiet(&self, timeout: Duration) {
         wait_quiet(&self.sim, &self.store, timeout).await;
