@@ -246,7 +246,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         opts.burst_429,
     );
     let shared = sim.shared().clone();
-    let generator = tokio::spawn(async move { shared.generate(spec).await });
+    let generator =
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let c = sim.counters();

@@ -13,8 +13,8 @@ use wechatpay::testing::{rfc3339, sign_response};
 
 use crate::faults::{Endpoint, FaultKind, HANG};
 use crate::sandbox::TrustMode;
+use crate::shared::{ResetConnection, Shared};
 use crate::state::SyncCall;
-use crate::{ResetConnection, Shared};
 
 /// The largest request body read.
 const MAX_BODY: usize = 1 << 20;
@@ -119,7 +119,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
                 "请求体过大",
                 None,
             );
-            return sim.respond(r, &parts.headers);
+            return Api(&sim).respond(r, &parts.headers);
         }
     };
     let endpoint = classify(&parts.method, &path);
@@ -137,7 +137,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
                 None,
             );
             r.signed = false;
-            return sim.respond(r, &parts.headers);
+            return Api(&sim).respond(r, &parts.headers);
         }
         let roll: f64 = sim.roll();
         let fault = endpoint.and_then(|e| f.pick(e, roll));
@@ -148,7 +148,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
     };
     match fault {
         Some(FaultKind::TooManyRequests) => {
-            return sim.respond(
+            return Api(&sim).respond(
                 Reply::unsigned(
                     StatusCode::TOO_MANY_REQUESTS,
                     "FREQUENCY_LIMITED",
@@ -158,7 +158,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
             );
         }
         Some(FaultKind::SystemError) => {
-            return sim.respond(
+            return Api(&sim).respond(
                 Reply::unsigned(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "SYSTEM_ERROR",
@@ -168,10 +168,10 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
             );
         }
         Some(FaultKind::BadGateway) => {
-            return sim.respond(Reply::gateway(StatusCode::BAD_GATEWAY), &parts.headers);
+            return Api(&sim).respond(Reply::gateway(StatusCode::BAD_GATEWAY), &parts.headers);
         }
         Some(FaultKind::ServiceUnavailable) => {
-            return sim.respond(
+            return Api(&sim).respond(
                 Reply::gateway(StatusCode::SERVICE_UNAVAILABLE),
                 &parts.headers,
             );
@@ -181,7 +181,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
         }
         Some(FaultKind::Hang) => {
             tokio::time::sleep(HANG).await;
-            return sim.respond(Reply::gateway(StatusCode::GATEWAY_TIMEOUT), &parts.headers);
+            return Api(&sim).respond(Reply::gateway(StatusCode::GATEWAY_TIMEOUT), &parts.headers);
         }
         Some(FaultKind::Reset) => {
             let mut r = Response::new(Body::empty());
@@ -190,7 +190,7 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
         }
         None => {}
     }
-    let reply = sim.handle(
+    let reply = Api(&sim).handle(
         endpoint,
         &parts.method,
         &target,
@@ -198,12 +198,15 @@ pub(crate) async fn wechat(State(sim): State<std::sync::Arc<Shared>>, req: Reque
         &parts.headers,
         &body,
     );
-    sim.respond(reply, &parts.headers)
+    Api(&sim).respond(reply, &parts.headers)
 }
 
-impl Shared {
+/// The WeChat endpoints' logic, over the shared state.
+pub(crate) struct Api<'a>(pub(crate) &'a Shared);
+
+impl Api<'_> {
     fn count(&self, status: StatusCode, code: &str) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         match (status.as_u16(), code) {
             (401, _) => s.counters.sign_errors += 1,
             (400, "PARAM_ERROR" | "INVALID_REQUEST") => s.counters.param_errors += 1,
@@ -283,7 +286,7 @@ impl Shared {
         };
         let p = parse_authorization(&String::from_utf8_lossy(auth.as_bytes()))
             .map_err(|e| sign_error(&format!("Http头Authorization值格式错误: {e}"), None))?;
-        let info = &self.sandbox.info;
+        let info = &self.0.sandbox.info;
         if p.mchid != info.mchid {
             return Err(sign_error(&format!("商户号{}与证书不匹配", p.mchid), None));
         }
@@ -297,7 +300,7 @@ impl Shared {
             .timestamp
             .parse()
             .map_err(|_| sign_error("Authorization中的timestamp不是整数", None))?;
-        if (self.clock.now() - ts).abs() > 300 {
+        if (self.0.clock.now() - ts).abs() > 300 {
             return Err(sign_error("签名时间戳与服务器时间相差超过5分钟", None));
         }
         let message = request_sign_string(method.as_str(), target, ts, &p.nonce_str, body);
@@ -306,14 +309,14 @@ impl Shared {
             p.signature.as_bytes(),
         );
         let ok = sig
-            .map(|s| self.sandbox.merchant_public.verify(&message, &s))
+            .map(|s| self.0.sandbox.merchant_public.verify(&message, &s))
             .unwrap_or(false);
         if !ok {
             let full = String::from_utf8_lossy(&message).into_owned();
             let body_start = full.len() - body.len() - 1;
             let keep: String = full[body_start..]
                 .chars()
-                .take(self.opts().truncate_body_chars)
+                .take(self.0.opts().truncate_body_chars)
                 .collect();
             let truncated = format!("{}{}\n", &full[..body_start], keep.trim_end_matches('\n'));
             return Err(sign_error(
@@ -350,7 +353,8 @@ impl Shared {
     }
 
     fn business(&self, status: StatusCode, code: &str, message: &str) -> Reply {
-        self.state
+        self.0
+            .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .counters
@@ -430,10 +434,10 @@ impl Shared {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = s.transactions.get(&transaction_id).cloned() else {
             drop(s);
-            let (status, code) = self.opts().unknown_transaction();
+            let (status, code) = self.0.opts().unknown_transaction();
             return self.business(status, code, &format!("交易{transaction_id}不存在"));
         };
         if tx.openid != openid || tx.appid != appid || tx.sub_mchid != sub_mchid {
@@ -448,7 +452,7 @@ impl Shared {
             .members
             .get(&openid)
             .is_some_and(|mb| mb.authorize_state == "AUTHORIZED");
-        if self.opts().require_authorized && !authorized {
+        if self.0.opts().require_authorized && !authorized {
             drop(s);
             return self.business(
                 StatusCode::BAD_REQUEST,
@@ -461,12 +465,12 @@ impl Shared {
             .first_sync
             .get(&transaction_id)
             .is_some_and(|first| *first != text);
-        let status = if conflicting && self.opts().reject_conflicting {
+        let status = if conflicting && self.0.opts().reject_conflicting {
             400
         } else {
             204
         };
-        let at = self.clock.now();
+        let at = self.0.clock.now();
         s.syncs.push(SyncCall {
             at,
             transaction_id: transaction_id.clone(),
@@ -510,7 +514,7 @@ impl Shared {
         {
             return self.param("sub_mchid", e.reason);
         }
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = json!({"openid": openid, "authorize_state": "UNAUTHORIZED"});
         if let Some(m) = s.members.get(openid).filter(|m| m.appid == appid) {
             v["authorize_state"] = json!(m.authorize_state);
@@ -535,15 +539,15 @@ impl Shared {
         {
             return self.param("brandid", "缺少或不是整数");
         }
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let day = self.clock.now() - 86_400;
+        let s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        let day = self.0.clock.now() - 86_400;
         // first_sync holds exactly the transactions with an accepted points sync
         let pending = s.transactions.values().any(|t| {
             t.openid == openid
                 && t.created_at >= day
                 && !s.first_sync.contains_key(&t.transaction_id)
         });
-        if self.opts().commit_status_204 {
+        if self.0.opts().commit_status_204 {
             return Reply::no_content();
         }
         Reply::json(json!({"points_commit_status": if pending { "PENDING" } else { "FINISHED" }}))
@@ -570,7 +574,8 @@ impl Shared {
         if let Err(r) = checked {
             return r;
         }
-        self.state
+        self.0
+            .state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .parkings
@@ -579,7 +584,7 @@ impl Shared {
     }
 
     fn certificates(&self) -> Reply {
-        if self.sandbox.info.mode == TrustMode::Pubkey {
+        if self.0.sandbox.info.mode == TrustMode::Pubkey {
             return Reply::error(
                 StatusCode::NOT_FOUND,
                 "RESOURCE_NOT_EXISTS",
@@ -589,18 +594,18 @@ impl Shared {
         }
         let nonce = wechatpay::crypto::random_token(12);
         let cipher = wechatpay::crypto::aead_encrypt(
-            &self.sandbox.apiv3_key,
+            &self.0.sandbox.apiv3_key,
             &nonce,
             "certificate",
-            self.sandbox.platform_cert_pem.as_bytes(),
+            self.0.sandbox.platform_cert_pem.as_bytes(),
         )
         .unwrap_or_default();
-        let cert = wechatpay::trust::parse_certificate_pem(&self.sandbox.platform_cert_pem).ok();
+        let cert = wechatpay::trust::parse_certificate_pem(&self.0.sandbox.platform_cert_pem).ok();
         let (nb, na) = cert
             .map(|c| (c.not_before, c.not_after))
             .unwrap_or_default();
         Reply::json(json!({"data": [{
-            "serial_no": self.sandbox.info.platform_serial,
+            "serial_no": self.0.sandbox.info.platform_serial,
             "effective_time": rfc3339(nb),
             "expire_time": rfc3339(na),
             "encrypt_certificate": {"algorithm": "AEAD_AES_256_GCM", "nonce": nonce, "associated_data": "certificate", "ciphertext": cipher}
@@ -626,21 +631,21 @@ impl Shared {
             let wants_pubkey = req_headers
                 .get("wechatpay-serial")
                 .is_some_and(|v| v.as_bytes().starts_with(b"PUB_KEY_ID_"));
-            let use_pubkey = match self.sandbox.info.mode {
+            let use_pubkey = match self.0.sandbox.info.mode {
                 TrustMode::Cert => false,
                 TrustMode::Pubkey => true,
                 TrustMode::Migrating => wants_pubkey,
             };
             let (key, serial) = if use_pubkey {
-                (&self.sandbox.pubkey_key, &self.sandbox.info.pubkey_id)
+                (&self.0.sandbox.pubkey_key, &self.0.sandbox.info.pubkey_id)
             } else {
                 (
-                    &self.sandbox.platform_key,
-                    &self.sandbox.info.platform_serial,
+                    &self.0.sandbox.platform_key,
+                    &self.0.sandbox.info.platform_serial,
                 )
             };
-            let key = if self.opts().sign_with_wrong_key {
-                &self.wrong_key
+            let key = if self.0.opts().sign_with_wrong_key {
+                &self.0.wrong_key
             } else {
                 key
             };
@@ -648,7 +653,7 @@ impl Shared {
             h.extend(sign_response(
                 key,
                 serial,
-                self.clock.now(),
+                self.0.clock.now(),
                 &nonce,
                 &reply.body,
             ));

@@ -1,5 +1,6 @@
 //! The control API: create members, payments and refunds; read what was synced; counters, faults,
-//! options, reset. The same operations are methods of [`crate::Simulator`].
+//! options, reset. The same operations are functions here over the shared state, and methods of
+//! [`crate::Simulator`].
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
@@ -33,8 +34,10 @@ use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund, MallTransaction};
 use wechatpay::testing::rfc3339;
 
 use crate::faults::FaultConfig;
+use crate::options::SimOptions;
+use crate::push;
+use crate::shared::Shared;
 use crate::state::{Member, Transaction};
-use crate::{Shared, SimOptions, push};
 
 /// A control-API failure (unknown member, bad amount…).
 #[derive(Debug, thiserror::Error)]
@@ -131,270 +134,274 @@ pub const STORES: [(&str, &str); 6] = [
     ("S006", "万达影城"),
 ];
 
-impl Shared {
-    /// Creates a member (and pushes the authorization callback).
-    pub fn add_member(self: &Arc<Self>, m: NewMember) -> Result<Member, ControlError> {
-        let now = self.clock.now();
-        let appid = m
-            .appid
-            .unwrap_or_else(|| self.sandbox.info.appids[0].clone());
-        let member = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let openid = m
-                .openid
-                .unwrap_or_else(|| format!("o{}", wechatpay::crypto::random_token(27)));
-            let member = Member {
-                code: s.next_id("")[8..].to_string(),
-                openid: openid.clone(),
-                appid,
-                authorize_state: if m.authorized {
-                    "AUTHORIZED"
-                } else {
-                    "UNAUTHORIZED"
-                }
-                .into(),
-                authorize_time: m.authorized.then(|| rfc3339(now)),
-                deauthorize_time: None,
-            };
-            s.members.insert(openid, member.clone());
-            member
-        };
-        if m.push {
-            self.push_auth(&member, m.authorized);
-        }
-        Ok(member)
-    }
-
-    fn push_auth(self: &Arc<Self>, member: &Member, authorized: bool) {
-        let event = Event::MallAuth(MallAuth {
-            openid: member.openid.clone(),
-            code: member.code.clone(),
-            mchid: self.sandbox.info.mchid.clone(),
-            auth_type: if authorized {
-                AuthType::RegisteredAndAuthorizationMode
+/// Creates a member (and pushes the authorization callback).
+pub fn add_member(sim: &Arc<Shared>, m: NewMember) -> Result<Member, ControlError> {
+    let now = sim.clock.now();
+    let appid = m
+        .appid
+        .unwrap_or_else(|| sim.sandbox.info.appids[0].clone());
+    let member = {
+        let mut s = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+        let openid = m
+            .openid
+            .unwrap_or_else(|| format!("o{}", wechatpay::crypto::random_token(27)));
+        let member = Member {
+            code: s.next_id("")[8..].to_string(),
+            openid: openid.clone(),
+            appid,
+            authorize_state: if m.authorized {
+                "AUTHORIZED"
             } else {
-                AuthType::RegisteredMode
-            },
-            extra: Default::default(),
-        });
-        push::push(self, event, member.openid.clone());
-    }
-
-    /// Authorizes a member for points (pushing `MALL_AUTH.ACTIVATE_CARD` when `push`), or revokes
-    /// the authorization (`DEAUTHORIZED`; WeChat sends no callback for that).
-    pub fn set_authorization(
-        self: &Arc<Self>,
-        openid: &str,
-        authorized: bool,
-        push: bool,
-    ) -> Result<Member, ControlError> {
-        let now = self.clock.now();
-        let member = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let m = s
-                .members
-                .get_mut(openid)
-                .ok_or_else(|| ControlError(format!("no member {openid}")))?;
-            if authorized {
-                m.authorize_state = "AUTHORIZED".into();
-                m.authorize_time = Some(rfc3339(now));
-                m.deauthorize_time = None;
-            } else {
-                m.authorize_state = "DEAUTHORIZED".into();
-                m.deauthorize_time = Some(rfc3339(now));
+                "UNAUTHORIZED"
             }
-            m.clone()
+            .into(),
+            authorize_time: m.authorized.then(|| rfc3339(now)),
+            deauthorize_time: None,
         };
-        if authorized && push {
-            self.push_auth(&member, true);
-        }
-        Ok(member)
+        s.members.insert(openid, member.clone());
+        member
+    };
+    if m.push {
+        push_auth(sim, &member, m.authorized);
     }
+    Ok(member)
+}
 
-    /// Creates a payment by a member and pushes `MALL_TRANSACTION.SUCCESS`.
-    pub fn pay(self: &Arc<Self>, p: NewPayment) -> Result<Transaction, ControlError> {
-        if p.amount <= 0 {
+fn push_auth(sim: &Arc<Shared>, member: &Member, authorized: bool) {
+    let event = Event::MallAuth(MallAuth {
+        openid: member.openid.clone(),
+        code: member.code.clone(),
+        mchid: sim.sandbox.info.mchid.clone(),
+        auth_type: if authorized {
+            AuthType::RegisteredAndAuthorizationMode
+        } else {
+            AuthType::RegisteredMode
+        },
+        extra: Default::default(),
+    });
+    push::push(sim, event, member.openid.clone());
+}
+
+/// Authorizes a member for points (pushing `MALL_AUTH.ACTIVATE_CARD` when `push`), or revokes
+/// the authorization (`DEAUTHORIZED`; WeChat sends no callback for that).
+pub fn set_authorization(
+    sim: &Arc<Shared>,
+    openid: &str,
+    authorized: bool,
+    push: bool,
+) -> Result<Member, ControlError> {
+    let now = sim.clock.now();
+    let member = {
+        let mut s = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+        let m = s
+            .members
+            .get_mut(openid)
+            .ok_or_else(|| ControlError(format!("no member {openid}")))?;
+        if authorized {
+            m.authorize_state = "AUTHORIZED".into();
+            m.authorize_time = Some(rfc3339(now));
+            m.deauthorize_time = None;
+        } else {
+            m.authorize_state = "DEAUTHORIZED".into();
+            m.deauthorize_time = Some(rfc3339(now));
+        }
+        m.clone()
+    };
+    if authorized && push {
+        push_auth(sim, &member, true);
+    }
+    Ok(member)
+}
+
+/// Creates a payment by a member and pushes `MALL_TRANSACTION.SUCCESS`.
+pub fn pay(sim: &Arc<Shared>, p: NewPayment) -> Result<Transaction, ControlError> {
+    if p.amount <= 0 {
+        return Err(ControlError(format!(
+            "amount must be positive fen, got {}",
+            p.amount
+        )));
+    }
+    let now = sim.clock.now();
+    let tx = {
+        let mut s = sim.state.lock().unwrap_or_else(|e| e.into_inner());
+        let member = s
+            .members
+            .get(&p.openid)
+            .cloned()
+            .ok_or_else(|| ControlError(format!("no member {}", p.openid)))?;
+        let shop_number = p.shop_number.unwrap_or_else(|| STORES[0].0.to_string());
+        let shop_name = STORES
+            .iter()
+            .find(|(n, _)| *n == shop_number)
+            .map(|(_, name)| name.to_string())
+            .unwrap_or_else(|| format!("门店{shop_number}"));
+        let tx = Transaction {
+            transaction_id: s.next_id(""),
+            openid: member.openid,
+            appid: member.appid,
+            sub_mchid: p.sub_mchid,
+            shop_number,
+            shop_name,
+            amount: p.amount,
+            time_end: rfc3339(now),
+            refunded: 0,
+            created_at: now,
+        };
+        s.transactions.insert(tx.transaction_id.clone(), tx.clone());
+        tx
+    };
+    push::push(
+        sim,
+        transaction_event(sim, &tx, None),
+        tx.transaction_id.clone(),
+    );
+    Ok(tx)
+}
+
+fn transaction_event(sim: &Shared, tx: &Transaction, commit_tag: Option<String>) -> Event {
+    Event::MallTransaction(MallTransaction {
+        mchid: sim.sandbox.info.mchid.clone(),
+        merchant_name: sim.sandbox.info.merchant_name.clone(),
+        shop_name: tx.shop_name.clone(),
+        shop_number: tx.shop_number.clone(),
+        appid: tx.appid.clone(),
+        openid: tx.openid.clone(),
+        time_end: tx.time_end.clone(),
+        amount: tx.amount,
+        transaction_id: tx.transaction_id.clone(),
+        commit_tag,
+        extra: Default::default(),
+    })
+}
+
+/// Re-pushes a transaction as after a manual points application: same transaction, new
+/// notification id, with `commit_tag`.
+pub fn manual_apply(sim: &Arc<Shared>, transaction_id: &str) -> Result<String, ControlError> {
+    let tx = sim
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .transactions
+        .get(transaction_id)
+        .cloned()
+        .ok_or_else(|| ControlError(format!("no transaction {transaction_id}")))?;
+    let tag = format!("MANUAL{}", wechatpay::crypto::random_token(10));
+    Ok(push::push(
+        sim,
+        transaction_event(sim, &tx, Some(tag)),
+        tx.transaction_id.clone(),
+    ))
+}
+
+/// Refunds part or all of a payment and pushes `MALL_REFUND.SUCCESS`. Returns (refund_id, notification id).
+pub fn refund(
+    sim: &Arc<Shared>,
+    transaction_id: &str,
+    refund_amount: i64,
+) -> Result<(String, String), ControlError> {
+    let now = sim.clock.now();
+    let (tx, refund_id) = {
+        let mut s = sim.state.lock().unwrap_or_else(|p| p.into_inner());
+        let refund_id = s.next_id("50");
+        let tx = s
+            .transactions
+            .get_mut(transaction_id)
+            .ok_or_else(|| ControlError(format!("no transaction {transaction_id}")))?;
+        if refund_amount <= 0 || tx.refunded + refund_amount > tx.amount {
             return Err(ControlError(format!(
-                "amount must be positive fen, got {}",
-                p.amount
+                "refund of {refund_amount} fen is not within the {} fen still refundable",
+                tx.amount - tx.refunded
             )));
         }
-        let now = self.clock.now();
-        let tx = {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let member = s
-                .members
-                .get(&p.openid)
-                .cloned()
-                .ok_or_else(|| ControlError(format!("no member {}", p.openid)))?;
-            let shop_number = p.shop_number.unwrap_or_else(|| STORES[0].0.to_string());
-            let shop_name = STORES
-                .iter()
-                .find(|(n, _)| *n == shop_number)
-                .map(|(_, name)| name.to_string())
-                .unwrap_or_else(|| format!("门店{shop_number}"));
-            let tx = Transaction {
-                transaction_id: s.next_id(""),
-                openid: member.openid,
-                appid: member.appid,
-                sub_mchid: p.sub_mchid,
-                shop_number,
-                shop_name,
-                amount: p.amount,
-                time_end: rfc3339(now),
-                refunded: 0,
-                created_at: now,
-            };
-            s.transactions.insert(tx.transaction_id.clone(), tx.clone());
-            tx
-        };
-        push::push(
-            self,
-            self.transaction_event(&tx, None),
-            tx.transaction_id.clone(),
-        );
-        Ok(tx)
-    }
+        tx.refunded += refund_amount;
+        (tx.clone(), refund_id)
+    };
+    let event = Event::MallRefund(MallRefund {
+        mchid: sim.sandbox.info.mchid.clone(),
+        merchant_name: sim.sandbox.info.merchant_name.clone(),
+        shop_name: tx.shop_name.clone(),
+        shop_number: tx.shop_number.clone(),
+        appid: tx.appid.clone(),
+        openid: tx.openid.clone(),
+        refund_time: rfc3339(now),
+        pay_amount: tx.amount,
+        refund_amount,
+        transaction_id: tx.transaction_id.clone(),
+        refund_id: refund_id.clone(),
+        extra: Default::default(),
+    });
+    let id = push::push(sim, event, refund_id.clone());
+    Ok((refund_id, id))
+}
 
-    fn transaction_event(&self, tx: &Transaction, commit_tag: Option<String>) -> Event {
-        Event::MallTransaction(MallTransaction {
-            mchid: self.sandbox.info.mchid.clone(),
-            merchant_name: self.sandbox.info.merchant_name.clone(),
-            shop_name: tx.shop_name.clone(),
-            shop_number: tx.shop_number.clone(),
-            appid: tx.appid.clone(),
-            openid: tx.openid.clone(),
-            time_end: tx.time_end.clone(),
-            amount: tx.amount,
-            transaction_id: tx.transaction_id.clone(),
-            commit_tag,
-            extra: Default::default(),
-        })
-    }
-
-    /// Re-pushes a transaction as after a manual points application: same transaction, new
-    /// notification id, with `commit_tag`.
-    pub fn manual_apply(self: &Arc<Self>, transaction_id: &str) -> Result<String, ControlError> {
-        let tx = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .transactions
-            .get(transaction_id)
-            .cloned()
-            .ok_or_else(|| ControlError(format!("no transaction {transaction_id}")))?;
-        let tag = format!("MANUAL{}", wechatpay::crypto::random_token(10));
-        Ok(push::push(
-            self,
-            self.transaction_event(&tx, Some(tag)),
-            tx.transaction_id.clone(),
-        ))
-    }
-
-    /// Refunds part or all of a payment and pushes `MALL_REFUND.SUCCESS`. Returns (refund_id, notification id).
-    pub fn refund(
-        self: &Arc<Self>,
-        transaction_id: &str,
-        refund_amount: i64,
-    ) -> Result<(String, String), ControlError> {
-        let now = self.clock.now();
-        let (tx, refund_id) = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let refund_id = s.next_id("50");
-            let tx = s
-                .transactions
-                .get_mut(transaction_id)
-                .ok_or_else(|| ControlError(format!("no transaction {transaction_id}")))?;
-            if refund_amount <= 0 || tx.refunded + refund_amount > tx.amount {
-                return Err(ControlError(format!(
-                    "refund of {refund_amount} fen is not within the {} fen still refundable",
-                    tx.amount - tx.refunded
-                )));
-            }
-            tx.refunded += refund_amount;
-            (tx.clone(), refund_id)
-        };
-        let event = Event::MallRefund(MallRefund {
-            mchid: self.sandbox.info.mchid.clone(),
-            merchant_name: self.sandbox.info.merchant_name.clone(),
-            shop_name: tx.shop_name.clone(),
-            shop_number: tx.shop_number.clone(),
-            appid: tx.appid.clone(),
-            openid: tx.openid.clone(),
-            refund_time: rfc3339(now),
-            pay_amount: tx.amount,
-            refund_amount,
-            transaction_id: tx.transaction_id.clone(),
-            refund_id: refund_id.clone(),
-            extra: Default::default(),
-        });
-        let id = push::push(self, event, refund_id.clone());
-        Ok((refund_id, id))
-    }
-
-    /// Generates members and a stream of payments (and some refunds and manual applications).
-    pub async fn generate(
-        self: &Arc<Self>,
-        spec: GenerateSpec,
-    ) -> Result<Vec<Transaction>, ControlError> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-        let mut members = Vec::new();
-        // members authorize at the same pace as payments, not in one burst
-        let gap = spec
-            .rate_per_sec
-            .filter(|r| *r > 0.0)
-            .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
-        let paced = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
-        for i in 0..spec.members.max(1) {
-            if let Some(gap) = gap {
-                tokio::time::sleep_until(paced + gap * i as u32).await;
-            }
-            let m = self.add_member(NewMember {
+/// Generates members and a stream of payments (and some refunds and manual applications).
+pub async fn generate(
+    sim: &Arc<Shared>,
+    spec: GenerateSpec,
+) -> Result<Vec<Transaction>, ControlError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+    let mut members = Vec::new();
+    // members authorize at the same pace as payments, not in one burst
+    let gap = spec
+        .rate_per_sec
+        .filter(|r| *r > 0.0)
+        .map(|r| std::time::Duration::from_secs_f64(1.0 / r));
+    let paced = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
+    for i in 0..spec.members.max(1) {
+        if let Some(gap) = gap {
+            tokio::time::sleep_until(paced + gap * i as u32).await;
+        }
+        let m = add_member(
+            sim,
+            NewMember {
                 openid: Some(format!("oSIM{:08}{:016x}", i, spec.seed)),
                 appid: None,
                 authorized: true,
                 push: true,
-            })?;
-            members.push(m.openid);
-        }
-        let mut out = Vec::with_capacity(spec.count);
+            },
+        )?;
+        members.push(m.openid);
+    }
+    let mut out = Vec::with_capacity(spec.count);
 
-        let start = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
-        for i in 0..spec.count {
-            if let Some(gap) = gap {
-                tokio::time::sleep_until(start + gap * i as u32).await;
-            }
-            let openid = members[rng.random_range(0..members.len())].clone();
-            let amount = rng.random_range(100..50_000);
-            let store = STORES[rng.random_range(0..STORES.len())].0.to_string();
-            let tx = self.pay(NewPayment {
+    let start = tokio::time::Instant::from_std(wechatpay::clock::monotonic());
+    for i in 0..spec.count {
+        if let Some(gap) = gap {
+            tokio::time::sleep_until(start + gap * i as u32).await;
+        }
+        let openid = members[rng.random_range(0..members.len())].clone();
+        let amount = rng.random_range(100..50_000);
+        let store = STORES[rng.random_range(0..STORES.len())].0.to_string();
+        let tx = pay(
+            sim,
+            NewPayment {
                 openid,
                 amount,
                 shop_number: Some(store),
                 sub_mchid: None,
-            })?;
-            if rng.random_bool(spec.manual_share.clamp(0.0, 1.0)) {
-                self.manual_apply(&tx.transaction_id)?;
-            }
-            if rng.random_bool(spec.refund_share.clamp(0.0, 1.0)) {
-                let part = if rng.random_bool(0.5) {
-                    tx.amount
-                } else {
-                    tx.amount / 3 + 1
-                };
-                self.refund(&tx.transaction_id, part)?;
-            }
-            out.push(tx);
+            },
+        )?;
+        if rng.random_bool(spec.manual_share.clamp(0.0, 1.0)) {
+            manual_apply(sim, &tx.transaction_id)?;
         }
-        Ok(out)
+        if rng.random_bool(spec.refund_share.clamp(0.0, 1.0)) {
+            let part = if rng.random_bool(0.5) {
+                tx.amount
+            } else {
+                tx.amount / 3 + 1
+            };
+            refund(sim, &tx.transaction_id, part)?;
+        }
+        out.push(tx);
     }
+    Ok(out)
 }
 
 async fn members(
     State(sim): State<Arc<Shared>>,
     Json(m): Json<NewMember>,
 ) -> Result<Json<Member>, ControlError> {
-    sim.add_member(m).map(Json)
+    add_member(&sim, m).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -409,22 +416,21 @@ async fn authorization(
     Path(openid): Path<String>,
     Json(a): Json<Authorization>,
 ) -> Result<Json<Member>, ControlError> {
-    sim.set_authorization(&openid, a.authorized, a.push)
-        .map(Json)
+    set_authorization(&sim, &openid, a.authorized, a.push).map(Json)
 }
 
 async fn payments(
     State(sim): State<Arc<Shared>>,
     Json(p): Json<NewPayment>,
 ) -> Result<Json<Transaction>, ControlError> {
-    sim.pay(p).map(Json)
+    pay(&sim, p).map(Json)
 }
 
 async fn manual(
     State(sim): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ControlError> {
-    sim.manual_apply(&id).map(|id| Json(json!({ "id": id })))
+    manual_apply(&sim, &id).map(|id| Json(json!({ "id": id })))
 }
 
 #[derive(Deserialize)]
@@ -437,14 +443,17 @@ async fn refunds(
     State(sim): State<Arc<Shared>>,
     Json(r): Json<NewRefund>,
 ) -> Result<Json<Value>, ControlError> {
-    sim.refund(&r.transaction_id, r.refund_amount)
+    refund(&sim, &r.transaction_id, r.refund_amount)
         .map(|(refund_id, id)| Json(json!({"refund_id": refund_id, "id": id})))
 }
 
-async fn generate(State(sim): State<Arc<Shared>>, Json(spec): Json<GenerateSpec>) -> Json<Value> {
+async fn generate_route(
+    State(sim): State<Arc<Shared>>,
+    Json(spec): Json<GenerateSpec>,
+) -> Json<Value> {
     let (members, payments) = (spec.members, spec.count);
     tokio::spawn(async move {
-        if let Err(e) = sim.generate(spec).await {
+        if let Err(e) = generate(&sim, spec).await {
             tracing::warn!("generate stopped: {e}");
         }
     });
@@ -556,7 +565,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Shared>> {
         .route("/sim/payments", post(payments))
         .route("/sim/payments/{id}/manual", post(manual))
         .route("/sim/refunds", post(refunds))
-        .route("/sim/generate", post(generate))
+        .route("/sim/generate", post(generate_route))
         .route("/sim/transactions/{id}/syncs", get(tx_syncs))
         .route("/sim/syncs", get(all_syncs))
         .route("/sim/deliveries", get(deliveries))

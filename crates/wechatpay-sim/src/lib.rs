@@ -16,8 +16,10 @@
 pub mod api;
 pub mod control;
 pub mod faults;
+pub mod options;
 pub mod push;
 pub mod sandbox;
+pub mod shared;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -26,8 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use rand::SeedableRng;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
@@ -37,50 +38,11 @@ use wechatpay::testing::{CallbackSigner, keys};
 
 pub use control::{ControlError, GenerateSpec, NewMember, NewPayment};
 pub use faults::{Endpoint, FaultConfig, FaultKind, FaultRule};
-pub use push::PushConfig;
+pub use options::{PushConfig, SimOptions};
 pub use sandbox::{Sandbox, SandboxInfo, TrustMode};
+pub(crate) use shared::ResetConnection;
+pub use shared::Shared;
 pub use state::{AckLatency, Counters, Delivery, Member, SyncCall, Transaction};
-
-/// Behaviour switches, several of them for `\[INFERRED\]` WeChat behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SimOptions {
-    /// Reject points sync for members not `AUTHORIZED` (400 `INVALID_REQUEST`). \[INFERRED\]
-    pub require_authorized: bool,
-    /// Reject a second points sync for a transaction with a different body. \[INFERRED\]: default accepts and counts it.
-    pub reject_conflicting: bool,
-    /// Answer commit_status with an empty 204 instead of 200 JSON (as some mirrors describe).
-    pub commit_status_204: bool,
-    /// Sign answers with a key that does not match the trusted certificate/public key.
-    pub sign_with_wrong_key: bool,
-    /// Status for points sync of an unknown transaction: 404 `RESOURCE_NOT_EXISTS` or 400 `PARAM_ERROR`. \[INFERRED\]
-    pub unknown_transaction_status: u16,
-    /// Body characters kept in `truncated_sign_message`.
-    pub truncate_body_chars: usize,
-}
-
-impl Default for SimOptions {
-    fn default() -> Self {
-        Self {
-            require_authorized: true,
-            reject_conflicting: false,
-            commit_status_204: false,
-            sign_with_wrong_key: false,
-            unknown_transaction_status: 404,
-            truncate_body_chars: 10,
-        }
-    }
-}
-
-impl SimOptions {
-    pub(crate) fn unknown_transaction(&self) -> (http::StatusCode, &'static str) {
-        if self.unknown_transaction_status == 400 {
-            (http::StatusCode::BAD_REQUEST, "PARAM_ERROR")
-        } else {
-            (http::StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS")
-        }
-    }
-}
 
 /// Everything the simulator starts with.
 #[derive(Debug, Clone)]
@@ -120,60 +82,6 @@ impl SimConfig {
         }
     }
 }
-
-/// State shared by the server, the pusher and the control API.
-#[derive(Debug)]
-pub struct Shared {
-    pub(crate) sandbox: Sandbox,
-    pub(crate) state: Mutex<state::State>,
-    pub(crate) faults: Mutex<faults::Faults>,
-    pub(crate) options: Mutex<SimOptions>,
-    pub(crate) push: Mutex<PushConfig>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) rng: Mutex<rand::rngs::StdRng>,
-    pub(crate) wrong_key: Arc<PrivateKey>,
-    pub(crate) signer: CallbackSigner,
-    pub(crate) http: reqwest::Client,
-    pub(crate) pending: AtomicUsize,
-    pub(crate) settled: Notify,
-}
-
-impl Shared {
-    pub(crate) fn opts(&self) -> SimOptions {
-        self.options
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-    /// The current push settings.
-    pub fn push_config(&self) -> PushConfig {
-        self.push.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    pub(crate) fn roll(&self) -> f64 {
-        self.rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .random::<f64>()
-    }
-    pub(crate) fn reset(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // ids keep counting: WeChat never issues a transaction or refund id twice
-        let seq = s.seq;
-        *s = state::State {
-            seq,
-            ..state::State::default()
-        };
-        drop(s);
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(FaultConfig::default());
-    }
-}
-
-/// Marks a response whose connection must be closed without answering.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ResetConnection;
 
 /// A running simulator. Dropping it stops the server.
 #[derive(Debug)]
@@ -262,7 +170,7 @@ impl Simulator {
 
     /// Creates a member.
     pub fn add_member(&self, m: NewMember) -> Result<Member, ControlError> {
-        self.shared.add_member(m)
+        control::add_member(&self.shared, m)
     }
     /// Authorizes (pushing the callback when `push`) or revokes a member.
     pub fn set_authorization(
@@ -271,15 +179,15 @@ impl Simulator {
         authorized: bool,
         push: bool,
     ) -> Result<Member, ControlError> {
-        self.shared.set_authorization(openid, authorized, push)
+        control::set_authorization(&self.shared, openid, authorized, push)
     }
     /// Creates a payment (and pushes its callback).
     pub fn pay(&self, p: NewPayment) -> Result<Transaction, ControlError> {
-        self.shared.pay(p)
+        control::pay(&self.shared, p)
     }
     /// Re-pushes a payment under a new id with `commit_tag`.
     pub fn manual_apply(&self, transaction_id: &str) -> Result<String, ControlError> {
-        self.shared.manual_apply(transaction_id)
+        control::manual_apply(&self.shared, transaction_id)
     }
     /// Refunds (part of) a payment.
     pub fn refund(
@@ -287,11 +195,11 @@ impl Simulator {
         transaction_id: &str,
         amount: i64,
     ) -> Result<(String, String), ControlError> {
-        self.shared.refund(transaction_id, amount)
+        control::refund(&self.shared, transaction_id, amount)
     }
     /// Generates a stream of payments.
     pub async fn generate(&self, spec: GenerateSpec) -> Result<Vec<Transaction>, ControlError> {
-        self.shared.generate(spec).await
+        control::generate(&self.shared, spec).await
     }
     /// Every points-notify call received.
     pub fn syncs(&self) -> Vec<SyncCall> {

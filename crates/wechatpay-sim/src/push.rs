@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use wechatpay::notify::Event;
 use wechatpay::testing::CallbackSpec;
 
-use crate::Shared;
+use crate::options::PushConfig;
+use crate::shared::Shared;
 use crate::state::Delivery;
 
 /// Payments and refunds: re-sent after 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h.
@@ -19,39 +19,6 @@ pub const PAYMENT_SCHEDULE: [u64; 15] = [
 ];
 /// Authorizations: re-sent for about 5 minutes.
 pub const AUTH_SCHEDULE: [u64; 10] = [1, 10, 10, 10, 10, 10, 60, 60, 60, 60];
-
-/// Where and how callbacks are pushed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushConfig {
-    /// Consumption callback URL (payments, refunds). `None`: nothing is pushed.
-    pub notify_url: Option<String>,
-    /// Authorization callback URL; defaults to `notify_url`.
-    #[serde(default)]
-    pub auth_notify_url: Option<String>,
-    /// Multiplies every retry interval (1.0 = real time; 0.001 turns 15 s into 15 ms).
-    pub time_scale: f64,
-    /// Probability of delivering an acknowledged callback once more (same notification id).
-    #[serde(default)]
-    pub duplicate_rate: f64,
-    /// Probability of sending a `WECHATPAY/SIGNTEST/` probe before a callback.
-    #[serde(default)]
-    pub probe_rate: f64,
-    /// How long WeChat waits for an answer (5 s).
-    pub timeout_ms: u64,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        Self {
-            notify_url: None,
-            auth_notify_url: None,
-            time_scale: 1.0,
-            duplicate_rate: 0.0,
-            probe_rate: 0.0,
-            timeout_ms: 5000,
-        }
-    }
-}
 
 /// Pushes `event` under a new notification id; returns the id.
 pub(crate) fn push(sim: &Arc<Shared>, event: Event, key: String) -> String {

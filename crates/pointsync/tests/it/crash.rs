@@ -226,7 +226,8 @@ async fn repeated_kill_9_at_random_moments_during_bursts_converges() {
             refund_share: 0.2,
             manual_share: 0.1,
         };
-        let generator = tokio::spawn(async move { shared.generate(spec).await });
+        let generator =
+            tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
         for _ in 0..rng.random_range(1..=2) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
             child.kill().unwrap();
