@@ -14,68 +14,14 @@ use wechatpay::testing::{rfc3339, sign_response};
 use crate::faults::{Endpoint, FaultKind, HANG};
 use crate::sandbox::TrustMode;
 use crate::shared::{ResetConnection, Shared};
+
+mod reply;
+
 use crate::state::SyncCall;
+use reply::Reply;
 
 /// The largest request body read.
 const MAX_BODY: usize = 1 << 20;
-
-/// An answer before signing.
-pub(crate) struct Reply {
-    status: StatusCode,
-    body: Vec<u8>,
-    signed: bool,
-}
-
-impl Reply {
-    fn error(status: StatusCode, code: &str, message: &str, detail: Option<Value>) -> Self {
-        let mut v = json!({"code": code, "message": message});
-        if let Some(d) = detail {
-            v["detail"] = d;
-        }
-        Self {
-            status,
-            body: v.to_string().into_bytes(),
-            signed: true,
-        }
-    }
-    /// A JSON error from WeChat's gateway, unsigned (429, 500).
-    fn unsigned(status: StatusCode, code: &str, message: &str) -> Self {
-        Self {
-            signed: false,
-            ..Self::error(status, code, message, None)
-        }
-    }
-    fn param(field: &str, issue: impl Into<String>) -> Self {
-        let issue = issue.into();
-        Self::error(
-            StatusCode::BAD_REQUEST,
-            "PARAM_ERROR",
-            &format!("参数错误: {field} {issue}"),
-            Some(json!({"field": format!("/{field}"), "issue": issue, "location": "body"})),
-        )
-    }
-    fn no_content() -> Self {
-        Self {
-            status: StatusCode::NO_CONTENT,
-            body: Vec::new(),
-            signed: true,
-        }
-    }
-    fn json(v: Value) -> Self {
-        Self {
-            status: StatusCode::OK,
-            body: v.to_string().into_bytes(),
-            signed: true,
-        }
-    }
-    fn gateway(status: StatusCode) -> Self {
-        Self {
-            status,
-            body: format!("<html><body>{status}</body></html>").into_bytes(),
-            signed: false,
-        }
-    }
-}
 
 fn classify(method: &Method, path: &str) -> Option<Endpoint> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
