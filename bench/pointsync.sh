@@ -5,14 +5,17 @@
 # the service's CPU µs per transaction against its crypto floor: 1 RSA sign + 2 verifies from
 # `openssl speed` in the same run), then peak RSS with 1,000,000 transactions stored.
 # Usage: bash bench/pointsync.sh [MAX_PAYMENTS] [STORED]     (defaults 20000 and 1000000)
+# POINTSYNC_BIN and SIM_BIN run other builds (an A/B against an older commit built apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX=${1:-20000}
 STORED=${2:-1000000}
-cargo build --release -q -p wechatpay-sim --bin wechatpay-sim
-cargo build --release -q -p pointsync
+if [ -z "${POINTSYNC_BIN:-}" ]; then cargo build --release -q -p pointsync; fi
+if [ -z "${SIM_BIN:-}" ]; then cargo build --release -q -p wechatpay-sim --bin wechatpay-sim; fi
+POINTSYNC_BIN=${POINTSYNC_BIN:-./target/release/pointsync}
+SIM_BIN=${SIM_BIN:-./target/release/wechatpay-sim}
 WORK=$(mktemp -d); SB=$WORK/sandbox
-./target/release/wechatpay-sim init "$SB" >/dev/null
+"$SIM_BIN" init "$SB" >/dev/null
 port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 PUB=$(port); ADM=$(port); SIMP=$(port)
 SIM_URL=http://127.0.0.1:$SIMP
@@ -41,12 +44,12 @@ points_per_yuan = 1.0
 TOML
 
 start_service() {
-  ./target/release/pointsync serve --config "$WORK/pointsync.toml" >/dev/null 2>"$WORK/pointsync.log" &
+  "$POINTSYNC_BIN" serve --config "$WORK/pointsync.toml" >/dev/null 2>"$WORK/pointsync.log" &
   SVC=$!; PIDS+=($SVC)
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && return; sleep 0.05; done
   echo "pointsync did not start"; cat "$WORK/pointsync.log"; exit 1
 }
-./target/release/wechatpay-sim serve "$SB" --listen "127.0.0.1:$SIMP" --notify-url "http://127.0.0.1:$PUB/wechatpay/notify" --time-scale 0.01 >/dev/null 2>&1 &
+"$SIM_BIN" serve "$SB" --listen "127.0.0.1:$SIMP" --notify-url "http://127.0.0.1:$PUB/wechatpay/notify" --time-scale 0.01 >/dev/null 2>&1 &
 SIMPID=$!; PIDS+=($SIMPID)
 for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sleep 0.05; done
 start_service

@@ -285,6 +285,25 @@ impl Config {
         if d.concurrency == 0 || d.batch <= 0 || d.lease_ms <= 0 {
             return Err("keys `dispatcher.concurrency`, `dispatcher.batch`, `dispatcher.lease_ms` must be positive".into());
         }
+        // a claimed row must never outlive its lease before it is sent or answered
+        let timeout = i64::try_from(self.wechatpay.timeout_ms).unwrap_or(i64::MAX);
+        if timeout >= d.lease_ms {
+            return Err(format!(
+                "key `wechatpay.timeout_ms` ({timeout} ms) must be shorter than \
+                 `dispatcher.lease_ms` ({} ms): a request still waiting for WeChat when its lease \
+                 ends would be taken over and sent again",
+                d.lease_ms
+            ));
+        }
+        let round_ms = d.concurrency as f64 / d.qps * 1000.0;
+        if round_ms >= d.lease_ms as f64 {
+            return Err(format!(
+                "keys `dispatcher.concurrency` ({}) and `dispatcher.qps` ({}): sending a full round \
+                 takes {round_ms:.0} ms at that rate, not under `dispatcher.lease_ms` ({} ms); lower \
+                 the concurrency or raise the lease",
+                d.concurrency, d.qps, d.lease_ms
+            ));
+        }
         if d.backoff_base_ms <= 0 || d.backoff_cap_ms < d.backoff_base_ms {
             return Err("key `dispatcher.backoff_cap_ms` must be at least `dispatcher.backoff_base_ms` (> 0)".into());
         }

@@ -151,6 +151,7 @@ apiv3_key_file = "{apiv3}"
 trust = [{trust}]
 base_url = "{base_url}"
 backup_url = ""
+timeout_ms = 5000
 
 [dispatcher]
 qps = 500

@@ -1,4 +1,5 @@
-//! The outgoing rate limit: a token bucket.
+//! The outgoing rate limit: a token bucket. The dispatcher takes a token for each row *before*
+//! claiming it, so a claimed row never waits for the rate limit while its lease runs.
 
 use std::time::{Duration, Instant};
 
@@ -20,18 +21,55 @@ impl TokenBucket {
         }
     }
 
-    /// Waits for a token.
+    fn capacity(&self) -> f64 {
+        self.qps.max(1.0)
+    }
+
+    fn refill(&self, s: &mut (f64, Instant)) {
+        let now = monotonic();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.capacity());
+        s.1 = now;
+    }
+
+    /// Waits for a token and takes it.
     pub async fn acquire(&self) {
-        let mut s = self.state.lock().await;
         loop {
-            let now = monotonic();
-            s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.qps.max(1.0));
-            s.1 = now;
-            if s.0 >= 1.0 {
-                s.0 -= 1.0;
+            if self.take_up_to(1).await == 1 {
                 return;
             }
-            tokio::time::sleep(Duration::from_secs_f64((1.0 - s.0) / self.qps)).await;
+            self.ready().await;
+        }
+    }
+
+    /// Takes up to `n` tokens available now, without waiting; returns how many were taken.
+    pub async fn take_up_to(&self, n: usize) -> usize {
+        let mut s = self.state.lock().await;
+        self.refill(&mut s);
+        let k = (s.0.floor().max(0.0) as usize).min(n);
+        s.0 -= k as f64;
+        k
+    }
+
+    /// Returns tokens taken but not used.
+    pub async fn give_back(&self, k: usize) {
+        if k > 0 {
+            let mut s = self.state.lock().await;
+            s.0 = (s.0 + k as f64).min(self.capacity());
+        }
+    }
+
+    /// Waits until at least one token is available (without taking it).
+    pub async fn ready(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().await;
+                self.refill(&mut s);
+                if s.0 >= 1.0 {
+                    return;
+                }
+                (1.0 - s.0) / self.qps
+            };
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
         }
     }
 }

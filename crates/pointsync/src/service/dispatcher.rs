@@ -66,14 +66,44 @@ impl<S: Store> Dispatcher<S> {
         &self.owner
     }
 
+    /// Sends the stored request, renewing the lease while it is in flight so a slow answer is
+    /// never taken over and sent again. The caller claimed the row with a rate token in hand.
+    async fn send(&self, c: &Claimed) -> Result<wechatpay::Response, wechatpay::Error> {
+        let req = stored_request(c);
+        let send = self.client.execute(&req);
+        tokio::pin!(send);
+        let every = Duration::from_millis((self.cfg.lease_ms / 3).max(1) as u64);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::from_std(monotonic()) + every, every);
+        loop {
+            tokio::select! {
+                r = &mut send => return r,
+                _ = renew.tick() => {
+                    let until = self.clock.now_ms() + self.cfg.lease_ms;
+                    match self.store.renew(c, &self.owner, until).await {
+                        Ok(true) => self.metrics.syncs.with_label_values(&["renewed"]).inc(),
+                        Ok(false) => tracing::warn!(
+                            transaction_id = c.transaction_id,
+                            attempt = c.attempt,
+                            "lease lost while the request is in flight (taken over after expiry)"
+                        ),
+                        Err(e) => tracing::warn!(
+                            transaction_id = c.transaction_id,
+                            "cannot renew the lease of an in-flight sync: {e}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
     async fn send_one(self: Arc<Self>, c: Claimed) {
         let outcome = if self.policy.expired(self.clock.now_ms() - c.created_at) {
             self.policy.dead()
         } else {
-            self.bucket.acquire().await;
             crate::crash::point("before_send");
             let started = monotonic();
-            let result = self.client.execute(&stored_request(&c)).await;
+            let result = self.send(&c).await;
             self.metrics
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -152,16 +182,34 @@ impl<S: Store> Dispatcher<S> {
         });
     }
 
-    async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, StoreError> {
-        self.store
-            .claim(&self.owner, self.clock.now_ms(), self.cfg.lease_ms, limit)
-            .await
+    /// Claims at most `limit` due rows, only as many as there are rate tokens for now: a claimed
+    /// row is sent at once, so its lease never runs while it waits for the rate limit. Returns the
+    /// rows and whether the rate limit (not the backlog) stopped the claim.
+    async fn claim(&self, limit: i64) -> Result<(Vec<Claimed>, bool), StoreError> {
+        let tokens = self.bucket.take_up_to(limit.max(0) as usize).await;
+        if tokens == 0 {
+            return Ok((Vec::new(), true));
+        }
+        let rows = self
+            .store
+            .claim(
+                &self.owner,
+                self.clock.now_ms(),
+                self.cfg.lease_ms,
+                tokens as i64,
+            )
+            .await;
+        let used = rows.as_ref().map_or(0, Vec::len);
+        self.bucket.give_back(tokens - used).await;
+        let starved = used == tokens && (tokens as i64) < limit;
+        rows.map(|r| (r, starved))
     }
 
-    /// One round: claim due rows and send them, at most `concurrency` at once. Returns how many
-    /// were claimed.
+    /// One round: claim due rows (as many as the rate allows now) and send them, at most
+    /// `concurrency` at once. Returns how many were claimed.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let claimed = self.claim(self.cfg.batch).await?;
+        self.bucket.ready().await;
+        let (claimed, _) = self.claim(self.cfg.batch).await?;
         let n = claimed.len();
         let permits = Arc::new(Semaphore::new(self.cfg.concurrency));
         let mut tasks = JoinSet::new();
@@ -184,11 +232,13 @@ impl<S: Store> Dispatcher<S> {
             }
             while tasks.try_join_next().is_some() {}
             let free = permits.available_permits() as i64;
-            let mut claimed = 0;
-            if free > 0 {
-                match self.claim(free.min(self.cfg.batch)).await {
-                    Ok(rows) => {
+            let want = free.min(self.cfg.batch);
+            let (mut claimed, mut starved) = (0, false);
+            if want > 0 {
+                match self.claim(want).await {
+                    Ok((rows, rate_limited)) => {
                         claimed = rows.len() as i64;
+                        starved = rate_limited;
                         for c in rows {
                             self.spawn_send(&mut tasks, &permits, c).await;
                         }
@@ -196,7 +246,15 @@ impl<S: Store> Dispatcher<S> {
                     Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),
                 }
             }
-            if claimed > 0 && claimed == free.min(self.cfg.batch) {
+            if starved {
+                // more may be due than the rate allows now: claim again when a token is there
+                tokio::select! {
+                    _ = self.bucket.ready() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            if claimed > 0 && claimed == want {
                 // probably more due: claim again as soon as a slot frees
                 tokio::select! {
                     _ = tasks.join_next() => {}

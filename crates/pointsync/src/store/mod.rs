@@ -369,6 +369,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         outcome: &SyncOutcome,
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Extends the lease of `c` to `until_ms` while its request is in flight, if that attempt
+    /// still owns the row; returns whether it did.
+    fn renew(
+        &self,
+        c: &Claimed,
+        owner: &str,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Returns an owner's in-flight rows to pending (graceful shutdown).
     fn release(&self, owner: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Returns expired leases to pending.

@@ -423,3 +423,38 @@ fn serve_names_the_listener_key_it_cannot_bind() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_lease_that_a_claimed_row_can_outlive_is_refused_naming_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    // (overrides, keys the error must name)
+    let cases: [(Env, &[&str]); 2] = [
+        (
+            &[("POINTSYNC__WECHATPAY__TIMEOUT_MS", "10000")],
+            &["wechatpay.timeout_ms", "dispatcher.lease_ms"],
+        ),
+        (
+            &[
+                ("POINTSYNC__DISPATCHER__QPS", "1"),
+                ("POINTSYNC__DISPATCHER__CONCURRENCY", "16"),
+                ("POINTSYNC__DISPATCHER__LEASE_MS", "5000"),
+                ("POINTSYNC__WECHATPAY__TIMEOUT_MS", "3000"),
+            ],
+            &[
+                "dispatcher.concurrency",
+                "dispatcher.qps",
+                "dispatcher.lease_ms",
+            ],
+        ),
+    ];
+    for (env, keys) in cases {
+        let o = pointsync(&["status", "--config", &config], env);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{env:?} accepted");
+        for k in keys {
+            assert!(e.contains(k), "{env:?}: {e}");
+        }
+    }
+}

@@ -22,7 +22,7 @@ pub trait Backend {
 #[macro_export]
 macro_rules! contract_suite {
     ($backend:ty) => {
-        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance);
+        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance, a_renewed_lease_is_not_rescued_and_renewal_is_fenced);
     };
     (@ $backend:ty: $($name:ident),* $(,)?) => {
         $(
@@ -490,4 +490,40 @@ pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balan
         assert_eq!(m.balance, m.entries.iter().map(|e| e.points).sum::<i64>());
         assert!(s.audit().await.unwrap().unbalanced_members.is_empty());
     }
+}
+
+pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() {
+    let (_d, s) = B::fresh().await;
+    let rules = Rules::default();
+    s.ingest(&payment("T1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let a = s.claim("A", T0, 1_000, 10).await.unwrap().remove(0);
+    // A's request is still in flight at T0 + 900: it renews to T0 + 1_900
+    assert!(s.renew(&a, "A", T0 + 1_900).await.unwrap());
+    assert_eq!(
+        s.rescue(T0 + 1_500).await.unwrap(),
+        0,
+        "a renewed lease is kept"
+    );
+    assert_eq!(s.rescue(T0 + 2_000).await.unwrap(), 1, "…until it expires");
+    // B takes over; A's late renewal and completion are both fenced out
+    let b = s.claim("B", T0 + 2_000, 1_000, 10).await.unwrap().remove(0);
+    assert_eq!(b.attempt, 2);
+    assert!(!s.renew(&a, "A", T0 + 3_000).await.unwrap());
+    assert!(
+        !s.complete(&a, "A", &SyncOutcome::Done, T0 + 2_100)
+            .await
+            .unwrap()
+    );
+    assert!(s.renew(&b, "B", T0 + 3_500).await.unwrap());
+    assert!(
+        s.complete(&b, "B", &SyncOutcome::Done, T0 + 2_200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew(&b, "B", T0 + 4_000).await.unwrap(),
+        "a done row is not renewed"
+    );
 }

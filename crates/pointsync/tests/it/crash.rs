@@ -72,6 +72,7 @@ impl Rig {
             .env("POINTSYNC__SERVICE__PUBLIC_LISTEN", &self.public)
             .env("POINTSYNC__SERVICE__ADMIN_LISTEN", &self.admin)
             .env("POINTSYNC__DISPATCHER__LEASE_MS", "1000")
+            .env("POINTSYNC__WECHATPAY__TIMEOUT_MS", "800")
             .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
             .env("RUST_LOG", "error")
             .env_remove(pointsync::crash::ENV)

@@ -43,6 +43,16 @@ pub fn config(dir: &Path, sandbox: &Sandbox, base_url: &str, overrides: &[(&str,
 
 impl Harness {
     pub async fn start(push: PushConfig, overrides: &[(&str, &str)]) -> Self {
+        Self::start_with(push, overrides, |_| {}).await
+    }
+
+    /// Starts with the config changed by `tweak` after it was loaded: settings the config
+    /// validation would refuse, to prove the service holds even then.
+    pub async fn start_with(
+        push: PushConfig,
+        overrides: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::init(&dir.path().join("sandbox"), TrustMode::Cert).unwrap();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -57,7 +67,8 @@ impl Harness {
         })
         .await
         .unwrap();
-        let config = config(dir.path(), &sandbox, &sim.base_url(), overrides);
+        let mut config = config(dir.path(), &sandbox, &sim.base_url(), overrides);
+        tweak(&mut config);
         let store = SqliteStore::open_path(
             config.service.database.sqlite_path().unwrap(),
             Duration::from_secs(2),

@@ -411,6 +411,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew(&self, cl: &Claimed, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+        let (cl, owner) = (cl.clone(), owner.to_string());
+        self.submit(
+            move |c| write::renew(c, &cl, &owner, until_ms),
+            "renewing a lease",
+        )
+        .await
+    }
+
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let owner = owner.to_string();
         self.submit(move |c| write::release(c, &owner), "releasing leases")

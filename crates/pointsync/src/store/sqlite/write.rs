@@ -292,6 +292,20 @@ pub(super) fn complete(
     Ok(n == 1)
 }
 
+pub(super) fn renew(
+    c: &Connection,
+    cl: &Claimed,
+    owner: &str,
+    until_ms: i64,
+) -> rusqlite::Result<bool> {
+    let n = exec(
+        c,
+        "UPDATE outbox SET lease_until = ? WHERE id = ? AND state = 'inflight' AND lease_owner = ? AND attempts = ?",
+        params![until_ms, cl.id, owner, cl.attempt],
+    )?;
+    Ok(n == 1)
+}
+
 pub(super) fn retry_parked(c: &Connection, ids: &[i64], now_ms: i64) -> rusqlite::Result<u64> {
     if ids.is_empty() {
         return Ok(exec(
