@@ -1,10 +1,9 @@
 //! `GET /v3/businesscircle/user-authorizations/{openid}`.
 
-use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{AuthorizeState, check_opt, check_string};
+use super::{AuthorizeState, check_member_query, member_get};
 use crate::error::{Error, ValidationError};
 use crate::request::{ApiRequest, RawRequest, Response};
 
@@ -33,23 +32,16 @@ impl UserAuthorizationQuery {
     }
     /// Checks the fields.
     pub fn validate(&self, openid: &str) -> Result<(), ValidationError> {
-        check_string("openid", openid, 1, 64)?;
-        check_string("appid", &self.appid, 1, 128)?;
-        check_opt("sub_mchid", &self.sub_mchid, 64)
+        check_member_query(openid, &self.appid, &self.sub_mchid)
     }
     pub(super) fn to_request(&self, openid: &str) -> Result<RawRequest, Error> {
         self.validate(openid)?;
-        let mut q = Vec::new();
-        if let Some(s) = &self.sub_mchid {
-            q.push(("sub_mchid".to_string(), s.clone()));
-        }
-        q.push(("appid".to_string(), self.appid.clone()));
-        let path = crate::chain::render_path(
+        member_get(
             "/v3/businesscircle/user-authorizations/{openid}",
-            &[("openid".to_string(), openid.to_string())],
-            &q,
-        )?;
-        Ok(RawRequest::new(Method::GET, path, bytes::Bytes::new()))
+            openid,
+            &self.sub_mchid,
+            &[("appid", self.appid.clone())],
+        )
     }
 }
 

@@ -22,7 +22,39 @@ pub use commit_status::{CommitStatus, CommitStatusQuery, CommitStatusRequest};
 pub use parkings::{PARKINGS_PATH, ParkingRequest};
 pub use points::{POINTS_NOTIFY_PATH, PointsNotifyRequest};
 
-use crate::error::ValidationError;
+use http::Method;
+
+use crate::error::{Error, ValidationError};
+use crate::request::RawRequest;
+
+/// The fields every per-member query checks: the openid in the path, appid and `sub_mchid`.
+pub(crate) fn check_member_query(
+    openid: &str,
+    appid: &str,
+    sub_mchid: &Option<String>,
+) -> Result<(), ValidationError> {
+    check_string("openid", openid, 1, 64)?;
+    check_string("appid", appid, 1, 128)?;
+    check_opt("sub_mchid", sub_mchid, 64)
+}
+
+/// A GET of `template` (with `{openid}`) for one member; `sub_mchid` first in the query when set,
+/// then `query` in order.
+pub(crate) fn member_get(
+    template: &str,
+    openid: &str,
+    sub_mchid: &Option<String>,
+    query: &[(&str, String)],
+) -> Result<RawRequest, Error> {
+    let q: Vec<(String, String)> = sub_mchid
+        .iter()
+        .map(|s| ("sub_mchid".to_string(), s.clone()))
+        .chain(query.iter().map(|(k, v)| (k.to_string(), v.clone())))
+        .collect();
+    let path =
+        crate::chain::render_path(template, &[("openid".to_string(), openid.to_string())], &q)?;
+    Ok(RawRequest::new(Method::GET, path, bytes::Bytes::new()))
+}
 
 // Validation helpers (WeChat: strings are UTF-8 of 1–3-byte characters; times are RFC 3339).
 
