@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -42,15 +43,41 @@ pub struct Receiver<S> {
 async fn callback<S: Store>(
     State(r): State<Arc<Receiver<S>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = monotonic();
-    let abandoned = Abandoned(Some(&r.metrics));
     let request_id = headers
         .get("request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            // an oversize body (over service.body_limit) or one that could not be read
+            let status = rejection.status();
+            let cause = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable_body"
+            };
+            r.metrics
+                .callbacks
+                .with_label_values(&["verification_failed"])
+                .inc();
+            r.metrics
+                .verification_failures
+                .with_label_values(&[cause])
+                .inc();
+            tracing::warn!(
+                cause,
+                request_id,
+                "callback rejected: {}",
+                rejection.body_text()
+            );
+            return answer::failure(status, &rejection.body_text()).into_response();
+        }
+    };
     let n = match r.parser.verify(&headers, &body) {
         Ok(n) => n,
         Err(e) => {
@@ -72,6 +99,8 @@ async fn callback<S: Store>(
         partner_mode: r.partner_mode,
         now_ms: r.clock.now_ms(),
     };
+    // from here on the handler awaits the store: if WeChat hangs up, the drop is counted
+    let abandoned = Abandoned(Some(&r.metrics));
     let outcome = tokio::time::timeout(r.handler_timeout, r.store.ingest(&incoming, &ctx)).await;
     let (status, label) = match &outcome {
         Ok(Ok(i)) => {

@@ -191,6 +191,7 @@ async fn verification_failures_get_4xx_store_nothing_and_are_counted() {
         "missing_header",
         "unknown_serial",
         "probe",
+        "too_large",
     ] {
         assert_eq!(
             h.metric("pointsync_verification_failures_total", cause),
@@ -198,6 +199,12 @@ async fn verification_failures_get_4xx_store_nothing_and_are_counted() {
             "{cause}"
         );
     }
+    // rejected callbacks are refused, not abandoned: nobody hung up
+    assert_eq!(
+        h.metric("pointsync_callbacks_total", "verification_failed"),
+        6.0
+    );
+    assert_eq!(h.metric("pointsync_callbacks_total", "abandoned"), 0.0);
     assert_eq!(
         // well inside the window (the exact 299/300/301 s edges are tested with a fixed clock in
         // the SDK; here the service reads the real clock, which may tick between build and check)
@@ -684,4 +691,30 @@ async fn a_wechat_slower_than_the_lease_keeps_its_lease_while_the_request_is_in_
     assert_eq!(h.metric("pointsync_syncs_total", "rescued"), 0.0);
     assert!(h.metric("pointsync_syncs_total", "renewed") >= 1.0);
     assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn a_config_aimed_at_a_test_server_never_fails_over_to_wechat() {
+    let h = Harness::start(fast_push(), &[]).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    // `base_url` set to a test server that is down, no `backup_url` key at all
+    let mut config = h.config.clone();
+    config.wechatpay.base_url = Some(dead_url.clone());
+    config.wechatpay.backup_url = None;
+    let client = config.client().unwrap();
+    let req = wechatpay::RawRequest::new(
+        http::Method::POST,
+        wechatpay::businesscircle::POINTS_NOTIFY_PATH,
+        b"{}".to_vec(),
+    );
+    match client.execute(&req).await {
+        Err(wechatpay::Error::Transport { url, .. }) => assert!(
+            url.starts_with(&dead_url),
+            "only the configured server was tried, never WeChat's backup: {url}"
+        ),
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert!(!client.on_backup());
 }
