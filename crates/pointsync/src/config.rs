@@ -325,6 +325,30 @@ impl Config {
         Ok(())
     }
 
+    /// The secret files (merchant private key, APIv3 key) that users other than the owner can
+    /// read, each with a sentence saying so and how to fix it.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        #[cfg(unix)]
+        for (key, path) in [
+            ("wechatpay.private_key", &self.wechatpay.private_key),
+            ("wechatpay.apiv3_key_file", &self.wechatpay.apiv3_key_file),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(path) {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "key `{key}`: {} has mode {mode:o} and is readable by other users; \
+                         make it readable by the service's user only (chmod 600)",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Builds the SDK client; errors name the key.
     pub fn client(&self) -> Result<wechatpay::Client, ConfigError> {
         let w = &self.wechatpay;

@@ -243,6 +243,14 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
         Command::Demo { .. } => anyhow::bail!("the demo has no config"),
         Command::Serve { .. } => {
             init_logs(config.service.log_format == "json");
+            for warning in config.exposed_secrets() {
+                tracing::warn!("{warning}");
+            }
+            // keys and settings are checked before any database is created or migrated
+            config
+                .client()?
+                .notify_parser()
+                .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?;
             let store = S::open(db, &config.service.open_options()).await?;
             let public = bind(config.service.public_listen, "service.public_listen").await?;
             let admin = bind(config.service.admin_listen, "service.admin_listen").await?;

@@ -149,12 +149,32 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// Creates `dir` (and its parents) readable by the owner only (0700).
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes a file readable by the owner only (0600): every file of a sandbox, the private keys and
+/// the APIv3 key among them, is written this way.
 fn write(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        create_private_dir(parent)?;
     }
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -216,7 +236,7 @@ impl Sandbox {
                 dir.display()
             );
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        create_private_dir(dir)?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;

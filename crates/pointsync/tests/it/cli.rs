@@ -458,3 +458,67 @@ fn a_lease_that_a_claimed_row_can_outlive_is_refused_naming_the_keys() {
         }
     }
 }
+
+#[test]
+fn serve_warns_about_secret_files_other_users_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let key = dir.path().join("sandbox/merchant/apiclient_key.pem");
+    let apiv3 = dir.path().join("sandbox/apiv3.key");
+    for f in [&key, &apiv3] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // a taken port makes serve stop right after its start-up checks
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let serve = || {
+        pointsync(
+            &["serve", "--config", &config],
+            &[
+                ("POINTSYNC__SERVICE__PUBLIC_LISTEN", taken.as_str()),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+    };
+    let o = serve();
+    let err = stderr(&o);
+    for (k, f) in [
+        ("wechatpay.private_key", &key),
+        ("wechatpay.apiv3_key_file", &apiv3),
+    ] {
+        assert!(
+            err.contains(k) && err.contains(&f.display().to_string()) && err.contains("chmod 600"),
+            "{k}: {err}"
+        );
+    }
+    // owner-only files: no warning
+    for f in [&key, &apiv3] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let o = serve();
+    assert!(!o.status.success(), "the port is still taken");
+    assert!(
+        !stderr(&o).contains("readable by other users"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn serve_checks_keys_before_creating_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    std::fs::remove_file(dir.path().join("sandbox/merchant/apiclient_key.pem")).unwrap();
+    let o = serve(&config, "127.0.0.1:0");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("wechatpay.private_key"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !dir.path().join("pointsync.db").exists(),
+        "no database is created for a config that cannot serve"
+    );
+}

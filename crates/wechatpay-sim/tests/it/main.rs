@@ -279,7 +279,21 @@ fn init_writes_a_complete_sandbox() {
         "apiv3.key",
         "wxpay.env",
     ] {
-        assert!(dir.path().join("sb").join(f).exists(), "{f}");
+        let path = dir.path().join("sb").join(f);
+        assert!(path.exists(), "{f}");
+        // keys and the APIv3 key are secrets: readable by the owner only
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} has mode {mode:o}");
+    }
+    for d in ["", "merchant", "wechat"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("sb").join(d))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "folder sb/{d} has mode {mode:o}");
     }
     let env = std::fs::read_to_string(dir.path().join("sb/wxpay.env")).unwrap();
     assert!(env.contains(&format!("WECHATPAY_MCHID={}", sb.info.mchid)));
