@@ -18,6 +18,9 @@ pub struct Metrics {
     pub syncs: IntCounterVec,
     /// Outbox rows not done (pending, inflight, parked, dead), read from the store at each scrape.
     pub backlog: IntGaugeVec,
+    /// Store failures by operation (ingest, claim, complete, renew, probe) and cause (locked,
+    /// read_only, io, unavailable, …).
+    pub store_errors: IntCounterVec,
     /// Callback handling time (verify + durable commit), seconds.
     pub callback_seconds: Histogram,
     /// Points-notify call time, seconds.
@@ -63,7 +66,19 @@ impl Metrics {
         registry
             .register(Box::new(backlog.clone()))
             .expect("unique metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "pointsync_store_errors_total",
+                "Store failures by operation and cause",
+            ),
+            &["op", "cause"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_errors.clone()))
+            .expect("unique metric");
         Self {
+            store_errors,
             callbacks: counter(
                 "pointsync_callbacks_total",
                 "Callbacks by outcome",
@@ -91,6 +106,11 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Counts a store failure of `op`.
+    pub fn store_error(&self, op: &str, e: &crate::store::StoreError) {
+        self.store_errors.with_label_values(&[op, e.cause()]).inc();
     }
 
     /// The Prometheus text exposition.

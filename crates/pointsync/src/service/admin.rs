@@ -15,10 +15,28 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready means a callback can be durably accepted now: the database answers a read *and* takes a
+/// tiny committed write (a full disk, a read-only file or a lost volume fail the probe).
 async fn readyz<S: Store>(State(r): State<Arc<Receiver<S>>>) -> Response {
-    match r.store.ping().await {
+    let checked = match r.store.ping().await {
+        Ok(()) => r
+            .store
+            .probe_write(r.clock.now_ms())
+            .await
+            .map_err(|e| ("probe", e)),
+        Err(e) => Err(("ping", e)),
+    };
+    match checked {
         Ok(()) => "ready".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")).into_response(),
+        Err((op, e)) => {
+            r.metrics.store_error(op, &e);
+            tracing::warn!(cause = e.cause(), "not ready: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: cannot accept callbacks durably now: {e}"),
+            )
+                .into_response()
+        }
     }
 }
 

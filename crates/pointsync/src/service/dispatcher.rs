@@ -87,10 +87,13 @@ impl<S: Store> Dispatcher<S> {
                             attempt = c.attempt,
                             "lease lost while the request is in flight (taken over after expiry)"
                         ),
-                        Err(e) => tracing::warn!(
-                            transaction_id = c.transaction_id,
-                            "cannot renew the lease of an in-flight sync: {e}"
-                        ),
+                        Err(e) => {
+                            self.metrics.store_error("renew", &e);
+                            tracing::warn!(
+                                transaction_id = c.transaction_id,
+                                "cannot renew the lease of an in-flight sync: {e}"
+                            )
+                        }
                     }
                 }
             }
@@ -156,10 +159,13 @@ impl<S: Store> Dispatcher<S> {
                     "lease was taken over; completion ignored"
                 );
             }
-            Err(e) => tracing::error!(
-                transaction_id = c.transaction_id,
-                "cannot record sync outcome (the lease will expire and the row be retried): {e}"
-            ),
+            Err(e) => {
+                self.metrics.store_error("complete", &e);
+                tracing::error!(
+                    transaction_id = c.transaction_id,
+                    "cannot record sync outcome (the lease will expire and the row be retried): {e}"
+                )
+            }
         }
     }
 
@@ -243,7 +249,10 @@ impl<S: Store> Dispatcher<S> {
                             self.spawn_send(&mut tasks, &permits, c).await;
                         }
                     }
-                    Err(e) => tracing::error!("dispatcher cannot claim work (retrying): {e}"),
+                    Err(e) => {
+                        self.metrics.store_error("claim", &e);
+                        tracing::error!("dispatcher cannot claim work (retrying): {e}")
+                    }
                 }
             }
             if starved {

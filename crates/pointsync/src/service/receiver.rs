@@ -118,6 +118,7 @@ async fn callback<S: Store>(
             (StatusCode::NO_CONTENT, outcome_label(i))
         }
         Ok(Err(e)) => {
+            r.metrics.store_error("ingest", e);
             tracing::error!(
                 notification_id = incoming.notification_id,
                 request_id,

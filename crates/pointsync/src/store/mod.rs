@@ -408,6 +408,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<MemberView>, StoreError>> + Send;
     /// Totals and consistency checks.
     fn audit(&self) -> impl Future<Output = Result<Audit, StoreError>> + Send;
+    /// Whether the database takes a durable write now (a tiny committed write): readiness.
+    fn probe_write(&self, now_ms: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Whether the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -238,7 +238,7 @@ async fn operator_commands_read_the_live_database() {
     assert_eq!(view.balance, 50);
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("schema up to date (3 outbox requests)"),
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (4 health)"),
         "{}",
         stderr(&o)
     );
@@ -249,8 +249,9 @@ async fn operator_commands_read_the_live_database() {
         &[("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap())],
     );
     assert!(
-        String::from_utf8_lossy(&o.stdout)
-            .contains("applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests"),
+        String::from_utf8_lossy(&o.stdout).contains(
+            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health"
+        ),
         "{}",
         stderr(&o)
     );

@@ -521,8 +521,22 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
         assert!(wechatpay::clock::monotonic() < deadline, "no db_error seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // readiness tells the truth: not ready while writes fail, the cause in /metrics
+    let admin = format!("http://{}", h.running().admin_addr);
+    let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("cannot accept callbacks"), "{why}");
+    let metrics = h.running().metrics.render();
+    assert!(
+        metrics.contains("pointsync_store_errors_total{cause=\"io\",op=\"ingest\"}")
+            && metrics.contains("op=\"probe\""),
+        "{metrics}"
+    );
     drop(guard);
     h.quiet(Duration::from_secs(30)).await;
+    let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once writes work");
     let d = h.sim.delivery(&tx2.transaction_id).unwrap();
     assert!(d.delivered && d.attempts >= 2, "{d:?}");
     assert_eq!(

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox requests",
         include_str!("../../../migrations/sqlite/0003_outbox_requests.sql"),
     ),
+    (
+        4,
+        "health",
+        include_str!("../../../migrations/sqlite/0004_health.sql"),
+    ),
 ];
 
 /// The schema version the embedded migrations reach.
@@ -450,6 +455,16 @@ impl Store for SqliteStore {
         self.submit(
             move |c| write::retry_parked(c, &ids, now_ms),
             "re-queueing parked syncs",
+        )
+        .await
+    }
+
+    async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.submit(
+            move |c| {
+                write::exec(c, "UPDATE health SET probed_at = ? WHERE id = 1", [now_ms]).map(|_| ())
+            },
+            "probing writes",
         )
         .await
     }
