@@ -129,6 +129,7 @@ impl Client {
     ) -> Result<(Prepared, StatusCode, HeaderMap, Bytes), Error> {
         let p = self.core.prepare(req)?;
         let mut last = None;
+        let mut earlier = Vec::new();
         for (primary, base) in self.core.endpoints.order() {
             let url = p.url_for(primary, base)?;
             let sent = self
@@ -151,12 +152,18 @@ impl Client {
                 }
                 Err(e) if e.is_connect() => {
                     self.core.endpoints.report(primary, false);
+                    if let Some(Error::Transport { url, cause, .. }) = &last {
+                        earlier.push(format!("{url} ({cause})"));
+                    }
                     last = Some(Pipeline::transport_error(&url, e));
                 }
                 Err(e) => return Err(Pipeline::transport_error(&url, e)),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Request("no endpoint configured".into())))
+        match last {
+            Some(e) => Err(Pipeline::tried_all(e, earlier)),
+            None => Err(Error::Request("no endpoint configured".into())),
+        }
     }
 
     /// `GET /v3/certificates`: downloads, decrypts (APIv3 key) and verifies the platform

@@ -286,10 +286,14 @@ pub enum Error {
     #[error("cannot build request: {0}")]
     Request(String),
     /// The HTTP exchange failed.
-    #[error("transport error calling {url}: {source}{}", if *may_have_reached { " (the request may have reached WeChat Pay)" } else { " (the request did not reach WeChat Pay)" })]
+    #[error("transport error calling {url}: {cause}{}{}", if also_tried.is_empty() { String::new() } else { format!(" (also tried and failed: {})", also_tried.join(", ")) }, if *may_have_reached { " (the request may have reached WeChat Pay)" } else { " (the request did not reach WeChat Pay)" })]
     Transport {
-        /// The URL called.
+        /// The URL called last.
         url: String,
+        /// The real cause, in words (DNS lookup failed, connection refused, TLS failed, timed out).
+        cause: String,
+        /// Earlier endpoints tried for this request that failed to connect (fail-over).
+        also_tried: Vec<String>,
         /// Whether WeChat may have received the request (timeouts after sending: yes; connect errors: no).
         may_have_reached: bool,
         /// The underlying error.

@@ -21,6 +21,35 @@ use crate::sign::RequestSigner;
 use crate::trust::TrustStore;
 use crate::verify::{REQUEST_ID, verify_signature};
 
+/// The real cause of a transport failure, in words: DNS, refused, TLS, timeout or reset.
+pub(crate) fn transport_cause(e: &reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => return "connection refused".into(),
+                ConnectionReset | ConnectionAborted => return "connection reset".into(),
+                TimedOut => return "timed out".into(),
+                _ => {}
+            }
+        }
+        chain.push(c.to_string());
+        cur = c.source();
+    }
+    let all = chain.join(": ").to_ascii_lowercase();
+    if e.is_timeout() || all.contains("timed out") {
+        "timed out".into()
+    } else if all.contains("dns") || all.contains("lookup address") || all.contains("resolve") {
+        "DNS lookup failed".into()
+    } else if all.contains("certificate") || all.contains("tls") || all.contains("handshake") {
+        format!("TLS failed ({})", chain.last().cloned().unwrap_or_default())
+    } else {
+        chain.last().cloned().unwrap_or_else(|| e.to_string())
+    }
+}
+
 /// A request after signing: what goes on the wire.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -203,8 +232,30 @@ impl Pipeline {
         let may_have_reached = !(e.is_connect() || e.is_builder());
         Error::Transport {
             url: url.to_string(),
+            cause: transport_cause(&e),
+            also_tried: Vec::new(),
             may_have_reached,
             source: e,
+        }
+    }
+
+    /// The error of the last endpoint tried, naming the others that failed before it.
+    pub fn tried_all(last: Error, earlier: Vec<String>) -> Error {
+        match last {
+            Error::Transport {
+                url,
+                cause,
+                may_have_reached,
+                source,
+                ..
+            } => Error::Transport {
+                url,
+                cause,
+                also_tried: earlier,
+                may_have_reached,
+                source,
+            },
+            e => e,
         }
     }
 

@@ -128,7 +128,8 @@ fn config<T>(r: Result<T, impl std::fmt::Display>) -> Result<T, Fail> {
 
 fn trust_store(creds: &Creds) -> Result<TrustStore, Fail> {
     let mut t = TrustStore::new();
-    for item in &creds.trust {
+    // `WECHATPAY_TRUST=` (empty) means not set, not a file named ""
+    for item in creds.trust.iter().filter(|t| !t.trim().is_empty()) {
         let (id, path) = match item.split_once('=') {
             Some((id, path)) => (Some(id), path),
             None => (None, item.as_str()),
@@ -242,11 +243,12 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 chain = chain.body(bytes);
             }
             let res = chain.send(method)?;
-            println!("HTTP {}", res.status);
+            // the body alone on stdout (`wxpay GET … | jq`); the exchange's facts on stderr
+            eprintln!("HTTP {}", res.status);
             if let Some(id) = &res.request_id {
-                println!("Request-ID: {id}");
+                eprintln!("Request-ID: {id}");
             }
-            println!("Verified-By: {}", res.verified_by);
+            eprintln!("Verified-By: {}", res.verified_by);
             print_body(&res.body);
             Ok(())
         }

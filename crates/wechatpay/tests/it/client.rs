@@ -402,6 +402,21 @@ async fn a_custom_base_url_has_no_backup_unless_one_is_given() {
         .unwrap();
     authorization(&explicit, &m).await.unwrap();
     assert!(explicit.on_backup());
+    // both down: the error names the real cause and both hosts tried
+    let dead2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead2_url = format!("http://{}", dead2.local_addr().unwrap());
+    drop(dead2);
+    let both = sim
+        .client_builder()
+        .base_url(&dead_url)
+        .backup_url(Some(dead2_url.clone()))
+        .build()
+        .unwrap();
+    let msg = authorization(&both, &m).await.unwrap_err().to_string();
+    assert!(
+        msg.contains(&dead_url) && msg.contains(&dead2_url) && msg.contains("connection refused"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

@@ -38,6 +38,11 @@ impl Env {
     }
     /// Runs wxpay with the sandbox's wxpay.env applied, as a user who sourced it would.
     fn wxpay(&self, args: &[&str]) -> Output {
+        self.wxpay_with(args, &[])
+    }
+
+    /// `wxpay` with the sandbox's environment, then `extra` variables over it.
+    fn wxpay_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
         for line in std::fs::read_to_string(self.sb().join("wxpay.env"))
             .unwrap()
@@ -47,6 +52,7 @@ impl Env {
                 cmd.env(k, v);
             }
         }
+        cmd.envs(extra.iter().copied());
         cmd.args(args).output().unwrap()
     }
 }
@@ -91,10 +97,15 @@ fn requests_print_status_and_body_and_exit_zero_only_when_verified() {
             &format!("appid={}", m.appid),
         ]);
         assert_eq!(o.status.code(), Some(0), "{mode:?}: {}", text(&o.stderr));
-        let out = text(&o.stdout);
-        assert!(out.starts_with("HTTP 200"), "{out}");
-        assert!(out.contains("Request-ID: "), "{out}");
-        assert!(out.contains("\"authorize_state\": \"AUTHORIZED\""), "{out}");
+        // stdout is the body alone (pipe it to jq); the status and ids go to stderr
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["authorize_state"], "AUTHORIZED", "{v}");
+        let err = text(&o.stderr);
+        assert!(err.starts_with("HTTP 200"), "{err}");
+        assert!(
+            err.contains("Request-ID: ") && err.contains("Verified-By: "),
+            "{err}"
+        );
 
         let body = serde_json::json!({"transaction_id": tx.transaction_id, "appid": tx.appid, "openid": tx.openid,
             "earn_points": true, "increased_points": 5, "points_update_time": "2024-01-01T10:00:00+08:00"});
@@ -107,7 +118,8 @@ fn requests_print_status_and_body_and_exit_zero_only_when_verified() {
             &format!("@{}", file.display()),
         ]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-        assert!(text(&o.stdout).starts_with("HTTP 204"));
+        assert!(text(&o.stderr).starts_with("HTTP 204"));
+        assert!(o.stdout.is_empty(), "a 204 has no body to print");
         assert_eq!(
             env.sim().syncs()[0].body,
             body.to_string(),
@@ -269,4 +281,35 @@ fn callback_doctor_decrypts_or_names_the_cause() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[test]
+fn transport_errors_name_the_cause_and_an_empty_trust_variable_means_unset() {
+    let env = Env::new(TrustMode::Cert);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let o = env.wxpay(&[
+        "GET",
+        "/v3/businesscircle/user-authorizations/o1",
+        "--query",
+        "appid=wx1",
+        "--base-url",
+        &dead_url,
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&dead_url) && err.contains("connection refused"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    // WECHATPAY_TRUST= (empty): not a file named "", but no trusted key at all
+    let o = env.wxpay_with(
+        &["GET", "/v3/businesscircle/user-authorizations/o1"],
+        &[("WECHATPAY_TRUST", "")],
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("empty trust store"), "{err}");
 }
