@@ -188,9 +188,19 @@ impl Config {
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let file = origin.display();
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError(format!("{file}: {}", e.message().trim())))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                    format!(" line {line}, column {column}:")
+                })
+                .unwrap_or_default();
+            let message = e.message().trim().replace('\n', "; ");
+            ConfigError(format!("{file}:{at} {message}"))
+        })?;
         // Environment values are read as TOML literals (numbers, booleans, arrays) when they parse
         // as such; a value its key then rejects (e.g. an all-digit mchid) is retried as a string.
         let mut overrides: Vec<(String, String, String, String)> = Vec::new();
@@ -238,8 +248,14 @@ impl Config {
                     let from = hit
                         .map(|(name, ..)| format!(" (set by environment variable {name})"))
                         .unwrap_or_default();
+                    let hint = if path.ends_with("_listen") {
+                        " (expects IP:PORT, such as 0.0.0.0:8080 or 127.0.0.1:9090; a host \
+                         name such as localhost is not resolved)"
+                    } else {
+                        ""
+                    };
                     return Err(ConfigError(format!(
-                        "{file}: key `{path}`{from}: {}",
+                        "{file}: key `{path}`{from}: {}{hint}",
                         e.inner().to_string().lines().next().unwrap_or_default()
                     )));
                 }

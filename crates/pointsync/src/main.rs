@@ -143,7 +143,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pointsync: {e:#}");
+            eprintln!("pointsync: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -359,6 +359,23 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The error and its causes on one line, each said once (an error that quotes its source is not
+/// followed by the source again).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
 }
 
 fn fmt_counts(m: &std::collections::BTreeMap<String, i64>) -> String {

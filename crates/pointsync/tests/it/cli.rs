@@ -92,6 +92,16 @@ fn bad_config_names_the_key_and_the_file() {
         ),
         (MINIMAL.replace("mchid = \"1900000001\"\n", ""), "mchid"),
         ("this is not toml".to_string(), "bad.toml"),
+        // a syntax error names its line and column
+        (
+            format!("{MINIMAL}\n[dispatcher]\nqps = = 3\n"),
+            "line 10, column 7",
+        ),
+        // a listener wants IP:PORT and says so
+        (
+            format!("[service]\npublic_listen = \"localhost:8080\"\n{MINIMAL}"),
+            "expects IP:PORT",
+        ),
     ];
     for (text, key) in cases {
         let path = write(dir.path(), &text);
@@ -522,4 +532,19 @@ fn serve_checks_keys_before_creating_a_database() {
         !dir.path().join("pointsync.db").exists(),
         "no database is created for a config that cannot serve"
     );
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let db = dir.path().join("no/such/folder/pointsync.db");
+    let o = pointsync(
+        &["migrate", "--config", &config],
+        &[("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap())],
+    );
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert_eq!(e.matches(db.to_str().unwrap()).count(), 1, "{e}");
+    assert!(e.contains("cannot be opened"), "{e}");
 }

@@ -77,10 +77,12 @@ pub(crate) fn classify(e: rusqlite::Error, path: &Path, what: &str) -> StoreErro
             source: Arc::new(e),
         },
         Some(ErrorCode::CannotOpen | ErrorCode::NotADatabase | ErrorCode::PermissionDenied) => {
-            StoreError::Unavailable {
-                database,
-                source: Arc::new(e),
-            }
+            // SQLite's own message repeats the path: keep its code, the path is said once
+            let source: super::Source = match e {
+                rusqlite::Error::SqliteFailure(code, _) => Arc::new(code),
+                e => Arc::new(e),
+            };
+            StoreError::Unavailable { database, source }
         }
         _ => StoreError::Backend {
             database,
