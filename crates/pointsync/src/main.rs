@@ -107,17 +107,28 @@ fn init_logs(json: bool) {
     init_logs_with(json, "info");
 }
 
+/// Set once logs are JSON: then every line this process writes, on stdout and stderr, is JSON.
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logs_with(json: bool, default_filter: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never in a log file or journal
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
+        JSON_LINES.store(true, std::sync::atomic::Ordering::SeqCst);
         b.json().init();
     } else {
         b.init();
     }
+}
+
+fn json_lines() -> bool {
+    JSON_LINES.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Binds a listener; the error names the config key.
@@ -143,7 +154,14 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pointsync: {}", one_line(&e));
+            if json_lines() {
+                let line = serde_json::json!({
+                    "level": "ERROR", "target": "pointsync", "fields": {"message": one_line(&e)}
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("pointsync: {}", one_line(&e));
+            }
             ExitCode::FAILURE
         }
     }
@@ -255,10 +273,18 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             let public = bind(config.service.public_listen, "service.public_listen").await?;
             let admin = bind(config.service.admin_listen, "service.admin_listen").await?;
             let running = pointsync::service::start(&config, store, public, admin).await?;
-            println!(
-                "listening public={} admin={}",
-                running.public_addr, running.admin_addr
-            );
+            if json_lines() {
+                let line = serde_json::json!({"listening": {
+                    "public": running.public_addr.to_string(),
+                    "admin": running.admin_addr.to_string(),
+                }});
+                println!("{line}");
+            } else {
+                println!(
+                    "listening public={} admin={}",
+                    running.public_addr, running.admin_addr
+                );
+            }
             shutdown_signal().await;
             tracing::info!("shutting down: no new claims, finishing in-flight syncs");
             running.shutdown().await;
@@ -283,7 +309,11 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             for p in &s.parked {
                 println!(
                     "{} #{} {} after {} attempts: {}",
-                    p.state, p.id, p.transaction_id, p.attempts, p.error
+                    p.state,
+                    p.id,
+                    p.transaction_id,
+                    p.attempts,
+                    pointsync::store::describe_failure(&p.error)
                 );
             }
             Ok(())
@@ -291,8 +321,29 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
         Command::Sync {
             command: SyncCommand::Retry { ids, .. },
         } => {
-            let n = S::open(db, &config.service.open_options())
-                .await?
+            let store = S::open(db, &config.service.open_options()).await?;
+            if !ids.is_empty() {
+                let parked: std::collections::BTreeSet<i64> = store
+                    .status()
+                    .await?
+                    .parked
+                    .iter()
+                    .filter(|p| p.state == "parked")
+                    .map(|p| p.id)
+                    .collect();
+                let unknown: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !parked.contains(id))
+                    .map(|id| format!("#{id}"))
+                    .collect();
+                if !unknown.is_empty() {
+                    anyhow::bail!(
+                        "no parked sync {} (see `pointsync status`); nothing re-queued",
+                        unknown.join(", ")
+                    );
+                }
+            }
+            let n = store
                 .retry_parked(&ids, pointsync::service::now_ms())
                 .await?;
             println!("{n} parked syncs re-queued");
@@ -328,6 +379,13 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                      (rules.allow_negative_balance is off); nothing changed"
                 ),
                 Adjusted::UnknownMember => anyhow::bail!("no member {openid}; nothing changed"),
+                Adjusted::Conflict {
+                    openid: first,
+                    points: first_points,
+                } => anyhow::bail!(
+                    "{reference} was applied before as {first_points:+} to {first}; a reference \
+                     names one adjustment: use a new reference; nothing changed"
+                ),
             }
             Ok(())
         }
@@ -335,14 +393,29 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
         {
             None => anyhow::bail!("no member {openid}"),
             Some(m) => {
+                let authorization = match m.authorized {
+                    Some(true) => "authorized",
+                    Some(false) => "not authorized",
+                    None => "unknown (no authorization callback received)",
+                };
                 println!(
-                    "{}  balance {}  authorized {:?}",
-                    m.openid, m.balance, m.authorized
+                    "{}  balance {}  authorization: {authorization}",
+                    m.openid, m.balance
                 );
                 for e in m.entries {
+                    let refund = if e.refund_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" refund {}", e.refund_id)
+                    };
                     println!(
-                        "  {:>6} {:>+7} → {:>7}  {} {}  {}",
-                        e.kind, e.points, e.balance_after, e.transaction_id, e.refund_id, e.rule
+                        "  {}  {:>6} {:>+7} → {:>7}  {}{refund}  {}",
+                        wechatpay::clock::rfc3339_china(e.created_at.div_euclid(1000)),
+                        e.kind,
+                        e.points,
+                        e.balance_after,
+                        e.transaction_id,
+                        e.rule
                     );
                 }
                 Ok(())
@@ -352,10 +425,12 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             let m = S::migrate(db).await?;
             if m.applied.is_empty() {
                 println!("schema up to date ({})", m.version);
+                return Ok(());
             }
-            for a in m.applied {
+            for a in &m.applied {
                 println!("applied: {a}");
             }
+            println!("schema now at version {}", m.version);
             Ok(())
         }
     }

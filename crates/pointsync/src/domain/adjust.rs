@@ -30,15 +30,23 @@ pub enum Adjusted {
     WouldGoNegative { balance: i64 },
     /// No such member.
     UnknownMember,
+    /// This reference was applied before to another member or with another amount: refused, the
+    /// first one named.
+    Conflict {
+        /// The member of the first adjustment with this reference.
+        openid: String,
+        /// Its points.
+        points: i64,
+    },
 }
 
 /// What a store knows before an adjustment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AdjustSnapshot {
     /// The member's balance, if the member exists.
     pub balance: Option<i64>,
-    /// An adjustment with this reference is stored already.
-    pub seen: bool,
+    /// The adjustment stored with this reference, if any: (member, points).
+    pub first: Option<(String, i64)>,
 }
 
 /// The rows an applied adjustment writes.
@@ -50,8 +58,9 @@ pub struct AdjustWrite {
     pub entry: LedgerRow,
 }
 
-/// Decides an adjustment: refused for an unknown member, a no-op for a reference applied before,
-/// refused when it would take the balance below zero unless `allow_negative`.
+/// Decides an adjustment: refused for an unknown member, a no-op for a reference applied before
+/// with the same member and amount, refused (naming the first) for a reference applied before
+/// otherwise, refused when it would take the balance below zero unless `allow_negative`.
 pub fn adjust(
     a: &Adjustment,
     snap: AdjustSnapshot,
@@ -61,8 +70,12 @@ pub fn adjust(
     let Some(balance) = snap.balance else {
         return (Adjusted::UnknownMember, None);
     };
-    if snap.seen {
-        return (Adjusted::Duplicate { balance }, None);
+    if let Some((openid, points)) = snap.first {
+        return if openid == a.openid && points == a.points {
+            (Adjusted::Duplicate { balance }, None)
+        } else {
+            (Adjusted::Conflict { openid, points }, None)
+        };
     }
     let after = balance + a.points;
     if after < 0 && a.points < 0 && !allow_negative {

@@ -352,40 +352,64 @@ fn adjustments() {
         reference: "DESK-1".into(),
         reason: "redeemed".into(),
     };
-    let snap = |balance: Option<i64>, seen: bool| AdjustSnapshot { balance, seen };
+    let snap = |balance: Option<i64>, first: Option<(&str, i64)>| AdjustSnapshot {
+        balance,
+        first: first.map(|(o, p)| (o.to_string(), p)),
+    };
     // (adjustment, snapshot, allow negative, outcome, written balance)
     let cases = [
         (
             a(-50),
-            snap(None, false),
+            snap(None, None),
             false,
             Adjusted::UnknownMember,
             None,
         ),
         (
             a(-50),
-            snap(Some(80), true),
+            snap(Some(80), Some(("o1", -50))),
             false,
             Adjusted::Duplicate { balance: 80 },
             None,
         ),
+        // the same reference with another amount or member: refused, the first named
+        (
+            a(-40),
+            snap(Some(80), Some(("o1", -50))),
+            false,
+            Adjusted::Conflict {
+                openid: "o1".into(),
+                points: -50,
+            },
+            None,
+        ),
         (
             a(-50),
-            snap(Some(30), false),
+            snap(Some(80), Some(("o2", -50))),
+            false,
+            Adjusted::Conflict {
+                openid: "o2".into(),
+                points: -50,
+            },
+            None,
+        ),
+        (
+            a(-50),
+            snap(Some(30), None),
             false,
             Adjusted::WouldGoNegative { balance: 30 },
             None,
         ),
         (
             a(-50),
-            snap(Some(30), false),
+            snap(Some(30), None),
             true,
             Adjusted::Applied { balance: -20 },
             Some(-20),
         ),
         (
             a(-50),
-            snap(Some(80), false),
+            snap(Some(80), None),
             false,
             Adjusted::Applied { balance: 30 },
             Some(30),
@@ -393,14 +417,14 @@ fn adjustments() {
         // a positive correction on a negative balance is always allowed
         (
             a(10),
-            snap(Some(-20), false),
+            snap(Some(-20), None),
             false,
             Adjusted::Applied { balance: -10 },
             Some(-10),
         ),
     ];
     for (adj, s, allow, outcome, written) in cases {
-        let (got, write) = adjust(&adj, s, allow, T0);
+        let (got, write) = adjust(&adj, s.clone(), allow, T0);
         assert_eq!(got, outcome, "{adj:?} {s:?} allow {allow}");
         assert_eq!(write.as_ref().map(|w| w.balance), written);
         if let Some(w) = write {

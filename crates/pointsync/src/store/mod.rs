@@ -73,6 +73,38 @@ pub struct ParkedSync {
     pub error: String,
 }
 
+/// A parked or dead sync's recorded error as a sentence: WeChat's status, code and message and
+/// the Request-ID when the error is WeChat's refusal (stored whole, as JSON); the text as stored
+/// otherwise.
+pub fn describe_failure(error: &str) -> String {
+    let Ok(Value::Object(v)) = serde_json::from_str::<Value>(error) else {
+        return error.to_string();
+    };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let mut out = match v.get("status").and_then(Value::as_u64) {
+        Some(status) => format!("WeChat Pay answered HTTP {status}"),
+        None => "WeChat Pay refused it".to_string(),
+    };
+    if let Some(code) = text("code") {
+        out.push_str(&format!(" {code}"));
+    }
+    if let Some(message) = text("message") {
+        out.push_str(&format!(": {message}"));
+    }
+    if let Some(Value::Object(d)) = v.get("detail")
+        && let Some(field) = d.get("field").and_then(Value::as_str)
+    {
+        out.push_str(&format!(" (field {field})"));
+    }
+    if let Some(hint) = text("hint") {
+        out.push_str(&format!("; {hint}"));
+    }
+    if let Some(id) = text("request_id") {
+        out.push_str(&format!(" [Request-ID {id}]"));
+    }
+    out
+}
+
 /// Backlog overview.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {

@@ -160,6 +160,12 @@ async fn operator_commands_read_the_live_database() {
         out.contains("\"milli_points_per_yuan\":2000"),
         "the rule behind the credit: {out}"
     );
+    // finished-tool output: the authorization in words, a time on every ledger line
+    assert!(out.contains("authorization: authorized"), "{out}");
+    assert!(!out.contains("Some(") && !out.contains("None"), "{out}");
+    for line in out.lines().skip(1) {
+        assert!(line.contains("+08:00"), "a time on every entry: {line}");
+    }
 
     let o = pointsync(&["status", "--config", &config], &[]);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -187,10 +193,27 @@ async fn operator_commands_read_the_live_database() {
         "the backlog gauge is read at the scrape: {text}"
     );
     let o = pointsync(&["status", "--config", &config], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&format!("parked #2 {}", tx2.transaction_id)),
+        out.contains(&format!("parked #2 {}", tx2.transaction_id)),
+        "{out}"
+    );
+    // the reason as a sentence with WeChat's code and message, not raw JSON
+    assert!(
+        out.contains("WeChat Pay answered HTTP 400 INVALID_REQUEST: ")
+            && out.contains("[Request-ID ")
+            && !out.contains("null"),
+        "{out}"
+    );
+    // an id that is not parked is an error, and nothing is re-queued
+    let o = pointsync(
+        &["sync", "retry", "--parked", "2", "99", "--config", &config],
+        &[],
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("no parked sync #99"),
         "{}",
-        String::from_utf8_lossy(&o.stdout)
+        stderr(&o)
     );
     h.sim.set_authorization(&m2.openid, true, false).unwrap();
     let o = pointsync(
@@ -238,6 +261,13 @@ async fn operator_commands_read_the_live_database() {
         "{}",
         stderr(&o)
     );
+    // the same reference with another amount is refused, naming the first
+    let o = adjust("-100", "DESK-1");
+    assert!(
+        !o.status.success() && stderr(&o).contains("DESK-1 was applied before as -150 to"),
+        "{}",
+        stderr(&o)
+    );
     let o = adjust("-51", "DESK-2");
     assert!(
         !o.status.success() && stderr(&o).contains("would make it negative"),
@@ -260,7 +290,7 @@ async fn operator_commands_read_the_live_database() {
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
-            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health"
+            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health\nschema now at version 4 health"
         ),
         "{}",
         stderr(&o)
@@ -494,6 +524,10 @@ fn serve_warns_about_secret_files_other_users_can_read() {
     };
     let o = serve();
     let err = stderr(&o);
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when not on a terminal: {err:?}"
+    );
     for (k, f) in [
         ("wechatpay.private_key", &key),
         ("wechatpay.apiv3_key_file", &apiv3),
@@ -547,4 +581,31 @@ fn a_database_that_cannot_be_opened_is_named_once() {
     assert!(!o.status.success());
     assert_eq!(e.matches(db.to_str().unwrap()).count(), 1, "{e}");
     assert!(e.contains("cannot be opened"), "{e}");
+}
+
+#[test]
+fn with_json_logs_every_line_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let o = pointsync(
+        &["serve", "--config", &config],
+        &[
+            ("POINTSYNC__SERVICE__LOG_FORMAT", "json"),
+            (
+                "POINTSYNC__SERVICE__PUBLIC_LISTEN",
+                &taken.local_addr().unwrap().to_string(),
+            ),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    assert!(!o.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(all.contains("cannot bind"), "{all}");
+    for line in all.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
 }

@@ -469,6 +469,14 @@ pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balan
             Adjusted::Duplicate { balance: 20 },
             "the same reference twice has one effect"
         );
+        assert_eq!(
+            s.adjust(&adj(-70, "R-1"), allow, T0).await.unwrap(),
+            Adjusted::Conflict {
+                openid: "o1".into(),
+                points: -80
+            },
+            "the same reference with another amount is refused, naming the first"
+        );
         let second = s.adjust(&adj(-30, "R-2"), allow, T0).await.unwrap();
         let refunded = s
             .ingest(&refund("N1", "RF1", 10_000, 10_000), &ctx(&rules))

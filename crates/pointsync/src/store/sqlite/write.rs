@@ -338,16 +338,15 @@ pub(super) fn adjust(
         |r| r.get(0),
     )
     .optional()?;
-    let seen = one(
+    let first = one(
         c,
-        "SELECT 1 FROM ledger WHERE kind = 'adjust' AND transaction_id = ?",
+        "SELECT openid, points FROM ledger WHERE kind = 'adjust' AND transaction_id = ?",
         params![a.reference],
-        |_| Ok(()),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
-    .optional()?
-    .is_some();
+    .optional()?;
     let (outcome, write) =
-        domain::adjust(a, AdjustSnapshot { balance, seen }, allow_negative, now_ms);
+        domain::adjust(a, AdjustSnapshot { balance, first }, allow_negative, now_ms);
     if let Some(w) = write {
         write_member(
             c,
