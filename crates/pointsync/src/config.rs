@@ -46,6 +46,12 @@ pub struct ServiceConfig {
     pub body_limit: usize,
     /// Callback handling deadline (WeChat waits 5 s).
     pub handler_timeout_ms: u64,
+    /// A callback's headers must arrive within this; idle connections are closed after it too.
+    pub header_timeout_ms: u64,
+    /// A callback's body must arrive within this once its headers are in.
+    pub body_timeout_ms: u64,
+    /// Connections the public listener serves at once; more are closed at accept.
+    pub max_connections: usize,
     /// SQLite busy timeout.
     pub busy_timeout_ms: u64,
     /// `text` or `json` logs.
@@ -61,6 +67,9 @@ impl Default for ServiceConfig {
             callback_path: "/wechatpay/notify".into(),
             body_limit: 64 * 1024,
             handler_timeout_ms: 3000,
+            header_timeout_ms: 2000,
+            body_timeout_ms: 2000,
+            max_connections: 1024,
             busy_timeout_ms: 5000,
             log_format: "text".into(),
         }
@@ -322,6 +331,14 @@ impl Config {
         }
         if d.backoff_base_ms <= 0 || d.backoff_cap_ms < d.backoff_base_ms {
             return Err("key `dispatcher.backoff_cap_ms` must be at least `dispatcher.backoff_base_ms` (> 0)".into());
+        }
+        let sv = &self.service;
+        if sv.header_timeout_ms == 0 || sv.body_timeout_ms == 0 || sv.max_connections == 0 {
+            return Err(
+                "keys `service.header_timeout_ms`, `service.body_timeout_ms` and \
+                        `service.max_connections` must be positive"
+                    .into(),
+            );
         }
         if !self.service.callback_path.starts_with('/') {
             return Err(format!(

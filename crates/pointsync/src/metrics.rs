@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Store failures by operation (ingest, claim, complete, renew, probe) and cause (locked,
     /// read_only, io, unavailable, …).
     pub store_errors: IntCounterVec,
+    /// Public connections closed by the service: header_timeout, body_timeout, at_limit.
+    pub connections: IntCounterVec,
     /// Callback handling time (verify + durable commit), seconds.
     pub callback_seconds: Histogram,
     /// Points-notify call time, seconds.
@@ -83,6 +85,11 @@ impl Metrics {
                 "pointsync_callbacks_total",
                 "Callbacks by outcome",
                 "outcome",
+            ),
+            connections: counter(
+                "pointsync_connections_closed_total",
+                "Public connections closed by the service, by reason",
+                "reason",
             ),
             verification_failures: counter(
                 "pointsync_verification_failures_total",

@@ -5,11 +5,13 @@
 //! - `receiver.rs` — callbacks in: verify, decide, store, answer;
 //! - `admin.rs` — `/healthz`, `/readyz`, `/metrics`, `/admin/status`;
 //! - `dispatcher.rs` — syncs out: claim, send, record; the rescuer;
-//! - `bucket.rs` — the outgoing rate limit.
+//! - `bucket.rs` — the outgoing rate limit;
+//! - `listener.rs` — the public listener's connection cap and header deadline.
 
 mod admin;
 mod bucket;
 mod dispatcher;
+mod listener;
 mod receiver;
 
 use std::sync::Arc;
@@ -82,6 +84,8 @@ pub async fn start_with_clock<S: Store>(
         rules: config.rules.clone(),
         partner_mode: config.wechatpay.partner_mode,
         handler_timeout: Duration::from_millis(config.service.handler_timeout_ms),
+        body_timeout: Duration::from_millis(config.service.body_timeout_ms),
+        body_limit: config.service.body_limit,
         metrics: metrics.clone(),
         wake: wake.clone(),
         clock: clock.clone(),
@@ -95,14 +99,17 @@ pub async fn start_with_clock<S: Store>(
         &config.service.callback_path,
         config.service.body_limit,
     );
-    let mut s1 = stopped.clone();
-    tasks.spawn(async move {
-        let _ = axum::serve(public, app)
-            .with_graceful_shutdown(async move {
-                let _ = s1.changed().await;
-            })
-            .await;
-    });
+    let limits = listener::Limits {
+        header_timeout: Duration::from_millis(config.service.header_timeout_ms),
+        max_connections: config.service.max_connections,
+    };
+    tasks.spawn(listener::serve(
+        public,
+        app,
+        limits,
+        metrics.clone(),
+        stopped.clone(),
+    ));
     let mut s2 = stopped.clone();
     let admin_router = admin_app(receiver.clone());
     tasks.spawn(async move {

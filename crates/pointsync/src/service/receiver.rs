@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
+use http_body_util::LengthLimitError;
 use tokio::sync::Notify;
 use wechatpay::notify::{NotifyParser, answer};
 
@@ -32,6 +33,10 @@ pub struct Receiver<S> {
     pub partner_mode: bool,
     /// Deadline for handling one callback.
     pub handler_timeout: Duration,
+    /// Deadline for a callback's body, once its headers are in.
+    pub body_timeout: Duration,
+    /// Largest body read.
+    pub body_limit: usize,
     /// Metrics.
     pub metrics: Metrics,
     /// Wakes the dispatcher when a sync is enqueued.
@@ -43,7 +48,7 @@ pub struct Receiver<S> {
 async fn callback<S: Store>(
     State(r): State<Arc<Receiver<S>>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = monotonic();
     let request_id = headers
@@ -51,15 +56,15 @@ async fn callback<S: Store>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
+    let read = http_body_util::Limited::new(body, r.body_limit).collect();
+    let body = match tokio::time::timeout(r.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
             // an oversize body (over service.body_limit) or one that could not be read
-            let status = rejection.status();
-            let cause = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
+            let (status, cause) = if e.downcast_ref::<LengthLimitError>().is_some() {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             } else {
-                "unreadable_body"
+                (StatusCode::BAD_REQUEST, "unreadable_body")
             };
             r.metrics
                 .callbacks
@@ -69,13 +74,27 @@ async fn callback<S: Store>(
                 .verification_failures
                 .with_label_values(&[cause])
                 .inc();
+            tracing::warn!(cause, request_id, "callback rejected: {e}");
+            let message = format!("callback body rejected: {cause}");
+            return answer::failure(status, &message).into_response();
+        }
+        Err(_) => {
+            // headers in, body stalled: close rather than hold the connection
+            r.metrics
+                .connections
+                .with_label_values(&["body_timeout"])
+                .inc();
             tracing::warn!(
-                cause,
                 request_id,
-                "callback rejected: {}",
-                rejection.body_text()
+                "callback body not received within service.body_timeout_ms"
             );
-            return answer::failure(status, &rejection.body_text()).into_response();
+            let mut res = answer::failure(StatusCode::REQUEST_TIMEOUT, "body not received in time")
+                .into_response();
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return res;
         }
     };
     let n = match r.parser.verify(&headers, &body) {
@@ -188,6 +207,7 @@ fn outcome_label(i: &Ingested) -> &'static str {
 pub fn public_app<S: Store>(r: Arc<Receiver<S>>, path: &str, body_limit: usize) -> Router {
     Router::new()
         .route(path, post(callback::<S>))
-        .layer(DefaultBodyLimit::max(body_limit))
+        // the body limit and deadline are applied while reading it, in the handler
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(r)
 }

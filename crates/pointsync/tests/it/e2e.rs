@@ -732,3 +732,95 @@ async fn a_config_aimed_at_a_test_server_never_fails_over_to_wechat() {
     }
     assert!(!client.on_backup());
 }
+
+/// Opens `n` connections to `addr` that each send `prefix` and then stall.
+async fn stalled(
+    addr: std::net::SocketAddr,
+    n: usize,
+    prefix: &[u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(prefix).await.unwrap();
+        out.push(s);
+    }
+    out
+}
+
+/// Waits until the peer closes `s` (EOF or reset); fails after `within`.
+async fn closed_within(mut s: tokio::net::TcpStream, within: Duration) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 512];
+    let deadline = wechatpay::clock::monotonic() + within;
+    loop {
+        let left = deadline.saturating_duration_since(wechatpay::clock::monotonic());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {} // an answer (408) before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn stalled_connections_are_closed_while_callbacks_keep_being_answered() {
+    let h = Harness::start(
+        fast_push(),
+        &[
+            ("POINTSYNC__SERVICE__HEADER_TIMEOUT_MS", "500"),
+            ("POINTSYNC__SERVICE__BODY_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let addr = h.running().public_addr;
+    // half the headers; headers and part of a body; nothing at all
+    let half_headers = stalled(addr, 100, b"POST /wechatpay/notify HTTP/1.1\r\nHost: x\r\n").await;
+    let part_body = stalled(
+        addr,
+        100,
+        b"POST /wechatpay/notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"id\":",
+    )
+    .await;
+    let silent = stalled(addr, 50, b"").await;
+    // meanwhile a legitimate day goes on
+    let txs: Vec<_> = (0..20).map(|_| h.member_pays(1_000).1).collect();
+    for s in half_headers.into_iter().chain(part_body).chain(silent) {
+        closed_within(s, Duration::from_secs(5)).await;
+    }
+    h.quiet(Duration::from_secs(30)).await;
+    for tx in &txs {
+        let d = h.sim.delivery(&tx.transaction_id).unwrap();
+        assert!(d.delivered, "{d:?}");
+    }
+    assert!(h.metric("pointsync_connections_closed_total", "header_timeout") >= 150.0);
+    assert!(h.metric("pointsync_connections_closed_total", "body_timeout") >= 100.0);
+    assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn the_connection_cap_closes_new_connections_and_frees_up() {
+    let h = Harness::start(
+        fast_push(),
+        &[
+            ("POINTSYNC__SERVICE__HEADER_TIMEOUT_MS", "800"),
+            ("POINTSYNC__SERVICE__MAX_CONNECTIONS", "5"),
+        ],
+    )
+    .await;
+    let addr = h.running().public_addr;
+    let held = stalled(addr, 5, b"POST /wechatpay/notify HTTP/1.1\r\n").await;
+    // the cap is reached (connections are accepted in order, each holding its place): the
+    // next connection is closed at once, and counted
+    let extra = stalled(addr, 1, b"").await.remove(0);
+    closed_within(extra, Duration::from_millis(300)).await;
+    assert!(h.metric("pointsync_connections_closed_total", "at_limit") >= 1.0);
+    // the held ones time out, and callbacks are answered again (WeChat retried the refused ones)
+    for s in held {
+        closed_within(s, Duration::from_secs(5)).await;
+    }
+    let (_, tx) = h.member_pays(1_000);
+    h.quiet(Duration::from_secs(30)).await;
+    assert!(h.sim.delivery(&tx.transaction_id).unwrap().delivered);
+}
