@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Store failures by operation (ingest, claim, complete, renew, probe) and cause (locked,
     /// read_only, io, unavailable, …).
     pub store_errors: IntCounterVec,
+    /// WeChat's clock minus this machine's, seconds (last sample; positive: ours is behind).
+    pub clock_skew: prometheus::IntGauge,
     /// Public connections closed by the service: header_timeout, body_timeout, at_limit.
     pub connections: IntCounterVec,
     /// Callback handling time (verify + durable commit), seconds.
@@ -79,7 +81,16 @@ impl Metrics {
         registry
             .register(Box::new(store_errors.clone()))
             .expect("unique metric");
+        let clock_skew = prometheus::IntGauge::new(
+            "pointsync_clock_skew_seconds",
+            "WeChat's clock minus this machine's (callback timestamps, Date of answers)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(clock_skew.clone()))
+            .expect("unique metric");
         Self {
+            clock_skew,
             store_errors,
             callbacks: counter(
                 "pointsync_callbacks_total",

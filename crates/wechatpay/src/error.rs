@@ -235,6 +235,8 @@ pub struct ApiError {
     pub sign_explanation: Option<SignExplanation>,
     /// What to do about it, when we know.
     pub hint: Option<String>,
+    /// WeChat's clock minus ours, in seconds, from the answer's `Date` header.
+    pub clock_skew_secs: Option<i64>,
 }
 
 impl ApiError {

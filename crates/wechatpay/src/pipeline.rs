@@ -21,6 +21,15 @@ use crate::sign::RequestSigner;
 use crate::trust::TrustStore;
 use crate::verify::{REQUEST_ID, verify_signature};
 
+/// WeChat's clock minus ours, in seconds, from an answer's `Date` header (positive: ours is
+/// behind).
+pub(crate) fn clock_skew(headers: &HeaderMap, ours: i64) -> Option<i64> {
+    let date = headers.get(http::header::DATE)?.to_str().ok()?;
+    let theirs = httpdate::parse_http_date(date).ok()?;
+    let theirs = theirs.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(theirs - ours)
+}
+
 /// The real cause of a transport failure, in words: DNS, refused, TLS, timeout or reset.
 pub(crate) fn transport_cause(e: &reqwest::Error) -> String {
     let mut chain = Vec::new();
@@ -60,6 +69,8 @@ pub(crate) struct Prepared {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub sign_string: Vec<u8>,
+    /// The signature's timestamp (Unix seconds).
+    pub signed_at: i64,
 }
 
 impl Prepared {
@@ -140,6 +151,7 @@ impl Pipeline {
             headers,
             body: req.body.clone(),
             sign_string: signed.sign_string,
+            signed_at: now,
         })
     }
 
@@ -158,8 +170,10 @@ impl Pipeline {
         let trust = self.trust();
         let now = self.clock.now();
         if status.is_success() {
+            let clock_skew_secs = clock_skew(&headers, now);
             return match verify_signature(&trust, &headers, &body, now) {
                 Ok(v) => Ok(Response {
+                    clock_skew_secs,
                     status,
                     headers,
                     body,
@@ -187,14 +201,33 @@ impl Pipeline {
         let code = field("code");
         let message = field("message");
         let detail = parsed.as_ref().and_then(|v| v.get("detail")).cloned();
-        let sign_explanation =
-            (status == StatusCode::UNAUTHORIZED && code == "SIGN_ERROR").then(|| {
+        let clock_skew_secs = clock_skew(&headers, p.signed_at);
+        // a timestamp outside WeChat's 5-minute window is a clock problem, not a signing one
+        let clock_problem = status == StatusCode::UNAUTHORIZED
+            && (clock_skew_secs.is_some_and(|s| s.abs() >= 300)
+                || message.contains("时间戳")
+                || message.to_ascii_lowercase().contains("timestamp"));
+        let sign_explanation = (status == StatusCode::UNAUTHORIZED
+            && code == "SIGN_ERROR"
+            && !clock_problem)
+            .then(|| {
                 explain_sign_error(
                     &p.sign_string,
                     detail.as_ref().and_then(|d| d.get("sign_information")),
                 )
             });
         let hint = match (status.as_u16(), code.as_str()) {
+            (401, _) if clock_problem => Some(match clock_skew_secs {
+                Some(s) if s.abs() >= 1 => format!(
+                    "clock problem: this machine's clock is {} s {} WeChat Pay's (its Date header), \
+                     and WeChat accepts signatures only within 5 minutes: sync the clock (NTP)",
+                    s.abs(),
+                    if s > 0 { "behind" } else { "ahead of" }
+                ),
+                _ => "clock problem: WeChat Pay says the signature's timestamp is outside its \
+                      5-minute window: sync this machine's clock (NTP)"
+                    .to_string(),
+            }),
             (404, "RESOURCE_NOT_EXISTS") if p.target.starts_with("/v3/certificates") => Some(
                 "this merchant uses WeChat Pay public-key mode: download the public key and its PUB_KEY_ID_… from 商户平台 → 账户中心 → API安全 and trust it (--trust PUB_KEY_ID_…=PATH)"
                     .to_string(),
@@ -215,6 +248,7 @@ impl Pipeline {
             body_text.truncate(cut);
         }
         Err(Error::Api(Box::new(ApiError {
+            clock_skew_secs,
             status: status.as_u16(),
             code,
             message,

@@ -48,6 +48,8 @@ pub struct Response {
     pub request_id: Option<String>,
     /// The trust-store id (certificate serial or `PUB_KEY_ID_…`) that verified the signature.
     pub verified_by: String,
+    /// WeChat's clock minus ours, in seconds, from the `Date` header (positive: ours is behind).
+    pub clock_skew_secs: Option<i64>,
 }
 
 impl Response {

@@ -28,6 +28,7 @@ pub struct Dispatcher<S> {
     bucket: TokenBucket,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
+    clock_watch: Option<Arc<super::ClockWatch>>,
 }
 
 /// The request stored at enqueue time, byte for byte.
@@ -58,7 +59,14 @@ impl<S: Store> Dispatcher<S> {
             cfg,
             metrics,
             clock,
+            clock_watch: None,
         }
+    }
+
+    /// Reports the clock skew seen in WeChat's answers to `watch`.
+    pub fn with_clock_watch(mut self, watch: Arc<super::ClockWatch>) -> Self {
+        self.clock_watch = Some(watch);
+        self
     }
 
     /// This process's lease owner id.
@@ -112,6 +120,13 @@ impl<S: Store> Dispatcher<S> {
                 .observe(started.elapsed().as_secs_f64());
             if result.is_ok() {
                 crate::crash::point("after_204");
+            }
+            let skew = match &result {
+                Ok(res) => res.clock_skew_secs,
+                Err(e) => e.api().and_then(|a| a.clock_skew_secs),
+            };
+            if let (Some(w), Some(skew)) = (&self.clock_watch, skew) {
+                w.observe("the Date of WeChat's answers", skew);
             }
             if let Err(e) = &result {
                 let request_id = e

@@ -6,13 +6,15 @@
 //! - `admin.rs` — `/healthz`, `/readyz`, `/metrics`, `/admin/status`;
 //! - `dispatcher.rs` — syncs out: claim, send, record; the rescuer;
 //! - `bucket.rs` — the outgoing rate limit;
-//! - `listener.rs` — the public listener's connection cap and header deadline.
+//! - `listener.rs` — the public listener's connection cap and header deadline;
+//! - `skew.rs` — how far this machine's clock looks from WeChat's.
 
 mod admin;
 mod bucket;
 mod dispatcher;
 mod listener;
 mod receiver;
+mod skew;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub use admin::admin_app;
 pub use bucket::TokenBucket;
 pub use dispatcher::{Dispatcher, rescuer};
 pub use receiver::{Receiver, public_app};
+pub use skew::{ClockWatch, should_say};
 
 pub use crate::clock::now_ms;
 use crate::clock::{Clock, SystemClock};
@@ -77,6 +80,7 @@ pub async fn start_with_clock<S: Store>(
         .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?
         .with_body_limit(config.service.body_limit);
     let metrics = Metrics::new();
+    let clock_watch = Arc::new(ClockWatch::new(metrics.clone()));
     let wake = Arc::new(Notify::new());
     let receiver = Arc::new(Receiver {
         store: store.clone(),
@@ -89,6 +93,7 @@ pub async fn start_with_clock<S: Store>(
         metrics: metrics.clone(),
         wake: wake.clone(),
         clock: clock.clone(),
+        clock_watch: clock_watch.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -119,13 +124,16 @@ pub async fn start_with_clock<S: Store>(
             })
             .await;
     });
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
-        client,
-        config.dispatcher.clone(),
-        metrics.clone(),
-        clock.clone(),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            store.clone(),
+            client,
+            config.dispatcher.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .with_clock_watch(clock_watch),
+    );
     tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));
     tasks.spawn(rescuer(

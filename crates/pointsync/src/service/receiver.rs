@@ -43,6 +43,20 @@ pub struct Receiver<S> {
     pub wake: Arc<Notify>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Watches how far our clock is from WeChat's.
+    pub clock_watch: Arc<super::ClockWatch>,
+}
+
+/// WeChat's clock minus ours, from a callback's `Wechatpay-Timestamp`.
+fn callback_skew(headers: &HeaderMap, now_ms: i64) -> Option<i64> {
+    let t: i64 = headers
+        .get("wechatpay-timestamp")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(t - now_ms.div_euclid(1000))
 }
 
 async fn callback<S: Store>(
@@ -97,7 +111,15 @@ async fn callback<S: Store>(
             return res;
         }
     };
-    let n = match r.parser.verify(&headers, &body) {
+    let verified = r.parser.verify(&headers, &body);
+    let sample = match &verified {
+        Ok(_) => true,
+        Err(e) => e.cause() == "timestamp_window",
+    };
+    if sample && let Some(skew) = callback_skew(&headers, r.clock.now_ms()) {
+        r.clock_watch.observe("callback timestamps", skew);
+    }
+    let n = match verified {
         Ok(n) => n,
         Err(e) => {
             r.metrics

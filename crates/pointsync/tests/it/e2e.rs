@@ -824,3 +824,82 @@ async fn the_connection_cap_closes_new_connections_and_frees_up() {
     h.quiet(Duration::from_secs(30)).await;
     assert!(h.sim.delivery(&tx.transaction_id).unwrap().delivered);
 }
+
+/// Log lines written while it lives, on this thread (a current-thread runtime's tasks included).
+struct CapturedLogs {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLogs {
+    fn start() -> Self {
+        #[derive(Clone)]
+        struct W(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = W(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || w.clone())
+            .finish();
+        Self {
+            buf,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_clock_ten_minutes_off_is_named_in_a_gauge_and_a_log_line() {
+    let logs = CapturedLogs::start();
+    // WeChat's clock (the simulator's) is 10 minutes ahead: its callbacks fall outside the window
+    let ahead = wechatpay::clock::unix_ms() / 1000 + 600;
+    let h = Harness::start_full(
+        fast_push(),
+        &[],
+        |s| s.clock = std::sync::Arc::new(wechatpay::clock::FixedClock(ahead)),
+        |_| {},
+    )
+    .await;
+    h.member_pays(1_000);
+    wait_for("a skew sample", Duration::from_secs(10), || {
+        h.metric("pointsync_verification_failures_total", "timestamp_window") >= 2.0
+    })
+    .await;
+    let skew = h
+        .running()
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("pointsync_clock_skew_seconds "))
+        .map(|v| v.parse::<f64>().unwrap())
+        .unwrap();
+    assert!((595.0..=605.0).contains(&skew), "{skew}");
+    let text = logs.text();
+    let said = text
+        .lines()
+        .filter(|l| l.contains("clock looks"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        said.len(),
+        1,
+        "said once a minute at most, not per callback: {text}"
+    );
+    assert!(
+        said[0].contains("behind WeChat Pay's") && said[0].contains("NTP"),
+        "{text}"
+    );
+}

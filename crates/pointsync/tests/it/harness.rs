@@ -53,20 +53,31 @@ impl Harness {
         overrides: &[(&str, &str)],
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::start_full(push, overrides, |_| {}, tweak).await
+    }
+
+    /// Starts with the simulator's config changed by `sim_tweak` (its clock, say) and the
+    /// service's by `tweak`.
+    pub async fn start_full(
+        push: PushConfig,
+        overrides: &[(&str, &str)],
+        sim_tweak: impl FnOnce(&mut SimConfig),
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::init(&dir.path().join("sandbox"), TrustMode::Cert).unwrap();
         let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let notify_url = format!("http://{}/wechatpay/notify", public.local_addr().unwrap());
-        let sim = Simulator::start(SimConfig {
+        let mut sim_config = SimConfig {
             push: PushConfig {
                 notify_url: Some(notify_url.clone()),
                 ..push
             },
             ..SimConfig::new(sandbox.clone())
-        })
-        .await
-        .unwrap();
+        };
+        sim_tweak(&mut sim_config);
+        let sim = Simulator::start(sim_config).await.unwrap();
         let mut config = config(dir.path(), &sandbox, &sim.base_url(), overrides);
         tweak(&mut config);
         let store = SqliteStore::open_path(

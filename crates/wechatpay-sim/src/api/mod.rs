@@ -564,6 +564,12 @@ impl Api<'_> {
         if let Ok(v) = HeaderValue::from_str(&wechatpay::crypto::random_token(32)) {
             h.insert("request-id", v);
         }
+        // WeChat's Date is WeChat's clock: the simulator's (which tests may set off)
+        let now = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(self.0.clock.now().max(0) as u64);
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+            h.insert(header::DATE, v);
+        }
         if !reply.body.is_empty() {
             let ct = if reply.signed || reply.status.as_u16() == 429 || reply.status.as_u16() == 500
             {

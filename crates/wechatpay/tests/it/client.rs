@@ -658,3 +658,45 @@ async fn migrating_mode_signs_with_the_certificate_unless_the_request_names_the_
         "a client trusting the public key sends Wechatpay-Serial"
     );
 }
+
+#[tokio::test]
+async fn a_timestamp_outside_the_window_is_explained_as_a_clock_problem() {
+    // WeChat's clock (the simulator's) is 10 minutes ahead of ours
+    let ahead = wechatpay::clock::unix_ms() / 1000 + 600;
+    let sim = Simulator::start(SimConfig {
+        clock: std::sync::Arc::new(wechatpay::clock::FixedClock(ahead)),
+        ..SimConfig::test(TrustMode::Cert)
+    })
+    .await
+    .unwrap();
+    let (m, _) = paid(&sim);
+    let client = sim.client_builder().build().unwrap();
+    let err = authorization(&client, &m).await.unwrap_err();
+    let api = err.api().expect("WeChat answered");
+    assert_eq!((api.status, api.code.as_str()), (401, "SIGN_ERROR"));
+    let skew = api.clock_skew_secs.expect("from the Date header");
+    assert!((595..=605).contains(&skew), "{skew}");
+    assert!(
+        api.sign_explanation.is_none(),
+        "no sign-string remark for a clock problem: {err}"
+    );
+    let hint = api.hint.as_deref().unwrap_or_default();
+    assert!(
+        hint.contains("clock problem") && hint.contains("behind") && hint.contains("NTP"),
+        "{hint}"
+    );
+    // on time, the Date header says so too
+    let on_time = sim_pubkey().await;
+    let (m, _) = paid(&on_time);
+    let res = on_time
+        .client_builder()
+        .build()
+        .unwrap()
+        .chain("v3/businesscircle/user-authorizations/{openid}")
+        .var("openid", &m.openid)
+        .query("appid", &m.appid)
+        .get()
+        .await
+        .unwrap();
+    assert!(res.clock_skew_secs.is_some_and(|s| s.abs() <= 2), "{res:?}");
+}
