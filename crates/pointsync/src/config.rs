@@ -52,6 +52,9 @@ pub struct ServiceConfig {
     pub body_timeout_ms: u64,
     /// Connections the public listener serves at once; more are closed at accept.
     pub max_connections: usize,
+    /// New callbacks are refused (5xx, WeChat retries) while less than this many bytes are free on
+    /// the database's file system, so an operator can act before the disk is full (0: no reserve).
+    pub min_free_bytes: u64,
     /// SQLite busy timeout.
     pub busy_timeout_ms: u64,
     /// `text` or `json` logs.
@@ -70,6 +73,7 @@ impl Default for ServiceConfig {
             header_timeout_ms: 2000,
             body_timeout_ms: 2000,
             max_connections: 1024,
+            min_free_bytes: 64 * 1024 * 1024,
             busy_timeout_ms: 5000,
             log_format: "text".into(),
         }
@@ -81,6 +85,7 @@ impl ServiceConfig {
     pub fn open_options(&self) -> crate::store::OpenOptions {
         crate::store::OpenOptions {
             busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
+            min_free_bytes: self.min_free_bytes,
         }
     }
 }

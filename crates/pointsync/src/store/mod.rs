@@ -219,6 +219,21 @@ pub enum StoreError {
         /// The backend's error.
         source: Source,
     },
+    /// Free space on the database's file system is below the reserve (`service.min_free_bytes`):
+    /// new callbacks are refused so an operator can still act before the disk is full.
+    #[error(
+        "database {database}: only {available} bytes free on its file system, below the reserve \
+         of {reserve} (service.min_free_bytes); new callbacks are refused until space is freed; \
+         nothing was written"
+    )]
+    DiskFull {
+        /// The database.
+        database: String,
+        /// Bytes free now.
+        available: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// The stored schema is not the one this binary knows.
     #[error(
         "database {database} has schema version {found}, this pointsync knows {expected}: run \
@@ -267,6 +282,7 @@ impl StoreError {
             Self::Locked { .. } => "locked",
             Self::ReadOnly { .. } => "read_only",
             Self::Io { .. } => "io",
+            Self::DiskFull { .. } => "disk_full",
             Self::SchemaMismatch { .. } => "schema_mismatch",
             Self::Conflict { .. } => "conflict",
             Self::Closed { .. } => "closed",
@@ -344,12 +360,15 @@ impl<'de> Deserialize<'de> for Database {
 pub struct OpenOptions {
     /// How long a write waits for a lock held by another connection.
     pub busy_timeout: Duration,
+    /// Refuse new callbacks when less than this many bytes are free (0: no reserve).
+    pub min_free_bytes: u64,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(5),
+            min_free_bytes: 0,
         }
     }
 }

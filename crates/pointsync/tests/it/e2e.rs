@@ -903,3 +903,60 @@ async fn a_clock_ten_minutes_off_is_named_in_a_gauge_and_a_log_line() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn below_the_free_space_reserve_callbacks_are_refused_and_land_once_space_is_freed() {
+    let Some(fs) = crate::harness::Tmpfs::mount("24m") else {
+        return;
+    };
+    let db = fs.path().join("pointsync.db");
+    let h = Harness::start(
+        wechat_timeouts(),
+        &[
+            ("POINTSYNC__SERVICE__DATABASE", db.to_str().unwrap()),
+            ("POINTSYNC__SERVICE__MIN_FREE_BYTES", "4194304"),
+        ],
+    )
+    .await;
+    let (m1, _) = h.member_pays(1_000);
+    h.quiet(Duration::from_secs(10)).await;
+    // 2 MiB left: under the 4 MiB reserve, the disk not yet full
+    fs.fill(2 * 1024 * 1024);
+    let admin = format!("http://{}", h.running().admin_addr);
+    // the reserve is read at most every 200 ms: not ready once it is seen
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(5);
+    let why = loop {
+        let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+        if ready.status() == 503 {
+            break ready.text().await.unwrap();
+        }
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "still ready below the reserve"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(why.contains("min_free_bytes"), "{why}");
+    let (m2, tx2) = h.member_pays(2_000);
+    wait_for("a refused delivery", Duration::from_secs(10), || {
+        h.sim
+            .delivery(&tx2.transaction_id)
+            .is_some_and(|d| d.attempts >= 1 && d.last_status >= 500)
+    })
+    .await;
+    assert!(h.running().metrics.render().contains("cause=\"disk_full\""));
+    assert!(fs.available() > 0, "refused before the disk is full");
+    fs.free();
+    h.quiet(Duration::from_secs(60)).await;
+    let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        h.store.member(&m1.openid).await.unwrap().unwrap().balance,
+        10
+    );
+    assert_eq!(
+        h.store.member(&m2.openid).await.unwrap().unwrap().balance,
+        20
+    );
+    assert_invariants(&h.sim, &h.store).await;
+}

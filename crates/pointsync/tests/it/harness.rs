@@ -80,12 +80,14 @@ impl Harness {
         let sim = Simulator::start(sim_config).await.unwrap();
         let mut config = config(dir.path(), &sandbox, &sim.base_url(), overrides);
         tweak(&mut config);
-        let store = SqliteStore::open_path(
-            config.service.database.sqlite_path().unwrap(),
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap();
+        // the harness's busy timeout is 2 s; the rest as configured
+        let options = pointsync::store::OpenOptions {
+            busy_timeout: Duration::from_secs(2),
+            ..config.service.open_options()
+        };
+        let store = SqliteStore::open(&config.service.database, &options)
+            .await
+            .unwrap();
         let running = pointsync::service::start(&config, store.clone(), public, admin)
             .await
             .unwrap();
@@ -284,4 +286,66 @@ pub fn make_read_only(path: &std::path::Path) -> impl Drop + use<> {
         path.display()
     );
     Undo(path.to_path_buf(), chattr)
+}
+
+/// A small tmpfs mounted for a test (unmounted on drop), where mounting is allowed (root on
+/// Linux); `None`, with a message on stderr, where it is not.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root and mount rights)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn available(&self) -> u64 {
+        fs4::available_space(self.path()).unwrap()
+    }
+
+    /// Fills the file system until `leave` bytes are free (or it is full), in `filler`.
+    pub fn fill(&self, leave: u64) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("filler"))
+            .unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while self.available() > leave {
+            let n = (self.available() - leave).min(chunk.len() as u64) as usize;
+            if f.write_all(&chunk[..n.max(1)]).is_err() {
+                break;
+            }
+            let _ = f.flush();
+        }
+    }
+
+    /// Frees what `fill` took.
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }

@@ -196,3 +196,53 @@ async fn a_write_error_names_the_database_and_the_store_recovers() {
     );
     assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 30);
 }
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_and_once_freed_the_wal_is_truncated_and_writes_land() {
+    let Some(fs) = crate::harness::Tmpfs::mount("16m") else {
+        return;
+    };
+    let path = fs.path().join("p.db");
+    let s = SqliteStore::open_path(&path, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let rules = Rules::default();
+    for i in 0..50 {
+        s.ingest(&payment(&format!("A{i}"), "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap();
+    }
+    // no reserve here: the disk fills completely and SQLite itself refuses
+    fs.fill(0);
+    let mut refused = 0;
+    for i in 0..200 {
+        if let Err(e) = s
+            .ingest(&payment(&format!("B{i}"), "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+        {
+            assert_eq!(e.cause(), "io", "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a full disk refuses writes");
+    fs.free();
+    // writes land again, and the WAL is checkpointed and truncated
+    let after = s
+        .ingest(&payment("AFTER", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    assert_eq!(after, Ingested::Payment { points: 10 });
+    let wal = path.with_extension("db-wal");
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    // the writer truncates right after answering the first write that lands
+    crate::harness::wait_for("the WAL to be truncated", Duration::from_secs(5), || {
+        size() < 64 * 1024
+    })
+    .await;
+    // nothing acknowledged was lost
+    let audit = s.audit().await.unwrap();
+    for i in 0..50 {
+        assert!(audit.credits.contains_key(&format!("A{i}")));
+    }
+    assert!(audit.credits.contains_key("AFTER"));
+}

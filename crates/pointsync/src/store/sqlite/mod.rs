@@ -109,6 +109,55 @@ pub struct SqliteStore {
     jobs: mpsc::UnboundedSender<Job>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    reserve: Arc<Reserve>,
+}
+
+/// The free-space reserve of the database's file system, checked before new callbacks.
+#[derive(Debug)]
+struct Reserve {
+    min_free: u64,
+    path: PathBuf,
+    /// The last reading: when, and the bytes free then.
+    last: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl Reserve {
+    /// Reads at most every this often (a `statvfs` per callback would be wasted work).
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn new(path: &Path, min_free: u64) -> Self {
+        Self {
+            min_free,
+            path: path.to_path_buf(),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let now = crate::clock::monotonic();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let available = match *last {
+            Some((at, available)) if now.duration_since(at) < Self::EVERY => available,
+            _ => {
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                // a file system that cannot say is not refused
+                let available = fs4::available_space(dir).unwrap_or(u64::MAX);
+                *last = Some((now, available));
+                available
+            }
+        };
+        if available < self.min_free {
+            return Err(StoreError::DiskFull {
+                database: self.path.display().to_string(),
+                available,
+                reserve: self.min_free,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn open_connection(
@@ -184,7 +233,10 @@ impl SqliteStore {
     pub async fn open_path(path: &Path, busy_timeout: Duration) -> Result<Self, StoreError> {
         <Self as Store>::open(
             &Database::Sqlite(path.to_path_buf()),
-            &OpenOptions { busy_timeout },
+            &OpenOptions {
+                busy_timeout,
+                ..OpenOptions::default()
+            },
         )
         .await
     }
@@ -232,6 +284,9 @@ impl SqliteStore {
 
 /// The writer thread: takes every queued job, runs them in one transaction, commits, answers.
 fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &Path) {
+    // after a write failed for lack of space (or another I/O error), the WAL is checkpointed and
+    // truncated once writes work again, so it does not grow back to fill the space just freed
+    let mut truncate_when_healthy = false;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -240,7 +295,34 @@ fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &P
                 Err(_) => break,
             }
         }
-        run_group(&mut c, group, path);
+        match run_group(&mut c, group, path) {
+            Err(StoreError::Io { .. }) => {
+                truncate_when_healthy = true;
+                truncate_wal(&c, path);
+            }
+            Ok(()) if truncate_when_healthy => {
+                truncate_when_healthy = !truncate_wal(&c, path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: everything into the database file, the WAL emptied.
+/// Returns whether it completed.
+fn truncate_wal(c: &Connection, path: &Path) -> bool {
+    match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {
+            tracing::info!(database = %path.display(), "WAL checkpointed and truncated");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(database = %path.display(), "cannot truncate the WAL yet: {e}");
+            false
+        }
     }
 }
 
@@ -278,7 +360,7 @@ fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>) -> Answe
     })
 }
 
-fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
+fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) -> Result<(), StoreError> {
     let begun = write::exec(c, "BEGIN IMMEDIATE", [])
         .map(|_| ())
         .map_err(|e| classify(e, path, "cannot begin a write transaction"));
@@ -295,6 +377,7 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) {
     for a in answers {
         a(&committed);
     }
+    committed
 }
 
 impl Store for SqliteStore {
@@ -319,6 +402,7 @@ impl Store for SqliteStore {
         Ok(Self {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
+            reserve: Arc::new(Reserve::new(&path, opts.min_free_bytes)),
             path,
         })
     }
@@ -351,6 +435,7 @@ impl Store for SqliteStore {
         Ok(Self {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
+            reserve: Arc::new(Reserve::new(&path, 0)),
             path,
         })
     }
@@ -371,6 +456,7 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
+        self.reserve.check()?;
         let n = n.clone();
         let rules = Arc::new(ctx.rules.clone());
         let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
@@ -462,6 +548,7 @@ impl Store for SqliteStore {
     }
 
     async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        self.reserve.check()?;
         self.submit(
             move |c| {
                 write::exec(c, "UPDATE health SET probed_at = ? WHERE id = 1", [now_ms]).map(|_| ())
