@@ -49,7 +49,7 @@ start_service() {
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && return; sleep 0.05; done
   echo "pointsync did not start"; cat "$WORK/pointsync.log"; exit 1
 }
-"$SIM_BIN" serve "$SB" --listen "127.0.0.1:$SIMP" --notify-url "http://127.0.0.1:$PUB/wechatpay/notify" --time-scale 0.01 >/dev/null 2>&1 &
+RUST_LOG=warn "$SIM_BIN" serve "$SB" --listen "127.0.0.1:$SIMP" --notify-url "http://127.0.0.1:$PUB/wechatpay/notify" --time-scale 0.01 >/dev/null 2>&1 &
 SIMPID=$!; PIDS+=($SIMPID)
 for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sleep 0.05; done
 start_service

@@ -17,7 +17,7 @@ SB=$(mktemp -d)/sandbox
 PORT=$((20000 + RANDOM % 20000))
 PIN_SIM=""; PIN_CLI=""
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then PIN_SIM="taskset -c 1"; PIN_CLI="taskset -c 0"; fi
-$PIN_SIM "$SIM_BIN" serve "$SB" --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
+RUST_LOG=warn $PIN_SIM "$SIM_BIN" serve "$SB" --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
 SIM=$!
 trap 'kill $SIM 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q "127.0.0.1:$PORT" "$SB/wxpay.env" 2>/dev/null && break; sleep 0.1; done

@@ -13,7 +13,7 @@ cargo build --release -q -p wechatpay --example notify_bench
 WORK=$(mktemp -d)
 ./target/release/wechatpay-sim init "$WORK/sandbox" >/dev/null
 PORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
-./target/release/wechatpay-sim serve "$WORK/sandbox" --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
+RUST_LOG=warn ./target/release/wechatpay-sim serve "$WORK/sandbox" --listen "127.0.0.1:$PORT" >/dev/null 2>&1 &
 SIM=$!
 trap 'kill $SIM 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 50); do grep -q "127.0.0.1:$PORT" "$WORK/sandbox/wxpay.env" 2>/dev/null && break; sleep 0.1; done

@@ -13,7 +13,7 @@ cargo build --release -q -p wechatpay-sim --bin wechatpay-sim
 WORK=$(mktemp -d); SB=$WORK/sb
 ./target/release/wechatpay-sim init "$SB" >/dev/null
 PORT=$((20000 + RANDOM % 20000)); BASE=http://127.0.0.1:$PORT
-taskset -c 1 ./target/release/wechatpay-sim serve "$SB" --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
+RUST_LOG=warn taskset -c 1 ./target/release/wechatpay-sim serve "$SB" --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
 SIM=$!
 trap 'kill $SIM 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "$BASE/sim/counters" && break; sleep 0.1; done

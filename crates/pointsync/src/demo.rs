@@ -51,11 +51,54 @@ impl Default for DemoOptions {
     }
 }
 
+/// Notifications by kind.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Notifications {
+    /// `MALL_AUTH.ACTIVATE_CARD`.
+    pub authorizations: u64,
+    /// `MALL_TRANSACTION.SUCCESS`, first push of each payment.
+    pub payments: u64,
+    /// `MALL_TRANSACTION.SUCCESS` pushed again (the member's manual application).
+    pub manual_applications: u64,
+    /// `MALL_REFUND.SUCCESS`.
+    pub refunds: u64,
+}
+
+impl Notifications {
+    /// Counts the simulator's deliveries (one per notification id) by kind.
+    pub fn count(deliveries: &[wechatpay_sim::Delivery]) -> Self {
+        let mut n = Self::default();
+        let mut payments = std::collections::BTreeSet::new();
+        for d in deliveries {
+            match d.event_type.as_str() {
+                wechatpay::notify::MALL_AUTH_ACTIVATE_CARD => n.authorizations += 1,
+                wechatpay::notify::MALL_REFUND_SUCCESS => n.refunds += 1,
+                wechatpay::notify::MALL_TRANSACTION_SUCCESS => {
+                    if !payments.insert(d.key.clone()) {
+                        n.manual_applications += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        n.payments = payments.len() as u64;
+        n
+    }
+
+    /// All notifications.
+    pub fn total(&self) -> u64 {
+        self.authorizations + self.payments + self.manual_applications + self.refunds
+    }
+}
+
 /// The demo's closing report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     /// Where the files are.
     pub dir: PathBuf,
+    /// Notifications WeChat (the simulator) sent, by kind: authorizations, payments, manual
+    /// applications (a payment pushed again after the member applied), refunds.
+    pub notifications: Notifications,
     /// Callback deliveries WeChat (the simulator) made, and how many were acknowledged.
     pub callbacks_sent: u64,
     /// Acknowledged.
@@ -86,11 +129,25 @@ pub struct DemoReport {
 
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "pointsync demo — report ({})", self.dir.display())?;
+        writeln!(f, "pointsync demo — report")?;
+        let n = &self.notifications;
         writeln!(
             f,
-            "  callbacks received   {} deliveries, {} acknowledged",
-            self.callbacks_sent, self.callbacks_acked
+            "  WeChat sent          {} notifications: {} authorizations, {} payments, {} manual \
+             applications (a payment pushed again), {} refunds",
+            n.total(),
+            n.authorizations,
+            n.payments,
+            n.manual_applications,
+            n.refunds
+        )?;
+        writeln!(
+            f,
+            "  delivered as         {} callbacks, {} acknowledged; the {} extra deliveries are \
+             WeChat's retries and duplicate deliveries, each with no second effect",
+            self.callbacks_sent,
+            self.callbacks_acked,
+            self.callbacks_sent.saturating_sub(n.total())
         )?;
         writeln!(f, "  payments credited    {}", self.credited)?;
         writeln!(
@@ -110,17 +167,30 @@ impl std::fmt::Display for DemoReport {
             self.latency_p50_ms, self.latency_p99_ms
         )?;
         if self.records_match {
-            write!(
+            writeln!(
                 f,
                 "  check                WeChat's record matches the ledger for every transaction ✔"
-            )
+            )?;
         } else {
-            write!(
+            writeln!(
                 f,
                 "  check                MISMATCH: {}",
                 self.mismatches.join("; ")
-            )
+            )?;
         }
+        let config = self.dir.join("pointsync.toml");
+        writeln!(
+            f,
+            "  files                {} (config pointsync.toml, database pointsync.db, the \
+             simulator's keys in sandbox/)",
+            self.dir.display()
+        )?;
+        write!(
+            f,
+            "  look inside          pointsync status --config {0}\n                       \
+             pointsync member OPENID --config {0}",
+            config.display()
+        )
     }
 }
 
@@ -249,22 +319,29 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let shared = sim.shared().clone();
     let generator =
         tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    // a terminal gets one line updated in place; a log a line every few seconds
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last_line: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let c = sim.counters();
         let st = store.status().await?;
         let get = |k: &str| *st.syncs.get(k).unwrap_or(&0);
-        if opts.progress {
-            print!(
-                "\r  {:>5.1}s  callbacks {:>6} acked  syncs {:>6} done {:>5} pending {:>3} parked  429s {:>3}   ",
-                started.elapsed().as_secs_f64(),
-                c.callback_acks,
-                get("done"),
-                get("pending") + get("inflight"),
-                get("parked"),
-                c.rate_limited + c.faults,
-            );
+        let line = format!(
+            "  {:>5.1}s  callbacks {:>6} acked  syncs {:>6} done {:>5} pending {:>3} parked  429s {:>3}",
+            started.elapsed().as_secs_f64(),
+            c.callback_acks,
+            get("done"),
+            get("pending") + get("inflight"),
+            get("parked"),
+            c.rate_limited + c.faults,
+        );
+        if opts.progress && terminal {
+            print!("\r{line}   ");
             let _ = std::io::stdout().flush();
+        } else if opts.progress && last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(3)) {
+            println!("{line}");
+            last_line = Some(wechatpay::clock::monotonic());
         }
         if generator.is_finished()
             && sim.settle(Duration::ZERO).await
@@ -276,7 +353,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             bail!("the demo did not settle within 10 minutes");
         }
     }
-    if opts.progress {
+    if opts.progress && terminal {
         println!();
     }
     generator
@@ -305,6 +382,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let c = sim.counters();
     let report = DemoReport {
         dir,
+        notifications: Notifications::count(&sim.deliveries()),
         callbacks_sent: c.callback_attempts,
         callbacks_acked: c.callback_acks,
         credited: audit.credits.len(),

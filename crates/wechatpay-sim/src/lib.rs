@@ -99,7 +99,21 @@ impl Drop for Simulator {
 
 /// The whole HTTP app: WeChat's APIs plus `/sim` control routes.
 pub fn app(shared: Arc<Shared>) -> axum::Router {
-    control::routes().fallback(api::wechat).with_state(shared)
+    control::routes()
+        .fallback(api::wechat)
+        .layer(axum::middleware::from_fn(log_answer))
+        .with_state(shared)
+}
+
+/// One line per request answered, at info.
+async fn log_answer(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let res = next.run(req).await;
+    tracing::info!(%method, path, status = res.status().as_u16(), "answered");
+    res
 }
 
 impl Simulator {

@@ -51,6 +51,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +89,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut sandbox = Sandbox::load(&dir)?;
             if let Some(m) = mode {
                 sandbox.info.mode = m;
+            }
+            if notify_url.is_none() {
+                tracing::warn!(
+                    "no --notify-url: payments, refunds and authorizations are recorded but no \
+                     callback is pushed anywhere"
+                );
             }
             let mut config = SimConfig::new(sandbox);
             config.listen = listen;

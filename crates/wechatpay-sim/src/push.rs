@@ -82,6 +82,14 @@ async fn send(
         .send()
         .await;
     let status = res.map(|r| r.status().as_u16()).unwrap_or(0);
+    tracing::info!(
+        id,
+        event_type = event.event_type(),
+        url,
+        status,
+        probe,
+        "callback pushed"
+    );
     if !probe && (200..300).contains(&status) {
         let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         sim.state

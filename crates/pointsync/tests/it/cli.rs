@@ -390,7 +390,80 @@ async fn the_demo_reports_a_record_that_matches_the_ledger() {
         report.rate_limited >= 10 && report.points_issued > 0 && report.refunds > 0,
         "{report}"
     );
-    assert!(report.to_string().contains("matches the ledger"));
+    let text = report.to_string();
+    assert!(text.contains("matches the ledger"), "{text}");
+    // deliveries are explained against notifications, and the folder is named with how to look
+    let n = &report.notifications;
+    assert_eq!((n.payments, n.authorizations), (120, 15), "{text}");
+    assert!(report.callbacks_sent >= n.total(), "{text}");
+    assert!(
+        text.contains("extra deliveries are WeChat's retries"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "pointsync status --config {}",
+            dir.path().join("demo/pointsync.toml").display()
+        )),
+        "{text}"
+    );
+    // the same seed gives the same day
+    let again = pointsync::demo::run(pointsync::demo::DemoOptions {
+        dir: Some(dir.path().join("demo2")),
+        payments: 120,
+        members: 15,
+        rate: 300.0,
+        burst_429: 10,
+        progress: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            &again.notifications,
+            again.credited,
+            again.points_issued,
+            again.points_deducted,
+            again.refunds
+        ),
+        (
+            &report.notifications,
+            report.credited,
+            report.points_issued,
+            report.points_deducted,
+            report.refunds
+        )
+    );
+}
+
+#[test]
+fn the_demo_in_a_log_prints_lines_not_carriage_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = pointsync(
+        &[
+            "demo",
+            "--payments",
+            "300",
+            "--members",
+            "20",
+            "--rate",
+            "60",
+            "--dir",
+            dir.path().join("d").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        !out.contains('\r'),
+        "stdout is not a terminal here: {out:?}"
+    );
+    assert!(
+        out.lines().filter(|l| l.contains("callbacks")).count() >= 2,
+        "a progress line every few seconds: {out}"
+    );
 }
 
 #[test]

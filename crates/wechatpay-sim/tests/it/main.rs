@@ -332,3 +332,76 @@ async fn a_receiver_slower_than_the_push_timeout_counts_as_a_failure() {
 fn sim_push(sim: &Simulator) -> PushConfig {
     sim.shared().push_config()
 }
+
+#[test]
+fn serve_logs_each_answer_and_push_and_warns_without_a_notify_url() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sb = dir.path().join("sb");
+    Sandbox::init(&sb, TrustMode::Cert).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let run = |notify: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wechatpay-sim"));
+        cmd.args(["serve", sb.to_str().unwrap(), "--listen", &listen])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(url) = notify {
+            cmd.args(["--notify-url", url, "--time-scale", "0.001"]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // wxpay.env follows --listen once it serves
+        let deadline = wechatpay::clock::monotonic() + Duration::from_secs(10);
+        while !std::fs::read_to_string(sb.join("wxpay.env"))
+            .is_ok_and(|e| e.contains(&format!("WECHATPAY_BASE_URL=http://{listen}")))
+        {
+            assert!(wechatpay::clock::monotonic() < deadline, "never served");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let http = reqwest::blocking::Client::new();
+        let base = format!("http://{listen}");
+        let post = |path: &str, body: serde_json::Value| -> serde_json::Value {
+            let res = http
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .unwrap();
+            serde_json::from_slice(&res.bytes().unwrap()).unwrap()
+        };
+        let m = post("/sim/members", serde_json::json!({"push": false}));
+        post(
+            "/sim/payments",
+            serde_json::json!({"openid": m["openid"], "amount": 100}),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        child.kill().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let _ = child.wait();
+        err
+    };
+    let err = run(None);
+    assert!(err.contains("no --notify-url"), "{err}");
+    assert!(
+        err.contains("answered") && err.contains("/sim/payments") && err.contains("status=200"),
+        "{err}"
+    );
+    // with a notify URL (nobody listening there), each push attempt is a line
+    let err = run(Some("http://127.0.0.1:9/notify"));
+    assert!(!err.contains("no --notify-url"), "{err}");
+    assert!(
+        err.contains("callback pushed") && err.contains("MALL_TRANSACTION.SUCCESS"),
+        "{err}"
+    );
+}
