@@ -73,10 +73,8 @@ impl Notifications {
             match d.event_type.as_str() {
                 wechatpay::notify::MALL_AUTH_ACTIVATE_CARD => n.authorizations += 1,
                 wechatpay::notify::MALL_REFUND_SUCCESS => n.refunds += 1,
-                wechatpay::notify::MALL_TRANSACTION_SUCCESS => {
-                    if !payments.insert(d.key.clone()) {
-                        n.manual_applications += 1;
-                    }
+                wechatpay::notify::MALL_TRANSACTION_SUCCESS if !payments.insert(d.key.clone()) => {
+                    n.manual_applications += 1
                 }
                 _ => {}
             }
