@@ -682,3 +682,17 @@ fn with_json_logs_every_line_is_json() {
         );
     }
 }
+
+#[test]
+fn the_deployment_config_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pointsync.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = pointsync::config::Config::parse(&text, &path, std::iter::empty()).unwrap();
+    assert_eq!(
+        c.service.database.sqlite_path(),
+        Some(Path::new("/var/lib/pointsync/pointsync.db")),
+        "the systemd unit's StateDirectory"
+    );
+    assert!(c.service.admin_listen.ip().is_loopback());
+    assert_eq!(c.service.log_format, "json");
+}
