@@ -59,6 +59,8 @@ pub struct ServiceConfig {
     pub busy_timeout_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// The callback URL as registered at WeChat (HTTPS), for `pointsync doctor`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -76,6 +78,7 @@ impl Default for ServiceConfig {
             min_free_bytes: 64 * 1024 * 1024,
             busy_timeout_ms: 5000,
             log_format: "text".into(),
+            public_url: None,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crash;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod doctor;
 pub mod domain;
 pub mod metrics;
 pub mod retry;

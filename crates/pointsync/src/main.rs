@@ -82,6 +82,19 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Preflight before pointing WeChat at the service: keys, WeChat's acceptance of the signature,
+    /// trust, the APIv3 key, the clock, the database, the listeners, the callback URL. One line
+    /// per check; exit 0 only when all pass.
+    Doctor {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also send a probe through `service.public_url` (checks the proxy forwards intact).
+        #[arg(long)]
+        probe: bool,
+    },
     /// Create or upgrade the database schema.
     Migrate {
         #[arg(long, short)]
@@ -193,6 +206,7 @@ impl Command {
             | Command::Member { config, .. }
             | Command::Adjust { config, .. }
             | Command::Migrate { config }
+            | Command::Doctor { config, .. }
             | Command::Sync {
                 command: SyncCommand::Retry { config, .. },
             } => Some(config),
@@ -204,7 +218,22 @@ async fn run(cli: Cli) -> Result<()> {
     let Some(path) = cli.command.config() else {
         return demo(cli.command).await;
     };
-    let config = Config::load(path)?;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Command::Doctor { json, .. } = &cli.command {
+                let check = pointsync::doctor::Check {
+                    check: "config",
+                    verdict: pointsync::doctor::Verdict::Fail,
+                    found: e.to_string(),
+                    fix: Some("correct the key named".into()),
+                };
+                print_checks(&[check], *json)?;
+                anyhow::bail!("doctor: the config does not load");
+            }
+            return Err(e.into());
+        }
+    };
     // the backend is chosen by `service.database`
     match &config.service.database {
         Database::Sqlite(_) => with_store::<SqliteStore>(cli.command, config).await,
@@ -421,6 +450,20 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Doctor { json, probe, .. } => {
+            let checks =
+                pointsync::doctor::run::<S>(&config, probe, pointsync::clock::now_ms() / 1000)
+                    .await;
+            print_checks(&checks, json)?;
+            let failed = checks
+                .iter()
+                .filter(|c| c.verdict == pointsync::doctor::Verdict::Fail)
+                .count();
+            if failed > 0 {
+                anyhow::bail!("doctor: {failed} check(s) failed");
+            }
+            Ok(())
+        }
         Command::Migrate { .. } => {
             let m = S::migrate(db).await?;
             if m.applied.is_empty() {
@@ -434,6 +477,17 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_checks(checks: &[pointsync::doctor::Check], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(checks)?);
+    } else {
+        for c in checks {
+            println!("{c}");
+        }
+    }
+    Ok(())
 }
 
 /// The error and its causes on one line, each said once (an error that quotes its source is not

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 pub use admin::admin_app;
 pub use bucket::TokenBucket;
 pub use dispatcher::{Dispatcher, rescuer};
-pub use receiver::{Receiver, public_app};
+pub use receiver::{DOCTOR_PROBE, Receiver, probe_digest, public_app};
 pub use skew::{ClockWatch, should_say};
 
 pub use crate::clock::now_ms;

@@ -47,6 +47,33 @@ pub struct Receiver<S> {
     pub clock_watch: Arc<super::ClockWatch>,
 }
 
+/// The header marking `pointsync doctor --probe`'s request.
+pub const DOCTOR_PROBE: &str = "pointsync-doctor-probe";
+
+/// What the receiver saw of a probe: SHA-256 over the raw body and the `Wechatpay-*` headers, so
+/// the doctor can tell whether a proxy forwards them intact.
+pub fn probe_digest(headers: &HeaderMap, body: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for name in [
+        "wechatpay-serial",
+        "wechatpay-signature",
+        "wechatpay-timestamp",
+        "wechatpay-nonce",
+        "wechatpay-signature-type",
+    ] {
+        ctx.update(name.as_bytes());
+        ctx.update(b"=");
+        ctx.update(headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
+        ctx.update(b"\n");
+    }
+    ctx.update(body);
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// WeChat's clock minus ours, from a callback's `Wechatpay-Timestamp`.
 fn callback_skew(headers: &HeaderMap, now_ms: i64) -> Option<i64> {
     let t: i64 = headers
@@ -111,6 +138,15 @@ async fn callback<S: Store>(
             return res;
         }
     };
+    if headers.contains_key(DOCTOR_PROBE) {
+        // `pointsync doctor --probe` through the proxy: say what arrived, store nothing
+        r.metrics
+            .callbacks
+            .with_label_values(&["doctor_probe"])
+            .inc();
+        let digest = probe_digest(&headers, &body);
+        return axum::Json(serde_json::json!({ "probe": digest })).into_response();
+    }
     let verified = r.parser.verify(&headers, &body);
     let sample = match &verified {
         Ok(_) => true,

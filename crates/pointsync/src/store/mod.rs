@@ -395,6 +395,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// migrated; a schema other than this binary's is refused with
     /// [`StoreError::SchemaMismatch`]; writes fail with [`StoreError::Closed`].
     fn open_read_only(db: &Database) -> impl Future<Output = Result<Self, StoreError>> + Send;
+    /// Checks, without creating or migrating anything, that the store exists, is at this binary's
+    /// schema and takes a write (rolled back): `pointsync doctor`. Returns the schema version.
+    fn check(db: &Database) -> impl Future<Output = Result<String, StoreError>> + Send;
     /// Creates or upgrades the schema (`pointsync migrate`).
     fn migrate(db: &Database) -> impl Future<Output = Result<Migrated, StoreError>> + Send;
     /// Stores a callback with all its effects in one transaction (inbox, decision, ledger,

@@ -5,6 +5,7 @@
 mod cli;
 mod contract;
 mod crash;
+mod doctor;
 mod e2e;
 mod harness;
 mod sqlite;

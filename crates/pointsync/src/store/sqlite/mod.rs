@@ -440,6 +440,35 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn check(db: &Database) -> Result<String, StoreError> {
+        let path = sqlite_path(db).to_path_buf();
+        let p2 = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let database = p2.display().to_string();
+            if !p2.exists() {
+                return Err(StoreError::NotFound { database });
+            }
+            let c = open_connection(&p2, Duration::from_secs(5), false)?;
+            let found: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(|e| classify(e, &p2, "reading the schema version"))?;
+            if found != latest() {
+                return Err(StoreError::SchemaMismatch {
+                    database,
+                    found,
+                    expected: latest(),
+                });
+            }
+            c.execute_batch(
+                "BEGIN IMMEDIATE; UPDATE health SET probed_at = probed_at WHERE id = 1; ROLLBACK",
+            )
+            .map_err(|e| classify(e, &p2, "a test write"))?;
+            Ok(schema())
+        })
+        .await
+        .map_err(|e| task_failed(&path, e))?
+    }
+
     async fn migrate(db: &Database) -> Result<Migrated, StoreError> {
         let path = sqlite_path(db).to_path_buf();
         let p2 = path.clone();
