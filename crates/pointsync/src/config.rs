@@ -119,6 +119,21 @@ pub struct WechatpayConfig {
     /// Partner mode: sync with `sub_mchid` = the mall merchant id from each callback.
     #[serde(default)]
     pub partner_mode: bool,
+    /// Certificate mode: refresh WeChat's platform certificates this often (and at once when
+    /// WeChat signs with a serial not trusted yet); 0 turns it off.
+    #[serde(default = "default_refresh_hours")]
+    pub certificate_refresh_hours: u64,
+    /// At most one refresh triggered by an unknown serial this often.
+    #[serde(default = "default_refresh_gap_ms")]
+    pub certificate_refresh_min_gap_ms: u64,
+}
+
+fn default_refresh_hours() -> u64 {
+    12
+}
+
+fn default_refresh_gap_ms() -> u64 {
+    30_000
 }
 
 fn default_timeout_ms() -> u64 {

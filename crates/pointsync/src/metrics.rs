@@ -23,6 +23,10 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// WeChat's clock minus this machine's, seconds (last sample; positive: ours is behind).
     pub clock_skew: prometheus::IntGauge,
+    /// Platform-certificate refreshes by result (refreshed, failed).
+    pub certificates: IntCounterVec,
+    /// Seconds until the first trusted platform certificate expires.
+    pub certificate_expiry: prometheus::IntGauge,
     /// Public connections closed by the service: header_timeout, body_timeout, at_limit.
     pub connections: IntCounterVec,
     /// Callback handling time (verify + durable commit), seconds.
@@ -89,7 +93,21 @@ impl Metrics {
         registry
             .register(Box::new(clock_skew.clone()))
             .expect("unique metric");
+        let certificate_expiry = prometheus::IntGauge::new(
+            "pointsync_platform_certificate_expires_in_seconds",
+            "Seconds until the first trusted WeChat Pay platform certificate expires",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(certificate_expiry.clone()))
+            .expect("unique metric");
         Self {
+            certificate_expiry,
+            certificates: counter(
+                "pointsync_certificate_refreshes_total",
+                "Platform-certificate refreshes by result",
+                "result",
+            ),
             clock_skew,
             store_errors,
             callbacks: counter(

@@ -1,7 +1,7 @@
 //! [`ClientBuilder`]: every setting validated once, when the client is built.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -272,7 +272,7 @@ impl ClientBuilder {
         .transpose()?;
         Ok(Pipeline {
             signer: RequestSigner::new(mchid, serial.to_ascii_uppercase(), key),
-            trust: RwLock::new(Arc::new(self.trust)),
+            trust: crate::trust::SharedTrust::new(self.trust),
             apiv3_key,
             endpoints: Endpoints::new(primary, backup, self.failback_after),
             clock: self.clock,

@@ -84,10 +84,7 @@ impl Client {
 
     /// Adds keys to the trust store (e.g. freshly downloaded platform certificates).
     pub fn add_trusted(&self, extra: TrustStore) {
-        let mut guard = self.core.trust.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**guard).clone();
-        next.extend(extra);
-        *guard = Arc::new(next);
+        self.core.trust.extend(extra);
     }
 
     /// Whether requests currently go to the backup endpoint first.

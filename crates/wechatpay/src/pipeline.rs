@@ -2,7 +2,7 @@
 //! then turn the answer into a verified [`Response`] or a typed error. Only the I/O differs
 //! between the two clients.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,7 +89,7 @@ impl Prepared {
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     pub signer: RequestSigner,
-    pub trust: RwLock<Arc<TrustStore>>,
+    pub trust: crate::trust::SharedTrust,
     pub apiv3_key: Option<ApiV3Key>,
     pub endpoints: Endpoints,
     pub clock: Arc<dyn Clock>,
@@ -102,7 +102,7 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     pub fn trust(&self) -> Arc<TrustStore> {
-        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.trust.snapshot()
     }
 
     /// Signs `req` now.
@@ -321,7 +321,7 @@ impl Pipeline {
             .clone()
             .ok_or(ConfigError::Missing(crate::error::Setting::ApiV3Key))?;
         Ok(
-            crate::notify::NotifyParser::new((*self.trust()).clone(), key)
+            crate::notify::NotifyParser::with_shared_trust(self.trust.clone(), key)
                 .with_clock(self.clock.clone()),
         )
     }

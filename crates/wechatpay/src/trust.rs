@@ -195,3 +195,30 @@ impl TrustStore {
         self.keys.extend(other.keys);
     }
 }
+
+/// A trust store shared by a client and the callback parsers made from it: keys added to one
+/// (fresh platform certificates) are trusted by all. Readers take a cheap snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SharedTrust(std::sync::Arc<std::sync::RwLock<std::sync::Arc<TrustStore>>>);
+
+impl SharedTrust {
+    /// Shares `store`.
+    pub fn new(store: TrustStore) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(store),
+        )))
+    }
+
+    /// The keys trusted now.
+    pub fn snapshot(&self) -> std::sync::Arc<TrustStore> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds every key of `extra`.
+    pub fn extend(&self, extra: TrustStore) {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        next.extend(extra);
+        *guard = std::sync::Arc::new(next);
+    }
+}

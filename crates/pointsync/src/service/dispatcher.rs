@@ -29,6 +29,7 @@ pub struct Dispatcher<S> {
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     clock_watch: Option<Arc<super::ClockWatch>>,
+    unknown_serial: Option<Arc<Notify>>,
 }
 
 /// The request stored at enqueue time, byte for byte.
@@ -60,7 +61,14 @@ impl<S: Store> Dispatcher<S> {
             metrics,
             clock,
             clock_watch: None,
+            unknown_serial: None,
         }
+    }
+
+    /// Notifies `n` when WeChat's answer is signed by a serial not trusted yet.
+    pub fn with_unknown_serial(mut self, n: Arc<Notify>) -> Self {
+        self.unknown_serial = Some(n);
+        self
     }
 
     /// Reports the clock skew seen in WeChat's answers to `watch`.
@@ -127,6 +135,16 @@ impl<S: Store> Dispatcher<S> {
             };
             if let (Some(w), Some(skew)) = (&self.clock_watch, skew) {
                 w.observe("the Date of WeChat's answers", skew);
+            }
+            if let (
+                Some(n),
+                Err(wechatpay::Error::Verify {
+                    source: wechatpay::VerifyError::UnknownSerial { .. },
+                    ..
+                }),
+            ) = (&self.unknown_serial, &result)
+            {
+                n.notify_one();
             }
             if let Err(e) = &result {
                 let request_id = e

@@ -6,11 +6,13 @@
 //! - `admin.rs` — `/healthz`, `/readyz`, `/metrics`, `/admin/status`;
 //! - `dispatcher.rs` — syncs out: claim, send, record; the rescuer;
 //! - `bucket.rs` — the outgoing rate limit;
+//! - `certificates.rs` — platform certificates that renew themselves;
 //! - `listener.rs` — the public listener's connection cap and header deadline;
 //! - `skew.rs` — how far this machine's clock looks from WeChat's.
 
 mod admin;
 mod bucket;
+mod certificates;
 mod dispatcher;
 mod listener;
 mod receiver;
@@ -25,6 +27,7 @@ use tokio::task::JoinSet;
 
 pub use admin::admin_app;
 pub use bucket::TokenBucket;
+pub use certificates::{first_expiry_in, uses_certificates};
 pub use dispatcher::{Dispatcher, rescuer};
 pub use receiver::{DOCTOR_PROBE, Receiver, probe_digest, public_app};
 pub use skew::{ClockWatch, should_say};
@@ -81,6 +84,7 @@ pub async fn start_with_clock<S: Store>(
         .with_body_limit(config.service.body_limit);
     let metrics = Metrics::new();
     let clock_watch = Arc::new(ClockWatch::new(metrics.clone()));
+    let unknown_serial = Arc::new(Notify::new());
     let wake = Arc::new(Notify::new());
     let receiver = Arc::new(Receiver {
         store: store.clone(),
@@ -94,6 +98,7 @@ pub async fn start_with_clock<S: Store>(
         wake: wake.clone(),
         clock: clock.clone(),
         clock_watch: clock_watch.clone(),
+        unknown_serial: unknown_serial.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -124,6 +129,18 @@ pub async fn start_with_clock<S: Store>(
             })
             .await;
     });
+    let refresh_hours = config.wechatpay.certificate_refresh_hours;
+    if refresh_hours > 0 && uses_certificates(&client) {
+        tasks.spawn(certificates::refresher(
+            client.clone(),
+            Duration::from_secs(refresh_hours * 3600),
+            Duration::from_millis(config.wechatpay.certificate_refresh_min_gap_ms),
+            unknown_serial.clone(),
+            metrics.clone(),
+            clock.clone(),
+            stopped.clone(),
+        ));
+    }
     let dispatcher = Arc::new(
         Dispatcher::new(
             store.clone(),
@@ -132,7 +149,8 @@ pub async fn start_with_clock<S: Store>(
             metrics.clone(),
             clock.clone(),
         )
-        .with_clock_watch(clock_watch),
+        .with_clock_watch(clock_watch)
+        .with_unknown_serial(unknown_serial),
     );
     tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));

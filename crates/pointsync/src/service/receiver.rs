@@ -45,6 +45,8 @@ pub struct Receiver<S> {
     pub clock: Arc<dyn Clock>,
     /// Watches how far our clock is from WeChat's.
     pub clock_watch: Arc<super::ClockWatch>,
+    /// Told when a callback is signed by a serial not trusted yet (a new platform certificate).
+    pub unknown_serial: Arc<Notify>,
 }
 
 /// The header marking `pointsync doctor --probe`'s request.
@@ -167,6 +169,9 @@ async fn callback<S: Store>(
                 .with_label_values(&[e.cause()])
                 .inc();
             tracing::warn!(cause = e.cause(), request_id, "callback rejected: {e}");
+            if e.cause() == "unknown_serial" {
+                r.unknown_serial.notify_one();
+            }
             return answer::rejected(&e).into_response();
         }
     };

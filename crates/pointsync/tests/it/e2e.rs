@@ -451,10 +451,19 @@ async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
         manual_share: 0.0,
     };
     h.sim.generate(spec).await.unwrap();
-    wait_for("a sync in flight", Duration::from_secs(10), || {
-        h.sim.counters().requests >= 1
-    })
-    .await;
+    // a sync in flight (leased, its request waiting on WeChat's 300 ms)
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(10);
+    while !h
+        .store
+        .status()
+        .await
+        .unwrap()
+        .syncs
+        .contains_key("inflight")
+    {
+        assert!(wechatpay::clock::monotonic() < deadline, "no sync in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.running.take().unwrap().shutdown().await;
     let s = h.store.status().await.unwrap();
     assert_eq!(s.syncs.get("inflight"), None, "nothing left leased: {s:?}");
@@ -959,4 +968,66 @@ async fn below_the_free_space_reserve_callbacks_are_refused_and_land_once_space_
         20
     );
     assert_invariants(&h.sim, &h.store).await;
+}
+
+#[tokio::test]
+async fn a_platform_certificate_not_trusted_yet_is_fetched_checked_and_trusted() {
+    // The service trusts an old certificate only (another sandbox's): WeChat signs with one it
+    // does not know. The first download fails (WeChat answers 500), so the callback signed by the
+    // new serial is refused, and that refusal triggers a download that lands: the certificate is
+    // decrypted with the APIv3 key, trusted by the client and the callback parser, and WeChat's
+    // retry is credited.
+    let dir = tempfile::tempdir().unwrap();
+    let old = wechatpay_sim::Sandbox::init(&dir.path().join("old"), wechatpay_sim::TrustMode::Cert)
+        .unwrap();
+    let old_cert = old.dir.as_ref().unwrap().join("wechat/platform_cert.pem");
+    let trust = format!("[\"{}\"]", old_cert.display());
+    let h = Harness::start_full(
+        wechat_timeouts(),
+        &[
+            ("POINTSYNC__WECHATPAY__TRUST", trust.as_str()),
+            (
+                "POINTSYNC__WECHATPAY__CERTIFICATE_REFRESH_MIN_GAP_MS",
+                "100",
+            ),
+        ],
+        |s| {
+            s.faults = FaultConfig {
+                rules: vec![FaultRule::next(
+                    Endpoint::Certificates,
+                    FaultKind::SystemError,
+                    1,
+                )],
+                qps_limit: None,
+            }
+        },
+        |_| {},
+    )
+    .await;
+    wait_for(
+        "the first download to fail",
+        Duration::from_secs(10),
+        || h.metric("pointsync_certificate_refreshes_total", "failed") >= 1.0,
+    )
+    .await;
+    let (m, tx) = h.member_pays(3_000);
+    h.quiet(Duration::from_secs(60)).await;
+    assert!(h.metric("pointsync_verification_failures_total", "unknown_serial") >= 1.0);
+    assert!(h.metric("pointsync_certificate_refreshes_total", "refreshed") >= 1.0);
+    let d = h.sim.delivery(&tx.transaction_id).unwrap();
+    assert!(d.delivered && d.attempts >= 2, "{d:?}");
+    assert_eq!(
+        h.store.member(&m.openid).await.unwrap().unwrap().balance,
+        30
+    );
+    assert_eq!(h.sim.synced_points().get(&tx.transaction_id), Some(&30));
+    let expiry = h
+        .running()
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("pointsync_platform_certificate_expires_in_seconds "))
+        .map(|v| v.parse::<f64>().unwrap())
+        .unwrap();
+    assert!(expiry > 30.0 * 86_400.0, "{expiry}");
 }

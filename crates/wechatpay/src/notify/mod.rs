@@ -162,7 +162,7 @@ struct Resource {
 /// Verifies, decrypts and types callbacks. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NotifyParser {
-    trust: Arc<TrustStore>,
+    trust: crate::trust::SharedTrust,
     key: ApiV3Key,
     clock: Arc<dyn Clock>,
     body_limit: usize,
@@ -171,8 +171,14 @@ pub struct NotifyParser {
 impl NotifyParser {
     /// A parser trusting `trust` and decrypting with `key`, on the system clock.
     pub fn new(trust: TrustStore, key: ApiV3Key) -> Self {
+        Self::with_shared_trust(crate::trust::SharedTrust::new(trust), key)
+    }
+
+    /// A parser trusting what `trust` holds at each callback (a client's store, which fresh
+    /// platform certificates join).
+    pub fn with_shared_trust(trust: crate::trust::SharedTrust, key: ApiV3Key) -> Self {
         Self {
-            trust: Arc::new(trust),
+            trust,
             key,
             clock: Arc::new(SystemClock),
             body_limit: DEFAULT_BODY_LIMIT,
@@ -196,9 +202,9 @@ impl NotifyParser {
         self.body_limit
     }
 
-    /// The trusted WeChat keys.
-    pub fn trust_store(&self) -> &TrustStore {
-        &self.trust
+    /// The WeChat keys trusted now.
+    pub fn trust_store(&self) -> Arc<TrustStore> {
+        self.trust.snapshot()
     }
 
     /// Verifies and decrypts a callback as of now.
@@ -226,7 +232,7 @@ impl NotifyParser {
                 return Err(NotifyError::SignatureType(t.chars().take(64).collect()));
             }
         }
-        let verified = verify_signature(&self.trust, headers, body, now)?;
+        let verified = verify_signature(&self.trust.snapshot(), headers, body, now)?;
         let de = &mut serde_json::Deserializer::from_slice(body);
         let env: Envelope = serde_path_to_error::deserialize(de)
             .map_err(|e| NotifyError::Envelope(format!("at `{}`: {}", e.path(), e.inner())))?;
