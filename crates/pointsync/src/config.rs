@@ -61,6 +61,8 @@ pub struct ServiceConfig {
     pub log_format: String,
     /// The callback URL as registered at WeChat (HTTPS), for `pointsync doctor`.
     pub public_url: Option<String>,
+    /// A file holding the admin listener's token; required when `admin_listen` is not loopback.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -79,11 +81,33 @@ impl Default for ServiceConfig {
             busy_timeout_ms: 5000,
             log_format: "text".into(),
             public_url: None,
+            admin_token_file: None,
         }
     }
 }
 
 impl ServiceConfig {
+    /// The admin token, read from `admin_token_file`.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let t = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "key `service.admin_token_file`: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let t = t.trim().to_string();
+        if t.len() < 16 {
+            return Err(ConfigError(format!(
+                "key `service.admin_token_file`: the token in {} is shorter than 16 characters",
+                path.display()
+            )));
+        }
+        Ok(Some(t))
+    }
+
     /// How the store is opened for serving.
     pub fn open_options(&self) -> crate::store::OpenOptions {
         crate::store::OpenOptions {
@@ -308,6 +332,9 @@ impl Config {
             }
         };
         self.service.database.resolve(base);
+        if let Some(p) = &mut self.service.admin_token_file {
+            abs(p);
+        }
         abs(&mut self.wechatpay.private_key);
         abs(&mut self.wechatpay.apiv3_key_file);
         for t in &mut self.wechatpay.trust {
@@ -356,6 +383,13 @@ impl Config {
             return Err("key `dispatcher.backoff_cap_ms` must be at least `dispatcher.backoff_base_ms` (> 0)".into());
         }
         let sv = &self.service;
+        if !sv.admin_listen.ip().is_loopback() && sv.admin_token_file.is_none() {
+            return Err(format!(
+                "key `service.admin_listen` ({}) is not loopback: the console and /metrics would \
+                 be open to the network; set `service.admin_token_file` or listen on 127.0.0.1",
+                sv.admin_listen
+            ));
+        }
         if sv.header_timeout_ms == 0 || sv.body_timeout_ms == 0 || sv.max_connections == 0 {
             return Err(
                 "keys `service.header_timeout_ms`, `service.body_timeout_ms` and \

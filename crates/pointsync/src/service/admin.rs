@@ -64,12 +64,75 @@ async fn status<S: Store>(State(r): State<Arc<Receiver<S>>>) -> Response {
     }
 }
 
-/// The admin app: `/healthz`, `/readyz`, `/metrics`, `/admin/status`.
-pub fn admin_app<S: Store>(r: Arc<Receiver<S>>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+/// The admin app: `/healthz`, `/readyz`, `/metrics`, `/admin/status` and the operator console.
+/// With `token`, every request but `/healthz` must carry it (`Authorization: Bearer …`, or the
+/// cookie `/login?token=…` sets).
+pub fn admin_app<S: Store>(r: Arc<Receiver<S>>, token: Option<String>) -> Router {
+    let app = Router::new()
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/admin/status", get(status::<S>))
-        .with_state(r)
+        .merge(super::console::routes::<S>())
+        .with_state(r);
+    let app = match token {
+        Some(t) => app.layer(axum::middleware::from_fn(move |req, next| {
+            require_token(t.clone(), req, next)
+        })),
+        None => app,
+    };
+    Router::new().route("/healthz", get(healthz)).merge(app)
+}
+
+async fn require_token(
+    token: String,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    #[allow(deprecated)]
+    let eq = |given: &str| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), token.as_bytes())
+            .is_ok()
+    };
+    if req.uri().path() == "/login" {
+        let given = req.uri().query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned())
+        });
+        if given.as_deref().is_some_and(eq) {
+            return (
+                StatusCode::SEE_OTHER,
+                [
+                    (http::header::LOCATION, "/".to_string()),
+                    (
+                        http::header::SET_COOKIE,
+                        format!("pointsync_admin={token}; HttpOnly; SameSite=Strict; Path=/"),
+                    ),
+                ],
+            )
+                .into_response();
+        }
+        return (StatusCode::UNAUTHORIZED, "wrong admin token").into_response();
+    }
+    let headers = req.headers();
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("pointsync_admin="));
+    if bearer.is_some_and(eq) || cookie.is_some_and(eq) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "the admin listener needs its token (service.admin_token_file): Authorization: Bearer, \
+             or open /login?token=… once",
+        )
+            .into_response()
+    }
 }

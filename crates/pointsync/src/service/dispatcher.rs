@@ -30,6 +30,7 @@ pub struct Dispatcher<S> {
     clock: Arc<dyn Clock>,
     clock_watch: Option<Arc<super::ClockWatch>>,
     unknown_serial: Option<Arc<Notify>>,
+    recent_errors: Option<Arc<super::console::RecentErrors>>,
 }
 
 /// The request stored at enqueue time, byte for byte.
@@ -62,7 +63,14 @@ impl<S: Store> Dispatcher<S> {
             clock,
             clock_watch: None,
             unknown_serial: None,
+            recent_errors: None,
         }
+    }
+
+    /// Remembers failed syncs in `errors` (the console's last errors).
+    pub fn with_recent_errors(mut self, errors: Arc<super::console::RecentErrors>) -> Self {
+        self.recent_errors = Some(errors);
+        self
     }
 
     /// Notifies `n` when WeChat's answer is signed by a serial not trusted yet.
@@ -157,6 +165,14 @@ impl<S: Store> Dispatcher<S> {
                     request_id,
                     "points sync failed: {e}"
                 );
+                if let Some(errors) = &self.recent_errors {
+                    errors.push(format!(
+                        "{}: points sync of {} (attempt {}) failed: {e}",
+                        wechatpay::clock::rfc3339_china(self.clock.now_ms().div_euclid(1000)),
+                        c.transaction_id,
+                        c.attempt
+                    ));
+                }
             }
             let now = self.clock.now_ms();
             let failure = result.as_ref().err().map(classify);

@@ -8,11 +8,13 @@
 //! - `bucket.rs` — the outgoing rate limit;
 //! - `certificates.rs` — platform certificates that renew themselves;
 //! - `listener.rs` — the public listener's connection cap and header deadline;
-//! - `skew.rs` — how far this machine's clock looks from WeChat's.
+//! - `skew.rs` — how far this machine's clock looks from WeChat's;
+//! - `console/` — the operator console in the browser (admin listener).
 
 mod admin;
 mod bucket;
 mod certificates;
+pub mod console;
 mod dispatcher;
 mod listener;
 mod receiver;
@@ -85,6 +87,7 @@ pub async fn start_with_clock<S: Store>(
     let metrics = Metrics::new();
     let clock_watch = Arc::new(ClockWatch::new(metrics.clone()));
     let unknown_serial = Arc::new(Notify::new());
+    let recent_errors = Arc::new(console::RecentErrors::default());
     let wake = Arc::new(Notify::new());
     let receiver = Arc::new(Receiver {
         store: store.clone(),
@@ -99,6 +102,8 @@ pub async fn start_with_clock<S: Store>(
         clock: clock.clone(),
         clock_watch: clock_watch.clone(),
         unknown_serial: unknown_serial.clone(),
+        csrf: wechatpay::crypto::random_token(32),
+        recent_errors: recent_errors.clone(),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -121,7 +126,8 @@ pub async fn start_with_clock<S: Store>(
         stopped.clone(),
     ));
     let mut s2 = stopped.clone();
-    let admin_router = admin_app(receiver.clone());
+    let admin_token = config.service.admin_token()?;
+    let admin_router = admin_app(receiver.clone(), admin_token);
     tasks.spawn(async move {
         let _ = axum::serve(admin, admin_router)
             .with_graceful_shutdown(async move {
@@ -150,7 +156,8 @@ pub async fn start_with_clock<S: Store>(
             clock.clone(),
         )
         .with_clock_watch(clock_watch)
-        .with_unknown_serial(unknown_serial),
+        .with_unknown_serial(unknown_serial)
+        .with_recent_errors(recent_errors),
     );
     tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));

@@ -47,6 +47,10 @@ pub struct Receiver<S> {
     pub clock_watch: Arc<super::ClockWatch>,
     /// Told when a callback is signed by a serial not trusted yet (a new platform certificate).
     pub unknown_serial: Arc<Notify>,
+    /// The console's per-process form token.
+    pub csrf: String,
+    /// The newest errors, for the console.
+    pub recent_errors: Arc<super::console::RecentErrors>,
 }
 
 /// The header marking `pointsync doctor --probe`'s request.
@@ -201,6 +205,11 @@ async fn callback<S: Store>(
         }
         Ok(Err(e)) => {
             r.metrics.store_error("ingest", e);
+            r.recent_errors.push(format!(
+                "{}: cannot store a callback ({}): {e}",
+                wechatpay::clock::rfc3339_china(r.clock.now_ms().div_euclid(1000)),
+                incoming.notification_id
+            ));
             tracing::error!(
                 notification_id = incoming.notification_id,
                 request_id,

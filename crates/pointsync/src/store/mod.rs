@@ -105,6 +105,36 @@ pub fn describe_failure(error: &str) -> String {
     out
 }
 
+/// One stored callback, for the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxView {
+    /// When received (Unix ms).
+    pub received_at: i64,
+    /// Event type.
+    pub event_type: String,
+    /// Transaction (openid for authorizations).
+    pub transaction_id: String,
+    /// Refund (or code:auth_type).
+    pub refund_id: String,
+    /// applied, held, rejected, ignored.
+    pub status: String,
+    /// Deliveries of the same notification.
+    pub deliveries: i64,
+    /// Why (rejections).
+    pub note: String,
+}
+
+/// Callbacks stored and syncs done in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Minute {
+    /// Unix minute (ms / 60 000).
+    pub minute: i64,
+    /// Callbacks stored.
+    pub callbacks: i64,
+    /// Syncs WeChat answered 204.
+    pub syncs: i64,
+}
+
 /// Backlog overview.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -460,6 +490,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         openid: &str,
     ) -> impl Future<Output = Result<Option<MemberView>, StoreError>> + Send;
+    /// The newest stored callbacks, newest first.
+    fn recent_callbacks(
+        &self,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<InboxView>, StoreError>> + Send;
+    /// Callbacks stored and syncs done per minute since `since_ms` (recent history only).
+    fn activity(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Minute>, StoreError>> + Send;
     /// Totals and consistency checks.
     fn audit(&self) -> impl Future<Output = Result<Audit, StoreError>> + Send;
     /// Whether the database takes a durable write now (a tiny committed write): readiness.

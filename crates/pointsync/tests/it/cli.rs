@@ -97,6 +97,11 @@ fn bad_config_names_the_key_and_the_file() {
             format!("{MINIMAL}\n[dispatcher]\nqps = = 3\n"),
             "line 10, column 7",
         ),
+        // the console and metrics are not opened to the network without a token
+        (
+            format!("[service]\nadmin_listen = \"0.0.0.0:9090\"\n{MINIMAL}"),
+            "service.admin_token_file",
+        ),
         // a listener wants IP:PORT and says so
         (
             format!("[service]\npublic_listen = \"localhost:8080\"\n{MINIMAL}"),

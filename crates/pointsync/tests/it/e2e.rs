@@ -461,7 +461,10 @@ async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
         .syncs
         .contains_key("inflight")
     {
-        assert!(wechatpay::clock::monotonic() < deadline, "no sync in flight");
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "no sync in flight"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     h.running.take().unwrap().shutdown().await;

@@ -3,6 +3,7 @@
 //! through the simulator over loopback HTTP.
 
 mod cli;
+mod console;
 mod contract;
 mod crash;
 mod doctor;

@@ -601,6 +601,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn recent_callbacks(&self, limit: i64) -> Result<Vec<super::InboxView>, StoreError> {
+        self.read("reading recent callbacks", move |c| {
+            read::recent_callbacks(c, limit)
+        })
+        .await
+    }
+
+    async fn activity(&self, since_ms: i64) -> Result<Vec<super::Minute>, StoreError> {
+        self.read("reading activity", move |c| read::activity(c, since_ms))
+            .await
+    }
+
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.read("auditing", read::audit).await
     }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::write::one;
-use crate::store::{Audit, LedgerEntry, MemberView, ParkedSync, Status};
+use crate::store::{Audit, InboxView, LedgerEntry, MemberView, Minute, ParkedSync, Status};
 
 fn counts(c: &Connection, sql: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
     let mut st = c.prepare_cached(sql)?;
@@ -127,4 +127,54 @@ pub(super) fn audit(c: &Connection) -> rusqlite::Result<Audit> {
             r.get(0)
         })?,
     })
+}
+
+pub(super) fn recent_callbacks(c: &Connection, limit: i64) -> rusqlite::Result<Vec<InboxView>> {
+    let mut st = c.prepare_cached(
+        "SELECT received_at, event_type, transaction_id, refund_id, status, deliveries, note FROM inbox ORDER BY id DESC LIMIT ?",
+    )?;
+    let rows = st.query_map(params![limit], |r| {
+        Ok(InboxView {
+            received_at: r.get(0)?,
+            event_type: r.get(1)?,
+            transaction_id: r.get(2)?,
+            refund_id: r.get(3)?,
+            status: r.get(4)?,
+            deliveries: r.get(5)?,
+            note: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Per-minute counts from the newest rows only (by id, so no index on times is needed).
+pub(super) fn activity(c: &Connection, since_ms: i64) -> rusqlite::Result<Vec<Minute>> {
+    let mut by_minute: BTreeMap<i64, Minute> = BTreeMap::new();
+    let mut st = c.prepare_cached(
+        "SELECT received_at FROM (SELECT received_at FROM inbox ORDER BY id DESC LIMIT 50000) WHERE received_at >= ?",
+    )?;
+    for t in st.query_map(params![since_ms], |r| r.get::<_, i64>(0))? {
+        let m = t?.div_euclid(60_000);
+        by_minute
+            .entry(m)
+            .or_insert(Minute {
+                minute: m,
+                ..Minute::default()
+            })
+            .callbacks += 1;
+    }
+    let mut st = c.prepare_cached(
+        "SELECT done_at FROM (SELECT done_at FROM outbox WHERE state = 'done' ORDER BY id DESC LIMIT 50000) WHERE done_at >= ?",
+    )?;
+    for t in st.query_map(params![since_ms], |r| r.get::<_, i64>(0))? {
+        let m = t?.div_euclid(60_000);
+        by_minute
+            .entry(m)
+            .or_insert(Minute {
+                minute: m,
+                ..Minute::default()
+            })
+            .syncs += 1;
+    }
+    Ok(by_minute.into_values().collect())
 }
