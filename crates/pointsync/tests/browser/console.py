@@ -43,6 +43,8 @@ try:
         shown = int(driver.find_element(By.ID, f"backlog-{state}").text)
         check(shown == status["syncs"].get(state, 0), f"backlog {state} = {shown} as in status --json")
     check(driver.find_element(By.ID, "chart").tag_name == "svg", "the activity chart is drawn")
+    check("days" in driver.find_element(By.ID, "trusted").text,
+          "the trusted platform certificate and its expiry are shown")
     driver.save_screenshot(f"{shots}/console-overview.png")
 
     # the parked sync shows WeChat's reason; retry re-queues it

@@ -58,9 +58,17 @@ async fn the_console_in_a_real_browser() {
         .find(|p| p.state == "parked")
         .expect("a parked sync")
         .id;
+    // what the page must show: `pointsync status --json`, the operator's own command
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("status.json");
-    std::fs::write(&status_file, serde_json::to_string(&status).unwrap()).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pointsync"))
+        .args(["status", "--json", "--config"])
+        .arg(h.config_path())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(&status_file, &o.stdout).unwrap();
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.py");

@@ -71,12 +71,16 @@ pub fn chart(minutes: &[Minute], now_minute: i64) -> Markup {
     }
 }
 
+/// One trusted WeChat key: its id and, for a certificate, when it expires (Unix seconds).
+pub type TrustedRow = (String, Option<i64>);
+
 /// The overview.
 pub fn overview(
     status: &Status,
     chart: Markup,
     failures: &[(String, u64)],
     errors: &[String],
+    trusted: &[TrustedRow],
     now_ms: i64,
 ) -> Markup {
     let get = |k: &str| *status.syncs.get(k).unwrap_or(&0);
@@ -103,6 +107,23 @@ pub fn overview(
             @if failures.is_empty() { p { "none" } } @else {
                 table id="failures" {
                     @for (cause, n) in failures { tr { td { (cause) } td.num { (n) } } }
+                }
+            }
+            h2 { "trusted WeChat Pay keys" }
+            table id="trusted" {
+                tr { th { "serial or id" } th { "expires" } }
+                @for (id, expires) in trusted {
+                    tr {
+                        td { (id) }
+                        td {
+                            @match expires {
+                                Some(t) => {
+                                    (time(t * 1000)) " (in " ((t - now_ms / 1000).div_euclid(86_400)) " days)"
+                                }
+                                None => { "public key (no expiry)" }
+                            }
+                        }
+                    }
                 }
             }
             h2 { "last errors" }
