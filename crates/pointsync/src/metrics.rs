@@ -144,6 +144,14 @@ impl Metrics {
         }
     }
 
+    /// Counts a callback refused before it was stored, by cause.
+    pub fn rejected(&self, cause: &str) {
+        self.callbacks
+            .with_label_values(&["verification_failed"])
+            .inc();
+        self.verification_failures.with_label_values(&[cause]).inc();
+    }
+
     /// Counts a store failure of `op`.
     pub fn store_error(&self, op: &str, e: &crate::store::StoreError) {
         self.store_errors.with_label_values(&[op, e.cause()]).inc();

@@ -113,14 +113,7 @@ async fn callback<S: Store>(
             } else {
                 (StatusCode::BAD_REQUEST, "unreadable_body")
             };
-            r.metrics
-                .callbacks
-                .with_label_values(&["verification_failed"])
-                .inc();
-            r.metrics
-                .verification_failures
-                .with_label_values(&[cause])
-                .inc();
+            r.metrics.rejected(cause);
             tracing::warn!(cause, request_id, "callback rejected: {e}");
             let message = format!("callback body rejected: {cause}");
             return answer::failure(status, &message).into_response();
@@ -164,14 +157,7 @@ async fn callback<S: Store>(
     let n = match verified {
         Ok(n) => n,
         Err(e) => {
-            r.metrics
-                .callbacks
-                .with_label_values(&["verification_failed"])
-                .inc();
-            r.metrics
-                .verification_failures
-                .with_label_values(&[e.cause()])
-                .inc();
+            r.metrics.rejected(e.cause());
             tracing::warn!(cause = e.cause(), request_id, "callback rejected: {e}");
             if e.cause() == "unknown_serial" {
                 r.unknown_serial.notify_one();

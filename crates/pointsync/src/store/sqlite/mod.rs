@@ -214,6 +214,27 @@ fn migrate_connection(c: &mut Connection, path: &Path) -> Result<Vec<String>, St
     Ok(applied)
 }
 
+/// Opens a database that must exist already and be at this binary's schema (nothing is created
+/// or migrated).
+fn open_existing(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let database = path.display().to_string();
+    if !path.exists() {
+        return Err(StoreError::NotFound { database });
+    }
+    let c = open_connection(path, Duration::from_secs(5), read_only)?;
+    let found: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| classify(e, path, "reading the schema version"))?;
+    if found != latest() {
+        return Err(StoreError::SchemaMismatch {
+            database,
+            found,
+            expected: latest(),
+        });
+    }
+    Ok(c)
+}
+
 fn task_failed(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend {
         database: path.display().to_string(),
@@ -411,22 +432,7 @@ impl Store for SqliteStore {
         let path = sqlite_path(db).to_path_buf();
         let p2 = path.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let database = p2.display().to_string();
-            if !p2.exists() {
-                return Err(StoreError::NotFound { database });
-            }
-            let c = open_connection(&p2, Duration::from_secs(5), true)?;
-            let found: i64 = c
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .map_err(|e| classify(e, &p2, "reading the schema version"))?;
-            if found != latest() {
-                return Err(StoreError::SchemaMismatch {
-                    database,
-                    found,
-                    expected: latest(),
-                });
-            }
-            Ok(c)
+            open_existing(&p2, true)
         })
         .await
         .map_err(|e| task_failed(&path, e))??;
@@ -444,21 +450,7 @@ impl Store for SqliteStore {
         let path = sqlite_path(db).to_path_buf();
         let p2 = path.clone();
         tokio::task::spawn_blocking(move || {
-            let database = p2.display().to_string();
-            if !p2.exists() {
-                return Err(StoreError::NotFound { database });
-            }
-            let c = open_connection(&p2, Duration::from_secs(5), false)?;
-            let found: i64 = c
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .map_err(|e| classify(e, &p2, "reading the schema version"))?;
-            if found != latest() {
-                return Err(StoreError::SchemaMismatch {
-                    database,
-                    found,
-                    expected: latest(),
-                });
-            }
+            let c = open_existing(&p2, false)?;
             c.execute_batch(
                 "BEGIN IMMEDIATE; UPDATE health SET probed_at = probed_at WHERE id = 1; ROLLBACK",
             )

@@ -147,34 +147,36 @@ pub(super) fn recent_callbacks(c: &Connection, limit: i64) -> rusqlite::Result<V
     rows.collect()
 }
 
+/// Unix-ms times from the newest `LIMIT 50000` rows `sql` selects, at or after `since_ms`.
+fn recent_times(c: &Connection, sql: &str, since_ms: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map(params![since_ms], |r| r.get::<_, i64>(0))?;
+    rows.collect()
+}
+
 /// Per-minute counts from the newest rows only (by id, so no index on times is needed).
 pub(super) fn activity(c: &Connection, since_ms: i64) -> rusqlite::Result<Vec<Minute>> {
     let mut by_minute: BTreeMap<i64, Minute> = BTreeMap::new();
-    let mut st = c.prepare_cached(
+    let mut bump = |t: i64, f: fn(&mut Minute)| {
+        let m = t.div_euclid(60_000);
+        f(by_minute.entry(m).or_insert(Minute {
+            minute: m,
+            ..Minute::default()
+        }));
+    };
+    for t in recent_times(
+        c,
         "SELECT received_at FROM (SELECT received_at FROM inbox ORDER BY id DESC LIMIT 50000) WHERE received_at >= ?",
-    )?;
-    for t in st.query_map(params![since_ms], |r| r.get::<_, i64>(0))? {
-        let m = t?.div_euclid(60_000);
-        by_minute
-            .entry(m)
-            .or_insert(Minute {
-                minute: m,
-                ..Minute::default()
-            })
-            .callbacks += 1;
+        since_ms,
+    )? {
+        bump(t, |m| m.callbacks += 1);
     }
-    let mut st = c.prepare_cached(
+    for t in recent_times(
+        c,
         "SELECT done_at FROM (SELECT done_at FROM outbox WHERE state = 'done' ORDER BY id DESC LIMIT 50000) WHERE done_at >= ?",
-    )?;
-    for t in st.query_map(params![since_ms], |r| r.get::<_, i64>(0))? {
-        let m = t?.div_euclid(60_000);
-        by_minute
-            .entry(m)
-            .or_insert(Minute {
-                minute: m,
-                ..Minute::default()
-            })
-            .syncs += 1;
+        since_ms,
+    )? {
+        bump(t, |m| m.syncs += 1);
     }
     Ok(by_minute.into_values().collect())
 }
