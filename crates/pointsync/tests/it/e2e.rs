@@ -551,14 +551,8 @@ async fn a_write_error_mid_run_answers_5xx_and_the_retry_lands_once_writes_work_
     assert_eq!(ready.status(), 200, "ready again once writes work");
     let d = h.sim.delivery(&tx2.transaction_id).unwrap();
     assert!(d.delivered && d.attempts >= 2, "{d:?}");
-    assert_eq!(
-        h.store.member(&m1.openid).await.unwrap().unwrap().balance,
-        10
-    );
-    assert_eq!(
-        h.store.member(&m2.openid).await.unwrap().unwrap().balance,
-        20
-    );
+    assert_eq!(h.balance(&m1.openid).await, 10);
+    assert_eq!(h.balance(&m2.openid).await, 20);
     assert_invariants(&h.sim, &h.store).await;
 }
 
@@ -962,14 +956,8 @@ async fn below_the_free_space_reserve_callbacks_are_refused_and_land_once_space_
     h.quiet(Duration::from_secs(60)).await;
     let ready = reqwest::get(format!("{admin}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(
-        h.store.member(&m1.openid).await.unwrap().unwrap().balance,
-        10
-    );
-    assert_eq!(
-        h.store.member(&m2.openid).await.unwrap().unwrap().balance,
-        20
-    );
+    assert_eq!(h.balance(&m1.openid).await, 10);
+    assert_eq!(h.balance(&m2.openid).await, 20);
     assert_invariants(&h.sim, &h.store).await;
 }
 
@@ -1019,10 +1007,7 @@ async fn a_platform_certificate_not_trusted_yet_is_fetched_checked_and_trusted()
     assert!(h.metric("pointsync_certificate_refreshes_total", "refreshed") >= 1.0);
     let d = h.sim.delivery(&tx.transaction_id).unwrap();
     assert!(d.delivered && d.attempts >= 2, "{d:?}");
-    assert_eq!(
-        h.store.member(&m.openid).await.unwrap().unwrap().balance,
-        30
-    );
+    assert_eq!(h.balance(&m.openid).await, 30);
     assert_eq!(h.sim.synced_points().get(&tx.transaction_id), Some(&30));
     let expiry = h
         .running()

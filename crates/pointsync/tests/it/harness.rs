@@ -101,6 +101,15 @@ impl Harness {
         }
     }
 
+    /// A member's balance as stored (0 for an unknown member).
+    pub async fn balance(&self, openid: &str) -> i64 {
+        self.store
+            .member(openid)
+            .await
+            .unwrap()
+            .map_or(0, |m| m.balance)
+    }
+
     pub fn config_path(&self) -> std::path::PathBuf {
         self._dir.path().join("pointsync.toml")
     }
