@@ -30,7 +30,7 @@ pub struct Dispatcher<S> {
     clock: Arc<dyn Clock>,
     clock_watch: Option<Arc<super::ClockWatch>>,
     unknown_serial: Option<Arc<Notify>>,
-    recent_errors: Option<Arc<super::console::RecentErrors>>,
+    recent_errors: Option<Arc<super::RecentErrors>>,
 }
 
 /// The request stored at enqueue time, byte for byte.
@@ -68,7 +68,7 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Remembers failed syncs in `errors` (the console's last errors).
-    pub fn with_recent_errors(mut self, errors: Arc<super::console::RecentErrors>) -> Self {
+    pub fn with_recent_errors(mut self, errors: Arc<super::RecentErrors>) -> Self {
         self.recent_errors = Some(errors);
         self
     }

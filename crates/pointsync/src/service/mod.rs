@@ -18,6 +18,7 @@ pub mod console;
 mod dispatcher;
 mod listener;
 mod receiver;
+mod recent_errors;
 mod skew;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use bucket::TokenBucket;
 pub use certificates::{first_expiry_in, uses_certificates};
 pub use dispatcher::{Dispatcher, rescuer};
 pub use receiver::{DOCTOR_PROBE, Receiver, probe_digest, public_app};
+pub use recent_errors::RecentErrors;
 pub use skew::{ClockWatch, should_say};
 
 pub use crate::clock::now_ms;
@@ -87,7 +89,7 @@ pub async fn start_with_clock<S: Store>(
     let metrics = Metrics::new();
     let clock_watch = Arc::new(ClockWatch::new(metrics.clone()));
     let unknown_serial = Arc::new(Notify::new());
-    let recent_errors = Arc::new(console::RecentErrors::default());
+    let recent_errors = Arc::new(RecentErrors::default());
     let wake = Arc::new(Notify::new());
     let receiver = Arc::new(Receiver {
         store: store.clone(),

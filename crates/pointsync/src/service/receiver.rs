@@ -50,7 +50,7 @@ pub struct Receiver<S> {
     /// The console's per-process form token.
     pub csrf: String,
     /// The newest errors, for the console.
-    pub recent_errors: Arc<super::console::RecentErrors>,
+    pub recent_errors: Arc<super::RecentErrors>,
 }
 
 /// The header marking `pointsync doctor --probe`'s request.

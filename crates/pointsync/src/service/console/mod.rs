@@ -5,8 +5,7 @@
 
 mod pages;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Form;
 use axum::Router;
@@ -18,32 +17,6 @@ use serde::Deserialize;
 
 use super::receiver::Receiver;
 use crate::store::{Adjusted, Adjustment, Store};
-
-/// The newest errors the console shows (the service's own, kept in memory).
-#[derive(Debug, Default)]
-pub struct RecentErrors(Mutex<VecDeque<String>>);
-
-impl RecentErrors {
-    const KEEP: usize = 20;
-
-    /// Remembers one error line.
-    pub fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == Self::KEEP {
-            q.pop_back();
-        }
-        q.push_front(line);
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
 
 fn html(m: maud::Markup) -> Response {
     Html(m.into_string()).into_response()
