@@ -60,6 +60,9 @@ fn latest() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
+/// What an ingest job is called (in errors, and to tell callback groups apart).
+const STORING_A_CALLBACK: &str = "storing a callback";
+
 /// Jobs written in one group at most.
 const MAX_GROUP: usize = 512;
 
@@ -98,7 +101,14 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 type Work<T> = Box<dyn FnOnce(&Connection) -> rusqlite::Result<T> + Send>;
 
 /// A queued job: runs, and returns the answer to send once the group's outcome is known.
-type Job = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
+/// Runs a job inside the group (given the group's BEGIN outcome) and returns its answer.
+type RunJob = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
+
+struct Job {
+    run: RunJob,
+    /// It stores a callback (the kill -9 tests' `before_commit` point is about those).
+    callback: bool,
+}
 
 /// Sends a job's answer once its group has committed (or failed to).
 type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
@@ -274,13 +284,19 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let work: Work<T> = Box::new(work);
-        let job: Job = Box::new(move |c, begun, path| {
-            let r = attempt(c, begun, work).map_err(|e| match e {
-                Failed::Sql(e) => classify(e, path, what),
-                Failed::Group(e) => e,
-            });
-            answer(r, tx)
-        });
+        let run = Box::new(
+            move |c: &Connection, begun: &Result<(), StoreError>, path: &Path| {
+                let r = attempt(c, begun, work).map_err(|e| match e {
+                    Failed::Sql(e) => classify(e, path, what),
+                    Failed::Group(e) => e,
+                });
+                answer(r, tx)
+            },
+        );
+        let job = Job {
+            run,
+            callback: what == STORING_A_CALLBACK,
+        };
         self.jobs.send(job).map_err(|_| StoreError::Closed {
             database: self.path.display().to_string(),
         })?;
@@ -385,8 +401,14 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) -> Result<(), Sto
     let begun = write::exec(c, "BEGIN IMMEDIATE", [])
         .map(|_| ())
         .map_err(|e| classify(e, path, "cannot begin a write transaction"));
-    let answers: Vec<Answer> = group.into_iter().map(|job| job(c, &begun, path)).collect();
-    crate::crash::point("before_commit");
+    let callbacks = group.iter().any(|j| j.callback);
+    let answers: Vec<Answer> = group
+        .into_iter()
+        .map(|job| (job.run)(c, &begun, path))
+        .collect();
+    if callbacks {
+        crate::crash::point("before_commit");
+    }
     let committed = begun.and_then(|()| {
         write::exec(c, "COMMIT", [])
             .map(|_| ())
@@ -490,7 +512,7 @@ impl Store for SqliteStore {
                 };
                 write::ingest(c, &n, &ctx)
             },
-            "storing a callback",
+            STORING_A_CALLBACK,
         )
         .await
     }
