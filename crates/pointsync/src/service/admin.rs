@@ -88,7 +88,6 @@ async fn require_token(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    #[allow(deprecated)]
     let eq = |given: &str| {
         aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), token.as_bytes())
             .is_ok()

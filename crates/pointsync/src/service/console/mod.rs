@@ -45,7 +45,6 @@ fn same_site(r: &Receiver<impl Store>, headers: &HeaderMap, csrf: &str) -> bool 
         (Some(_), None) => false,
         (None, _) => true,
     };
-    #[allow(deprecated)]
     let token_ok =
         aws_lc_rs::constant_time::verify_slices_are_equal(csrf.as_bytes(), r.csrf.as_bytes())
             .is_ok();
