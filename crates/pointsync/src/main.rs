@@ -439,7 +439,7 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                     };
                     println!(
                         "  {}  {:>6} {:>+7} → {:>7}  {}{refund}  {}",
-                        wechatpay::clock::rfc3339_china(e.created_at.div_euclid(1000)),
+                        pointsync::domain::china_time(e.created_at),
                         e.kind,
                         e.points,
                         e.balance_after,

@@ -168,7 +168,7 @@ impl<S: Store> Dispatcher<S> {
                 if let Some(errors) = &self.recent_errors {
                     errors.push(format!(
                         "{}: points sync of {} (attempt {}) failed: {e}",
-                        wechatpay::clock::rfc3339_china(self.clock.now_ms().div_euclid(1000)),
+                        crate::domain::china_time(self.clock.now_ms()),
                         c.transaction_id,
                         c.attempt
                     ));

@@ -193,7 +193,7 @@ async fn callback<S: Store>(
             r.metrics.store_error("ingest", e);
             r.recent_errors.push(format!(
                 "{}: cannot store a callback ({}): {e}",
-                wechatpay::clock::rfc3339_china(r.clock.now_ms().div_euclid(1000)),
+                crate::domain::china_time(r.clock.now_ms()),
                 incoming.notification_id
             ));
             tracing::error!(

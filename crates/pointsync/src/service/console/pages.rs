@@ -3,11 +3,8 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use crate::domain::china_time as time;
 use crate::store::{InboxView, MemberView, Minute, ParkedSync, Status, describe_failure};
-
-fn time(ms: i64) -> String {
-    wechatpay::clock::rfc3339_china(ms.div_euclid(1000))
-}
 
 /// The frame every page shares.
 pub fn page(title: &str, body: Markup) -> Markup {
