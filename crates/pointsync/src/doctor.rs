@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::Method;
 use serde::Serialize;
-use wechatpay::trust::TrustedKind;
 use wechatpay::{Error, RawRequest, VerifyError};
 
 use crate::config::Config;
@@ -252,27 +251,25 @@ async fn wechat_checks(client: &wechatpay::Client, now_unix: i64) -> Vec<Check> 
 }
 
 fn expiry(trust: &wechatpay::TrustStore, verified_by: &str, now_unix: i64) -> Check {
-    match trust.get(verified_by).map(|k| &k.kind) {
-        Some(TrustedKind::Certificate { not_after, .. })
-            if *not_after - now_unix < CERT_MARGIN_SECS =>
-        {
-            Check::fail(
-                "trust",
-                format!(
-                    "WeChat signs with {verified_by}, trusted, but it expires in {} days",
-                    (*not_after - now_unix).div_euclid(86_400)
-                ),
-                "download WeChat's next platform certificate (wxpay certificates) and trust it",
-            )
-        }
-        Some(TrustedKind::Certificate { not_after, .. }) => Check::pass(
+    let Some(left) = trust
+        .get(verified_by)
+        .and_then(|k| k.expires_at())
+        .map(|at| at - now_unix)
+    else {
+        return Check::pass("trust", format!("WeChat signs with {verified_by}, trusted"));
+    };
+    let days = left.div_euclid(86_400);
+    if left < CERT_MARGIN_SECS {
+        Check::fail(
             "trust",
-            format!(
-                "WeChat signs with {verified_by}, trusted, valid {} more days",
-                (*not_after - now_unix).div_euclid(86_400)
-            ),
-        ),
-        _ => Check::pass("trust", format!("WeChat signs with {verified_by}, trusted")),
+            format!("WeChat signs with {verified_by}, trusted, but it expires in {days} days"),
+            "download WeChat's next platform certificate (wxpay certificates) and trust it",
+        )
+    } else {
+        Check::pass(
+            "trust",
+            format!("WeChat signs with {verified_by}, trusted, valid {days} more days"),
+        )
     }
 }
 

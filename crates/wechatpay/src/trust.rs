@@ -42,6 +42,14 @@ impl TrustedKey {
     pub fn public_key(&self) -> &PublicKey {
         &self.key
     }
+
+    /// When a platform certificate stops being valid (Unix seconds); `None` for a public key.
+    pub fn expires_at(&self) -> Option<i64> {
+        match self.kind {
+            TrustedKind::Certificate { not_after, .. } => Some(not_after),
+            TrustedKind::PublicKey => None,
+        }
+    }
 }
 
 /// A parsed X.509 certificate: its serial (upper-case hex), validity and public key.
@@ -188,6 +196,14 @@ impl TrustStore {
             .values()
             .find(|k| k.kind == TrustedKind::PublicKey)
             .map(|k| k.id.as_str())
+    }
+
+    /// Every trusted key's id with its expiry (`None` for public keys).
+    pub fn expiries(&self) -> Vec<(String, Option<i64>)> {
+        self.keys
+            .values()
+            .map(|k| (k.id.clone(), k.expires_at()))
+            .collect()
     }
 
     /// Merges another store's keys into this one.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
-use wechatpay::trust::TrustedKind;
 
 use crate::clock::{Clock, monotonic};
 use crate::metrics::Metrics;
@@ -15,25 +14,22 @@ use crate::metrics::Metrics;
 /// Whether this client trusts platform certificates (certificate or migrating mode); merchants
 /// on public-key mode have none to refresh.
 pub fn uses_certificates(client: &wechatpay::Client) -> bool {
-    let trust = client.trust_store();
-    trust.ids().iter().any(|id| {
-        trust
-            .get(id)
-            .is_some_and(|k| matches!(k.kind, TrustedKind::Certificate { .. }))
-    })
+    client
+        .trust_store()
+        .expiries()
+        .iter()
+        .any(|(_, at)| at.is_some())
 }
 
 /// Seconds until the first trusted platform certificate expires, if any is trusted.
 pub fn first_expiry_in(client: &wechatpay::Client, now_unix: i64) -> Option<i64> {
-    let trust = client.trust_store();
-    trust
-        .ids()
-        .iter()
-        .filter_map(|id| match trust.get(id)?.kind {
-            TrustedKind::Certificate { not_after, .. } => Some(not_after - now_unix),
-            _ => None,
-        })
+    client
+        .trust_store()
+        .expiries()
+        .into_iter()
+        .filter_map(|(_, at)| at)
         .min()
+        .map(|at| at - now_unix)
 }
 
 /// Refreshes at start, on schedule (`every`) and when `unknown_serial` is notified (at most once

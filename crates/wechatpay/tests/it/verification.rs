@@ -177,3 +177,16 @@ fn tampering_fails() {
         Err(VerifyError::BadTimestamp(_))
     ));
 }
+
+#[test]
+fn expiries_name_each_key_a_certificate_with_its_not_after() {
+    let cert = wechatpay::trust::parse_certificate_pem(keys::PLATFORM_CERT_PEM).unwrap();
+    let mut e = trust_both().expiries();
+    e.sort();
+    let mut want = vec![
+        (keys::PLATFORM_SERIAL.to_string(), Some(cert.not_after)),
+        (keys::PUBKEY_ID.to_string(), None),
+    ];
+    want.sort();
+    assert_eq!(e, want);
+}

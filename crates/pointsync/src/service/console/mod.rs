@@ -80,20 +80,7 @@ async fn overview<S: Store>(State(r): State<Arc<Receiver<S>>>) -> Response {
             .filter(|(_, n)| *n > 0)
             .collect();
     failures.sort();
-    let trust = r.parser.trust_store();
-    let trusted: Vec<pages::TrustedRow> = trust
-        .ids()
-        .into_iter()
-        .map(|id| {
-            let expires = match trust.get(&id).map(|k| &k.kind) {
-                Some(wechatpay::trust::TrustedKind::Certificate { not_after, .. }) => {
-                    Some(*not_after)
-                }
-                _ => None,
-            };
-            (id, expires)
-        })
-        .collect();
+    let trusted: Vec<pages::TrustedRow> = r.parser.trust_store().expiries();
     html(pages::overview(
         &status,
         chart,
