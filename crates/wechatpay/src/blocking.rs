@@ -13,7 +13,7 @@ use crate::chain::Chain;
 use crate::error::Setting;
 use crate::error::{ConfigError, Error};
 use crate::notify::NotifyParser;
-use crate::pipeline::{Pipeline, Prepared};
+use crate::pipeline::{ConnectFailures, Pipeline, Prepared};
 use crate::request::{ApiRequest, RawRequest, Response, Sender};
 use crate::trust::TrustStore;
 
@@ -101,8 +101,7 @@ impl Client {
         req: &RawRequest,
     ) -> Result<(Prepared, StatusCode, HeaderMap, Bytes), Error> {
         let p = self.core.prepare(req)?;
-        let mut last = None;
-        let mut earlier = Vec::new();
+        let mut failed = ConnectFailures::default();
         for (primary, base) in self.core.endpoints.order() {
             let url = p.url_for(primary, base)?;
             let sent = self
@@ -123,18 +122,12 @@ impl Client {
                 }
                 Err(e) if e.is_connect() => {
                     self.core.endpoints.report(primary, false);
-                    if let Some(Error::Transport { url, cause, .. }) = &last {
-                        earlier.push(format!("{url} ({cause})"));
-                    }
-                    last = Some(Pipeline::transport_error(&url, e));
+                    failed.push(Pipeline::transport_error(&url, e));
                 }
                 Err(e) => return Err(Pipeline::transport_error(&url, e)),
             }
         }
-        match last {
-            Some(e) => Err(Pipeline::tried_all(e, earlier)),
-            None => Err(Error::Request("no endpoint configured".into())),
-        }
+        Err(failed.into_error())
     }
 
     /// `GET /v3/certificates`: downloads, decrypts and verifies the platform certificates.

@@ -21,6 +21,47 @@ use crate::sign::RequestSigner;
 use crate::trust::TrustStore;
 use crate::verify::{REQUEST_ID, verify_signature};
 
+/// The endpoints a request could not connect to, in order: the error to return once every
+/// endpoint failed is the last one's, naming the others.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectFailures(Vec<Error>);
+
+impl ConnectFailures {
+    pub fn push(&mut self, e: Error) {
+        self.0.push(e);
+    }
+
+    pub fn into_error(mut self) -> Error {
+        let Some(last) = self.0.pop() else {
+            return Error::Request("no endpoint configured".into());
+        };
+        let earlier: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Error::Transport { url, cause, .. } => Some(format!("{url} ({cause})")),
+                _ => None,
+            })
+            .collect();
+        match last {
+            Error::Transport {
+                url,
+                cause,
+                may_have_reached,
+                source,
+                ..
+            } => Error::Transport {
+                url,
+                cause,
+                also_tried: earlier,
+                may_have_reached,
+                source,
+            },
+            e => e,
+        }
+    }
+}
+
 /// WeChat's clock minus ours, in seconds, from an answer's `Date` header (positive: ours is
 /// behind).
 pub(crate) fn clock_skew(headers: &HeaderMap, ours: i64) -> Option<i64> {
@@ -270,26 +311,6 @@ impl Pipeline {
             also_tried: Vec::new(),
             may_have_reached,
             source: e,
-        }
-    }
-
-    /// The error of the last endpoint tried, naming the others that failed before it.
-    pub fn tried_all(last: Error, earlier: Vec<String>) -> Error {
-        match last {
-            Error::Transport {
-                url,
-                cause,
-                may_have_reached,
-                source,
-                ..
-            } => Error::Transport {
-                url,
-                cause,
-                also_tried: earlier,
-                may_have_reached,
-                source,
-            },
-            e => e,
         }
     }
 
