@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use pointsync::store::Store;
-use wechatpay_sim::{NewMember, NewPayment};
 
 use crate::harness::{Harness, fast_push};
 
@@ -40,14 +39,7 @@ async fn the_console_in_a_real_browser() {
     }
     let h = Harness::start(fast_push(), &[]).await;
     // an authorized member who paid, and another whose sync WeChat refuses (parked)
-    let m = h.sim.add_member(NewMember::default()).unwrap();
-    h.sim
-        .pay(NewPayment {
-            openid: m.openid.clone(),
-            amount: 10_000,
-            ..NewPayment::default()
-        })
-        .unwrap();
+    let (m, _) = h.authorized_member_pays(10_000);
     let (m2, _) = h.member_pays(2_000);
     h.sim.set_authorization(&m2.openid, false, false).unwrap();
     h.quiet(Duration::from_secs(20)).await;
@@ -102,14 +94,7 @@ async fn the_console_in_a_real_browser() {
 #[tokio::test]
 async fn console_forms_refuse_cross_site_posts_and_a_wrong_token() {
     let h = Harness::start(fast_push(), &[]).await;
-    let m = h.sim.add_member(NewMember::default()).unwrap();
-    h.sim
-        .pay(NewPayment {
-            openid: m.openid.clone(),
-            amount: 10_000,
-            ..NewPayment::default()
-        })
-        .unwrap();
+    let (m, _) = h.authorized_member_pays(10_000);
     h.quiet(Duration::from_secs(10)).await;
     let admin = format!("http://{}", h.running().admin_addr);
     let page = reqwest::get(format!("{admin}/members/{}", m.openid))

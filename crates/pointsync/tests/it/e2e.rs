@@ -217,15 +217,7 @@ async fn verification_failures_get_4xx_store_nothing_and_are_counted() {
 #[tokio::test]
 async fn refunds_before_their_payment_and_several_partial_refunds() {
     let h = Harness::start(fast_push(), &[]).await;
-    let m = h.sim.add_member(NewMember::default()).unwrap();
-    let tx = h
-        .sim
-        .pay(NewPayment {
-            openid: m.openid.clone(),
-            amount: 10_000,
-            ..NewPayment::default()
-        })
-        .unwrap();
+    let (m, tx) = h.authorized_member_pays(10_000);
     h.quiet(Duration::from_secs(10)).await;
     // a refund pushed directly, for a payment the service has never seen: held, 2xx
     let mut early = payment(&h, "4200000000000000000777", 9_000);

@@ -101,6 +101,26 @@ impl Harness {
         }
     }
 
+    /// A member who authorized (the callback pushed) and pays `amount` fen.
+    pub fn authorized_member_pays(
+        &self,
+        amount: i64,
+    ) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) {
+        let m = self
+            .sim
+            .add_member(wechatpay_sim::NewMember::default())
+            .unwrap();
+        let tx = self
+            .sim
+            .pay(wechatpay_sim::NewPayment {
+                openid: m.openid.clone(),
+                amount,
+                ..Default::default()
+            })
+            .unwrap();
+        (m, tx)
+    }
+
     /// A member's balance as stored (0 for an unknown member).
     pub async fn balance(&self, openid: &str) -> i64 {
         self.store

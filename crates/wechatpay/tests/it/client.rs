@@ -35,6 +35,12 @@ fn paid(sim: &Simulator) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) 
     (m, tx)
 }
 
+/// A loopback URL nothing listens on: bind a port, learn it, close it.
+fn refusing_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
 async fn authorization(
     client: &wechatpay::Client,
     m: &wechatpay_sim::Member,
@@ -377,9 +383,7 @@ async fn gets_retry_only_when_enabled_and_posts_never() {
 async fn a_custom_base_url_has_no_backup_unless_one_is_given() {
     let sim = sim(TrustMode::Cert).await;
     let (m, _tx) = paid(&sim);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead_url = refusing_url();
     // a test server as the base URL, no backup set: nothing may fail over to WeChat's backup
     let client = sim.client_builder().base_url(&dead_url).build().unwrap();
     let err = authorization(&client, &m).await.unwrap_err();
@@ -403,9 +407,7 @@ async fn a_custom_base_url_has_no_backup_unless_one_is_given() {
     authorization(&explicit, &m).await.unwrap();
     assert!(explicit.on_backup());
     // both down: the error names the real cause and both hosts tried
-    let dead2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead2_url = format!("http://{}", dead2.local_addr().unwrap());
-    drop(dead2);
+    let dead2_url = refusing_url();
     let both = sim
         .client_builder()
         .base_url(&dead_url)
@@ -424,9 +426,7 @@ async fn fails_over_to_backup_and_back() {
     let sim = sim(TrustMode::Cert).await;
     let (m, _tx) = paid(&sim);
     // a primary that refuses connections: bind, learn the port, close
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead_url = refusing_url();
     let client = sim
         .client_builder()
         .base_url(&dead_url)
