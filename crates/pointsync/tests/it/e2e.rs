@@ -797,8 +797,9 @@ async fn stalled_connections_are_closed_while_callbacks_keep_being_answered() {
     assert_invariants(&h.sim, &h.store).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn the_connection_cap_closes_new_connections_and_frees_up() {
+    let logs = CapturedLogs::start();
     let h = Harness::start(
         fast_push(),
         &[
@@ -814,6 +815,11 @@ async fn the_connection_cap_closes_new_connections_and_frees_up() {
     let extra = stalled(addr, 1, b"").await.remove(0);
     closed_within(extra, Duration::from_millis(300)).await;
     assert!(h.metric("pointsync_connections_closed_total", "at_limit") >= 1.0);
+    let text = logs.text();
+    assert!(
+        text.contains("connection cap (service.max_connections)") && text.contains("max=5"),
+        "a log line names the cap: {text}"
+    );
     // the held ones time out, and callbacks are answered again (WeChat retried the refused ones)
     for s in held {
         closed_within(s, Duration::from_secs(5)).await;
