@@ -215,6 +215,46 @@ async fn the_probe_passes_only_through_an_intact_path_to_the_callback() {
             .any(|l| l.starts_with("✘ probe") && l.contains("404")),
         "{out}"
     );
+    // a proxy that forwards the body but drops a Wechatpay-* header fails the probe
+    let target = format!("http://{public}/wechatpay/notify");
+    let proxy =
+        axum::Router::new().fallback(move |headers: http::HeaderMap, body: bytes::Bytes| {
+            let target = target.clone();
+            async move {
+                let mut forwarded = headers.clone();
+                forwarded.remove("wechatpay-signature");
+                forwarded.remove(http::header::HOST);
+                let r = reqwest::Client::new()
+                    .post(&target)
+                    .headers(forwarded)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                (status, r.bytes().await.unwrap())
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    let config = h.config_path();
+    let out = tokio::task::spawn_blocking(move || {
+        let url = format!("http://{proxy_addr}/wechatpay/notify");
+        let o = doctor_cmd(
+            &config,
+            &["doctor", "--probe"],
+            &[("POINTSYNC__SERVICE__PUBLIC_URL", url.as_str())],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("✘ probe") && l.contains("changed on the way")),
+        "{out}"
+    );
     // a probe is answered without storing anything
     assert!(h.store.status().await.unwrap().inbox.is_empty());
 }
