@@ -294,14 +294,19 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                 tracing::warn!("{warning}");
             }
             // keys and settings are checked before any database is created or migrated
-            config
-                .client()?
-                .notify_parser()
-                .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?;
+            let client = pointsync::service::client_for(&config)?;
             let store = S::open(db, &config.service.open_options()).await?;
             let public = bind(config.service.public_listen, "service.public_listen").await?;
             let admin = bind(config.service.admin_listen, "service.admin_listen").await?;
-            let running = pointsync::service::start(&config, store, public, admin).await?;
+            let running = pointsync::service::start_with(
+                &config,
+                client,
+                store,
+                public,
+                admin,
+                std::sync::Arc::new(pointsync::clock::SystemClock),
+            )
+            .await?;
             if json_lines() {
                 let line = serde_json::json!({"listening": {
                     "public": running.public_addr.to_string(),

@@ -63,6 +63,16 @@ impl Running {
     }
 }
 
+/// The SDK client for `config`, its APIv3 key checked too: everything the service needs from the
+/// keys, validated before any database is opened.
+pub fn client_for(config: &Config) -> anyhow::Result<wechatpay::Client> {
+    let client = config.client()?;
+    client
+        .notify_parser()
+        .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?;
+    Ok(client)
+}
+
 /// Starts everything on already-bound listeners, on the system clock.
 pub async fn start<S: Store>(
     config: &Config,
@@ -70,18 +80,27 @@ pub async fn start<S: Store>(
     public: TcpListener,
     admin: TcpListener,
 ) -> anyhow::Result<Running> {
-    start_with_clock(config, store, public, admin, Arc::new(SystemClock)).await
+    start_with(
+        config,
+        client_for(config)?,
+        store,
+        public,
+        admin,
+        Arc::new(SystemClock),
+    )
+    .await
 }
 
-/// Starts everything on already-bound listeners with the given clock.
-pub async fn start_with_clock<S: Store>(
+/// Starts everything on already-bound listeners with a client built by [`client_for`] and the
+/// given clock.
+pub async fn start_with<S: Store>(
     config: &Config,
+    client: wechatpay::Client,
     store: S,
     public: TcpListener,
     admin: TcpListener,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
-    let client = config.client()?;
     let parser = client
         .notify_parser()
         .map_err(|e| anyhow::anyhow!("key `wechatpay.apiv3_key_file`: {e}"))?
