@@ -173,43 +173,33 @@ async fn each_planted_fault_gives_exactly_its_one_failed_line() {
     );
 }
 
+/// `pointsync doctor --probe` with `service.public_url` set to `url`; its output.
+async fn probe_through(config: &Path, url: String) -> String {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let o = doctor_cmd(
+            &config,
+            &["doctor", "--probe"],
+            &[("POINTSYNC__SERVICE__PUBLIC_URL", url.as_str())],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_passes_only_through_an_intact_path_to_the_callback() {
     let h = crate::harness::Harness::start(crate::harness::fast_push(), &[]).await;
     let public = h.running().public_addr;
     let config = h.config_path();
-    let out = tokio::task::spawn_blocking({
-        let url = format!("http://{public}/wechatpay/notify");
-        let config = config.clone();
-        move || {
-            let o = doctor_cmd(
-                &config,
-                &["doctor", "--probe"],
-                &[("POINTSYNC__SERVICE__PUBLIC_URL", url.as_str())],
-            );
-            String::from_utf8_lossy(&o.stdout).into_owned()
-        }
-    })
-    .await
-    .unwrap();
+    let out = probe_through(&config, format!("http://{public}/wechatpay/notify")).await;
     assert!(
         out.lines()
             .any(|l| l.starts_with("✔ probe") && l.contains("intact")),
         "{out}"
     );
-    let out = tokio::task::spawn_blocking(move || {
-        let o = doctor_cmd(
-            &config,
-            &["doctor", "--probe"],
-            &[(
-                "POINTSYNC__SERVICE__PUBLIC_URL",
-                format!("http://{public}/somewhere/else").as_str(),
-            )],
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    })
-    .await
-    .unwrap();
+    let out = probe_through(&config, format!("http://{public}/somewhere/else")).await;
     assert!(
         out.lines()
             .any(|l| l.starts_with("✘ probe") && l.contains("404")),
@@ -238,18 +228,7 @@ async fn the_probe_passes_only_through_an_intact_path_to_the_callback() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, proxy).await });
-    let config = h.config_path();
-    let out = tokio::task::spawn_blocking(move || {
-        let url = format!("http://{proxy_addr}/wechatpay/notify");
-        let o = doctor_cmd(
-            &config,
-            &["doctor", "--probe"],
-            &[("POINTSYNC__SERVICE__PUBLIC_URL", url.as_str())],
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    })
-    .await
-    .unwrap();
+    let out = probe_through(&config, format!("http://{proxy_addr}/wechatpay/notify")).await;
     assert!(
         out.lines()
             .any(|l| l.starts_with("✘ probe") && l.contains("changed on the way")),

@@ -106,10 +106,15 @@ impl Harness {
         &self,
         amount: i64,
     ) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) {
-        let m = self
-            .sim
-            .add_member(wechatpay_sim::NewMember::default())
-            .unwrap();
+        self.new_member_pays(wechatpay_sim::NewMember::default(), amount)
+    }
+
+    fn new_member_pays(
+        &self,
+        member: wechatpay_sim::NewMember,
+        amount: i64,
+    ) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) {
+        let m = self.sim.add_member(member).unwrap();
         let tx = self
             .sim
             .pay(wechatpay_sim::NewPayment {
@@ -145,22 +150,11 @@ impl Harness {
 
     /// A member (no authorization callback) who pays `amount` fen.
     pub fn member_pays(&self, amount: i64) -> (wechatpay_sim::Member, wechatpay_sim::Transaction) {
-        let m = self
-            .sim
-            .add_member(wechatpay_sim::NewMember {
-                push: false,
-                ..Default::default()
-            })
-            .unwrap();
-        let tx = self
-            .sim
-            .pay(wechatpay_sim::NewPayment {
-                openid: m.openid.clone(),
-                amount,
-                ..Default::default()
-            })
-            .unwrap();
-        (m, tx)
+        let member = wechatpay_sim::NewMember {
+            push: false,
+            ..Default::default()
+        };
+        self.new_member_pays(member, amount)
     }
 
     pub fn metric(&self, name: &str, label: &str) -> f64 {
