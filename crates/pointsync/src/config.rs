@@ -150,6 +150,191 @@ pub struct WechatpayConfig {
     /// At most one refresh triggered by an unknown serial this often.
     #[serde(default = "default_refresh_gap_ms")]
     pub certificate_refresh_min_gap_ms: u64,
+    /// The mall's mini-program appids; the first is the default `appid` of parkings and queries
+    /// (otherwise the appid of the member's latest payment).
+    #[serde(default)]
+    pub appids: Vec<String>,
+    /// 品牌ID, sent with parkings and pending-points queries.
+    #[serde(default)]
+    pub brandid: Option<i64>,
+    /// WeChat queries (authorization, pending points) per second, all together (WeChat allows
+    /// the authorization query 150).
+    #[serde(default = "default_query_qps")]
+    pub query_qps: f64,
+    /// A WeChat query's deadline, rate-limit wait included (it runs while a callback or an API
+    /// call waits).
+    #[serde(default = "default_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn default_query_qps() -> f64 {
+    100.0
+}
+
+fn default_query_timeout_ms() -> u64 {
+    1500
+}
+
+/// A mall API scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// `GET /v1/members/…`.
+    #[serde(rename = "members:read")]
+    MembersRead,
+    /// `POST /v1/members/{openid}/adjustments`.
+    #[serde(rename = "points:adjust")]
+    PointsAdjust,
+    /// `POST /v1/parkings`, `GET /v1/parkings/{id}`.
+    #[serde(rename = "parkings:write")]
+    ParkingsWrite,
+}
+
+impl Scope {
+    /// As configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MembersRead => "members:read",
+            Self::PointsAdjust => "points:adjust",
+            Self::ParkingsWrite => "parkings:write",
+        }
+    }
+}
+
+/// One `[[mall_api.tokens]]`: a named bearer token and what it may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The caller (`miniprogram`, `pos`, `carpark`): logs and metrics name it.
+    pub name: String,
+    /// A file holding the token (at least 32 characters).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The token's SHA-256, hex, instead of the file.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// A configured token: its name, SHA-256 and scopes (the secret itself is not kept).
+#[derive(Clone)]
+pub struct ApiToken {
+    /// Name.
+    pub name: String,
+    /// SHA-256 of the token.
+    pub digest: [u8; 32],
+    /// Scopes.
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[mall_api]`: the API the mall's own systems call. On when the section is present.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MallApiConfig {
+    /// Listener (loopback by default: put it behind the mall's gateway).
+    pub listen: SocketAddr,
+    /// Bearer tokens.
+    pub tokens: Vec<TokenConfig>,
+    /// How long WeChat's pending-points answer for a member is reused.
+    pub pending_cache_ms: u64,
+    /// Largest request body (bytes).
+    pub body_limit: usize,
+}
+
+impl Default for MallApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            tokens: Vec::new(),
+            pending_cache_ms: 30_000,
+            body_limit: 16 * 1024,
+        }
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of a token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl MallApiConfig {
+    /// The tokens, read from their files; errors name the key.
+    pub fn load_tokens(&self) -> Result<Vec<ApiToken>, ConfigError> {
+        let mut out: Vec<ApiToken> = Vec::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = format!("mall_api.tokens[{i}]");
+            let digest = match (&t.token_file, &t.sha256) {
+                (Some(path), None) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError(format!(
+                            "key `{key}.token_file`: cannot read {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    let token = text.trim();
+                    if token.len() < 32 {
+                        return Err(ConfigError(format!(
+                            "key `{key}.token_file`: the token in {} is shorter than 32 characters",
+                            path.display()
+                        )));
+                    }
+                    token_digest(token)
+                }
+                (None, Some(h)) => hex32(h).ok_or_else(|| {
+                    ConfigError(format!(
+                        "key `{key}.sha256`: expected 64 hexadecimal characters (the SHA-256 of \
+                         the token)"
+                    ))
+                })?,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "key `{key}`: give exactly one of `token_file` and `sha256`"
+                    )));
+                }
+            };
+            if t.name.is_empty() || out.iter().any(|o| o.name == t.name) {
+                return Err(ConfigError(format!(
+                    "key `{key}.name`: `{}` is empty or used by another token",
+                    t.name
+                )));
+            }
+            if out.iter().any(|o| o.digest == digest) {
+                return Err(ConfigError(format!(
+                    "key `{key}`: the same token as another entry; give each caller its own"
+                )));
+            }
+            out.push(ApiToken {
+                name: t.name.clone(),
+                digest,
+                scopes: t.scopes.clone(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 fn default_refresh_hours() -> u64 {
@@ -219,6 +404,9 @@ pub struct Config {
     /// `[rules]`.
     #[serde(default)]
     pub rules: Rules,
+    /// `[mall_api]`: off when absent.
+    #[serde(default)]
+    pub mall_api: Option<MallApiConfig>,
 }
 
 /// A configuration error naming the key and where it came from.
@@ -335,6 +523,13 @@ impl Config {
         if let Some(p) = &mut self.service.admin_token_file {
             abs(p);
         }
+        if let Some(m) = &mut self.mall_api {
+            for t in &mut m.tokens {
+                if let Some(p) = &mut t.token_file {
+                    abs(p);
+                }
+            }
+        }
         abs(&mut self.wechatpay.private_key);
         abs(&mut self.wechatpay.apiv3_key_file);
         for t in &mut self.wechatpay.trust {
@@ -408,6 +603,27 @@ impl Config {
                 "key `service.log_format`: `{}` must be text or json",
                 self.service.log_format
             ));
+        }
+        let w = &self.wechatpay;
+        if !(w.query_qps.is_finite() && w.query_qps > 0.0 && w.query_qps <= 150.0) {
+            return Err(format!(
+                "key `wechatpay.query_qps`: {} must be above 0 and at most 150 (WeChat's limit \
+                 for the authorization query)",
+                w.query_qps
+            ));
+        }
+        if w.brandid.is_some_and(|b| b <= 0) {
+            return Err("key `wechatpay.brandid` must be a positive integer".into());
+        }
+        for (i, a) in w.appids.iter().enumerate() {
+            wechatpay::businesscircle::check_string("appid", a, 1, 128)
+                .map_err(|e| format!("key `wechatpay.appids[{i}]`: {}", e.reason))?;
+        }
+        if let Some(m) = &self.mall_api {
+            m.load_tokens().map_err(|e| e.0)?;
+            if m.body_limit == 0 {
+                return Err("key `mall_api.body_limit` must be positive".into());
+            }
         }
         if self.wechatpay.trust.is_empty() {
             return Err("key `wechatpay.trust`: at least one WeChat Pay certificate or PUB_KEY_ID_…=path is needed".into());

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     /// From enqueue (callback commit) to WeChat's 204, seconds.
     pub callback_to_sync_seconds: Histogram,
+    /// WeChat queries by API (authorization, commit_status) and outcome (ok, failed).
+    pub queries: IntCounterVec,
+    /// Mall API requests by route and status.
+    pub api_requests: IntCounterVec,
+    /// Mall API calls refused by reason (missing_token, wrong_token, missing_scope) and token
+    /// name (`-` when no token matched).
+    pub api_refusals: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -51,13 +58,14 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        let labelled = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
         };
+        let counter = |name: &str, help: &str, label: &str| labelled(name, help, &[label]);
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))
                 .expect("valid metric");
@@ -74,17 +82,11 @@ impl Metrics {
         registry
             .register(Box::new(backlog.clone()))
             .expect("unique metric");
-        let store_errors = IntCounterVec::new(
-            Opts::new(
-                "pointsync_store_errors_total",
-                "Store failures by operation and cause",
-            ),
+        let store_errors = labelled(
+            "pointsync_store_errors_total",
+            "Store failures by operation and cause",
             &["op", "cause"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("unique metric");
+        );
         let clock_skew = prometheus::IntGauge::new(
             "pointsync_clock_skew_seconds",
             "WeChat's clock minus this machine's (callback timestamps, Date of answers)",
@@ -102,6 +104,21 @@ impl Metrics {
             .register(Box::new(certificate_expiry.clone()))
             .expect("unique metric");
         Self {
+            queries: labelled(
+                "pointsync_wechat_queries_total",
+                "WeChat queries by API and outcome",
+                &["api", "outcome"],
+            ),
+            api_requests: labelled(
+                "pointsync_mall_api_requests_total",
+                "Mall API requests by route and status",
+                &["route", "status"],
+            ),
+            api_refusals: labelled(
+                "pointsync_mall_api_refusals_total",
+                "Mall API calls refused by reason and token name",
+                &["reason", "token"],
+            ),
             certificate_expiry,
             certificates: counter(
                 "pointsync_certificate_refreshes_total",

@@ -35,15 +35,21 @@ pub struct StoreRule {
     pub no_points_remarks: Option<String>,
 }
 
-/// What to do with a payment from a member whose authorization callback was never received.
+/// What to do with a payment from a member whose authorization is unknown (no callback received,
+/// never queried): `rules.unknown_authorization`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum UnknownMember {
-    /// Credit: WeChat only sends payments of authorized members. \[INFERRED\]
+pub enum UnknownAuthorization {
+    /// Ask WeChat (`GET /v3/businesscircle/user-authorizations/{openid}`, rate-limited) before
+    /// deciding; if WeChat cannot say, the payment is kept not credited, as `hold` does.
     #[default]
+    Query,
+    /// Credit: WeChat sends payments of authorized members only. \[INFERRED\]
     Credit,
-    /// No points until an authorization callback arrives.
-    NoPoints,
+    /// Keep the payment not credited (no points sync); it is credited when the member applies
+    /// for its points in WeChat's plugin and WeChat pushes it again with `commit_tag`.
+    #[serde(alias = "no_points")]
+    Hold,
 }
 
 /// The `[rules]` table of the config file.
@@ -60,8 +66,10 @@ pub struct Rules {
     pub daily_cap: Option<i64>,
     /// Let refunds take a balance below zero (otherwise the debit stops at zero and the rest is recorded).
     pub allow_negative_balance: bool,
-    /// Payments from members never seen authorizing.
-    pub unknown_member: UnknownMember,
+    /// Payments from members whose authorization is unknown (`unknown_member` before 0.2, whose
+    /// `no_points` is `hold`).
+    #[serde(alias = "unknown_member")]
+    pub unknown_authorization: UnknownAuthorization,
     /// Per-store rates and exclusions.
     pub stores: Vec<StoreRule>,
 }
@@ -74,7 +82,7 @@ impl Default for Rules {
             min_amount_fen: 0,
             daily_cap: None,
             allow_negative_balance: false,
-            unknown_member: UnknownMember::Credit,
+            unknown_authorization: UnknownAuthorization::Query,
             stores: Vec::new(),
         }
     }
@@ -101,7 +109,7 @@ pub enum Authorization {
     Authorized,
     /// Known, not authorized (card opened only, or revoked).
     NotAuthorized,
-    /// No authorization callback received.
+    /// Neither a callback nor WeChat's answer to a query received.
     Unknown,
 }
 
@@ -127,6 +135,9 @@ pub struct Decision {
     pub no_points_remarks: Option<String>,
     /// Why, for the ledger.
     pub explanation: Value,
+    /// No points because the member is not (or not known to be) authorized: the payment is kept
+    /// not credited, without a points sync, until a manual application (`commit_tag`).
+    pub not_authorized: bool,
 }
 
 impl Rules {
@@ -190,19 +201,22 @@ impl Rules {
                 points: 0,
                 no_points_remarks: Some(remarks),
                 explanation,
+                not_authorized: false,
             }
         };
         let authorized = match p.authorization {
             Authorization::Authorized => true,
             Authorization::NotAuthorized => false,
-            Authorization::Unknown => self.unknown_member == UnknownMember::Credit,
+            Authorization::Unknown => self.unknown_authorization == UnknownAuthorization::Credit,
         };
         if !authorized {
-            return none(
-                "member not authorized",
-                remarks::NOT_AUTHORIZED.into(),
-                explanation,
-            );
+            let reason = match p.authorization {
+                Authorization::Unknown => "member authorization unknown",
+                _ => "member not authorized",
+            };
+            let mut d = none(reason, remarks::NOT_AUTHORIZED.into(), explanation);
+            d.not_authorized = true;
+            return d;
         }
         if let Some(s) = store.filter(|s| s.exclude) {
             let text = s
@@ -250,6 +264,7 @@ impl Rules {
             points,
             no_points_remarks: None,
             explanation,
+            not_authorized: false,
         }
     }
 }
@@ -344,8 +359,8 @@ mod tests {
                     authorization: Authorization::Unknown,
                     ..pay(12_345, "S1")
                 },
-                123,
-                None,
+                0,
+                Some(remarks::NOT_AUTHORIZED),
             ),
         ];
         for (p, points, remark) in cases {
@@ -354,18 +369,23 @@ mod tests {
             assert_eq!(d.no_points_remarks.as_deref(), remark, "{p:?}");
             assert_eq!(d.explanation["rules"], rules.version());
         }
-        let strict = Rules {
-            unknown_member: UnknownMember::NoPoints,
+        // `credit` trusts WeChat to push authorized members' payments only
+        let trusting = Rules {
+            unknown_authorization: UnknownAuthorization::Credit,
             ..Rules::default()
         };
+        let d = trusting.decide(&Payment {
+            authorization: Authorization::Unknown,
+            ..pay(10_000, "S1")
+        });
+        assert_eq!((d.points, d.not_authorized), (100, false));
+        let d = rules.decide(&Payment {
+            authorization: Authorization::Unknown,
+            ..pay(10_000, "S1")
+        });
         assert_eq!(
-            strict
-                .decide(&Payment {
-                    authorization: Authorization::Unknown,
-                    ..pay(10_000, "S1")
-                })
-                .points,
-            0
+            (d.points, d.not_authorized, d.explanation["reason"].as_str()),
+            (0, true, Some("member authorization unknown"))
         );
     }
 

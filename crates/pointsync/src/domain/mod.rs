@@ -7,13 +7,15 @@
 //! callback's inbox row, and a store applies the rest only if that row's natural key was free.
 
 mod adjust;
+mod parking;
 mod payment;
 
 use serde_json::Value;
 use wechatpay::notify::{AuthType, Event};
 
 pub use adjust::{AdjustSnapshot, AdjustWrite, Adjusted, Adjustment, adjust};
-pub use payment::{PaymentSnapshot, refund_effects};
+pub use parking::{NewParking, ParkingError, parking_request, parking_sync_key};
+pub use payment::{MANUAL_CREDIT, PaymentSnapshot, refund_effects};
 
 use crate::rules::{Authorization, Rules};
 
@@ -66,6 +68,13 @@ pub enum Ingested {
     },
     /// Refund of a payment not seen yet: held until the payment arrives.
     Held,
+    /// A payment kept not credited (its member not authorized) credited now, on the member's
+    /// manual application (the same transaction pushed again with `commit_tag`); its points sync
+    /// enqueued.
+    ManualCredit {
+        /// Points credited.
+        points: i64,
+    },
     /// Authorization recorded.
     Authorization,
     /// Seen before (same natural key): no new effect.
@@ -269,8 +278,20 @@ pub struct PaymentRow {
     pub refunded_amount: i64,
     /// Points refunds were entitled to deduct so far.
     pub entitled_debit: i64,
+    /// Kept not credited because the member is not (known to be) authorized: no points sync
+    /// until a manual application credits it.
+    pub not_credited: bool,
     /// When, Unix ms.
     pub created_at: i64,
+}
+
+/// A payment kept not credited, credited now (a manual application).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentCredit {
+    /// Transaction.
+    pub transaction_id: String,
+    /// Points credited.
+    pub credited_points: i64,
 }
 
 /// A stored payment's refund totals after a refund.
@@ -321,6 +342,8 @@ pub struct Plan {
     pub payment: Option<PaymentRow>,
     /// A stored payment's new refund totals.
     pub payment_update: Option<PaymentUpdate>,
+    /// A payment kept not credited, credited now.
+    pub payment_credit: Option<PaymentCredit>,
     /// A points sync to send.
     pub outbox: Option<OutboxRow>,
     /// Held refunds applied now (their inbox rows become `applied`).
@@ -337,6 +360,7 @@ impl Plan {
             ledger: Vec::new(),
             payment: None,
             payment_update: None,
+            payment_credit: None,
             outbox: None,
             released: Vec::new(),
         }
@@ -358,7 +382,12 @@ pub fn reads(n: &Incoming, now_ms: i64) -> Reads {
     let day = china_day(now_ms);
     match &n.event {
         Event::MallTransaction(t) => Reads {
-            key: key(&t.transaction_id, ""),
+            // a manual application's push is stored under its own key; whether it credits
+            // anything is the stored payment's to say
+            key: match &t.commit_tag {
+                Some(tag) => key(&t.transaction_id, &format!("commit:{tag}")),
+                None => key(&t.transaction_id, ""),
+            },
             openid: Some(t.openid.clone()),
             transaction_id: Some(t.transaction_id.clone()),
             day,
@@ -410,7 +439,11 @@ pub fn ingest(n: &Incoming, snap: &Snapshot, ctx: &IngestContext<'_>) -> Plan {
         return Plan::duplicate(key);
     }
     match &n.event {
-        Event::MallTransaction(t) => payment::payment(n, t, key, snap, ctx),
+        Event::MallTransaction(t) => match &snap.payment {
+            None => payment::payment(n, t, key, snap, ctx),
+            Some(p) if t.commit_tag.is_some() => payment::manual(n, t, p, key, snap, ctx),
+            Some(_) => Plan::duplicate(key),
+        },
         Event::MallRefund(r) => payment::refund(n, r, key, snap, ctx),
         Event::MallAuth(a) => {
             let row = inbox_row(n, &key, &a.openid, InboxStatus::Applied, "", ctx.now_ms);

@@ -7,9 +7,9 @@ use wechatpay::notify::{Event, MALL_REFUND_SUCCESS, MallRefund, MallTransaction}
 
 use super::{
     InboxKey, InboxStatus, Incoming, IngestContext, Ingested, LedgerRow, MemberWrite, OutboxRow,
-    PaymentRow, PaymentUpdate, Plan, Snapshot, china_day, china_time, inbox_row,
+    PaymentCredit, PaymentRow, PaymentUpdate, Plan, Snapshot, china_day, china_time, inbox_row,
 };
-use crate::rules::{Payment, refund_deduction};
+use crate::rules::{Authorization, Payment, refund_deduction};
 
 /// A stored payment, as refunds need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct PaymentSnapshot {
     pub refunded_amount: i64,
     /// Points refunds were entitled to deduct so far.
     pub entitled_debit: i64,
+    /// Kept not credited (member not authorized), no points sync sent.
+    pub not_credited: bool,
 }
 
 /// The effects of one refund on a stored payment and its member's balance: the debit entry, the
@@ -170,13 +172,17 @@ pub(super) fn payment(
         rule: d.explanation.clone(),
         created_at: ctx.now_ms,
     });
-    plan.outbox = Some(points_sync(
-        t,
-        d.points,
-        d.no_points_remarks.as_deref(),
-        balance,
-        ctx,
-    ));
+    // a member not authorized: WeChat refuses a points sync for her, so none is sent; the
+    // payment is kept not credited until she applies for its points (commit_tag)
+    if !d.not_authorized {
+        plan.outbox = Some(points_sync(
+            t,
+            d.points,
+            d.no_points_remarks.as_deref(),
+            balance,
+            ctx,
+        ));
+    }
     // refunds that arrived before this payment
     let mut stored = PaymentSnapshot {
         openid: t.openid.clone(),
@@ -184,6 +190,7 @@ pub(super) fn payment(
         credited_points: d.points,
         refunded_amount: 0,
         entitled_debit: 0,
+        not_credited: d.not_authorized,
     };
     for held in &snap.held_refunds {
         let Ok(Event::MallRefund(r)) = Event::decode(MALL_REFUND_SUCCESS, held.resource.as_bytes())
@@ -211,10 +218,76 @@ pub(super) fn payment(
         credited_points: d.points,
         refunded_amount: stored.refunded_amount,
         entitled_debit: stored.entitled_debit,
+        not_credited: d.not_authorized,
         created_at: ctx.now_ms,
     });
     plan
 }
+
+/// The same transaction pushed again with `commit_tag`: the member applied for its points in
+/// WeChat's plugin. A payment kept not credited is credited now (on what is left after refunds)
+/// and its points sync enqueued, unless the member is known not to be authorized; a payment
+/// credited before is a duplicate.
+pub(super) fn manual(
+    n: &Incoming,
+    t: &MallTransaction,
+    p: &PaymentSnapshot,
+    key: InboxKey,
+    snap: &Snapshot,
+    ctx: &IngestContext<'_>,
+) -> Plan {
+    let plain = InboxKey {
+        refund_id: String::new(),
+        ..key.clone()
+    };
+    // WeChat lets only an authorized member apply; a member the service knows as not authorized
+    // (her state just queried, in `query` mode) is not credited
+    if !p.not_credited || snap.member.authorization == Authorization::NotAuthorized {
+        return Plan::duplicate(plain);
+    }
+    let d = ctx.rules.decide(&Payment {
+        amount_fen: p.amount - p.refunded_amount,
+        shop_number: &t.shop_number,
+        authorization: Authorization::Authorized,
+        credited_today: snap.credited_today,
+    });
+    let balance = snap.member.balance + d.points;
+    let note = format!("manual application: credited {} points", d.points);
+    let row = inbox_row(n, &key, &p.openid, InboxStatus::Applied, &note, ctx.now_ms);
+    let mut rule = d.explanation.clone();
+    rule["manual_application"] = json!(t.commit_tag);
+    let mut plan = Plan::only(Ingested::ManualCredit { points: d.points }, key, Some(row));
+    plan.ledger.push(LedgerRow {
+        openid: p.openid.clone(),
+        kind: "credit",
+        transaction_id: t.transaction_id.clone(),
+        refund_id: MANUAL_CREDIT.to_string(),
+        points: d.points,
+        balance_after: balance,
+        day: china_day(ctx.now_ms),
+        rule,
+        created_at: ctx.now_ms,
+    });
+    plan.members.push(MemberWrite::Balance {
+        openid: p.openid.clone(),
+        balance,
+    });
+    plan.payment_credit = Some(PaymentCredit {
+        transaction_id: t.transaction_id.clone(),
+        credited_points: d.points,
+    });
+    plan.outbox = Some(points_sync(
+        t,
+        d.points,
+        d.no_points_remarks.as_deref(),
+        balance,
+        ctx,
+    ));
+    plan
+}
+
+/// The ledger's `refund_id` of a manual application's credit: one per transaction.
+pub const MANUAL_CREDIT: &str = "manual";
 
 pub(super) fn refund(
     n: &Incoming,

@@ -79,17 +79,6 @@ fn payments_by_member_state() {
     let cases = [
         (Authorization::Authorized, 0, 0, None, 123, true, None),
         (Authorization::Authorized, 40, 0, None, 123, true, None),
-        (
-            Authorization::NotAuthorized,
-            0,
-            0,
-            None,
-            0,
-            false,
-            Some(crate::rules::remarks::NOT_AUTHORIZED),
-        ),
-        // unknown members are credited by default ([INFERRED]: WeChat sends authorized members only)
-        (Authorization::Unknown, 0, 0, None, 123, true, None),
         (Authorization::Authorized, 0, 450, Some(500), 50, true, None),
         (
             Authorization::Authorized,
@@ -235,6 +224,7 @@ fn refunds_deduct_their_share_hold_until_the_payment_and_respect_the_balance() {
         credited_points: 100,
         refunded_amount: 0,
         entitled_debit: 0,
+        not_credited: false,
     };
     // (allow negative, balance, refund amount, debited, balance after, shortfall)
     let cases = [
@@ -316,7 +306,7 @@ fn the_sync_is_validated_when_enqueued_and_parked_when_invalid() {
     let long = "o".repeat(65);
     let plan = ingest(
         &incoming(Event::MallTransaction(tx("T1", &long, 100, "S1"))),
-        &Snapshot::default(),
+        &member(Authorization::Authorized, 0),
         &ctx(&rules),
     );
     assert_eq!(plan.outcome, Ingested::Payment { points: 1 });
@@ -332,7 +322,7 @@ fn the_sync_is_validated_when_enqueued_and_parked_when_invalid() {
     };
     let plan = ingest(
         &incoming(Event::MallTransaction(tx("T2", "o1", 10_000, "S6"))),
-        &Snapshot::default(),
+        &member(Authorization::Authorized, 0),
         &partner,
     );
     let b = body(&plan);
@@ -439,4 +429,159 @@ fn adjustments() {
             assert_eq!(w.entry.rule["note"], "redeemed");
         }
     }
+}
+
+fn manual_push(t: &MallTransaction, tag: &str) -> Incoming {
+    let mut t = t.clone();
+    t.commit_tag = Some(tag.into());
+    Incoming {
+        notification_id: format!("EV-{tag}"),
+        ..incoming(Event::MallTransaction(t))
+    }
+}
+
+#[test]
+fn a_payment_of_a_member_not_authorized_is_kept_not_credited_and_credited_on_her_application() {
+    let rules = Rules::default();
+    let t = tx("T1", "o1", 12_345, "S1");
+    // not authorized, or unknown (the query failed or was not made): kept, not credited, no sync
+    for auth in [Authorization::NotAuthorized, Authorization::Unknown] {
+        let plan = ingest(
+            &incoming(Event::MallTransaction(t.clone())),
+            &member(auth, 40),
+            &ctx(&rules),
+        );
+        assert_eq!(plan.outcome, Ingested::Payment { points: 0 }, "{auth:?}");
+        assert!(plan.outbox.is_none(), "{auth:?}: WeChat refuses her sync");
+        assert!(plan.payment.as_ref().unwrap().not_credited, "{auth:?}");
+        assert_eq!(plan.ledger[0].points, 0, "{auth:?}");
+    }
+    // her manual application: WeChat pushes the transaction again with commit_tag
+    let stored = PaymentSnapshot {
+        openid: "o1".into(),
+        amount: 12_345,
+        credited_points: 0,
+        refunded_amount: 0,
+        entitled_debit: 0,
+        not_credited: true,
+    };
+    let snap = |auth, p: &PaymentSnapshot| Snapshot {
+        payment: Some(p.clone()),
+        ..member(auth, 40)
+    };
+    let manual = manual_push(&t, "M1");
+    assert_eq!(reads(&manual, T0).key.refund_id, "commit:M1");
+    for auth in [Authorization::Authorized, Authorization::Unknown] {
+        let plan = ingest(&manual, &snap(auth, &stored), &ctx(&rules));
+        assert_eq!(
+            plan.outcome,
+            Ingested::ManualCredit { points: 123 },
+            "{auth:?}"
+        );
+        assert_eq!(plan.inbox.as_ref().unwrap().key.refund_id, "commit:M1");
+        assert_eq!(
+            (
+                plan.ledger[0].refund_id.as_str(),
+                plan.ledger[0].points,
+                plan.ledger[0].balance_after
+            ),
+            (MANUAL_CREDIT, 123, 163)
+        );
+        assert_eq!(final_balance(&plan), Some(163));
+        assert_eq!(
+            plan.payment_credit,
+            Some(PaymentCredit {
+                transaction_id: "T1".into(),
+                credited_points: 123
+            })
+        );
+        let b = body(&plan);
+        assert_eq!(
+            (
+                &b["earn_points"],
+                &b["increased_points"],
+                &b["total_points"]
+            ),
+            (&Value::Bool(true), &Value::from(123), &Value::from(163))
+        );
+    }
+    // known not to be authorized: nothing; credited before, or a plain repeat: a duplicate
+    let not_authorized = ingest(
+        &manual,
+        &snap(Authorization::NotAuthorized, &stored),
+        &ctx(&rules),
+    );
+    let credited = PaymentSnapshot {
+        not_credited: false,
+        credited_points: 123,
+        ..stored.clone()
+    };
+    let again = ingest(
+        &manual_push(&t, "M2"),
+        &snap(Authorization::Authorized, &credited),
+        &ctx(&rules),
+    );
+    let plain = ingest(
+        &incoming(Event::MallTransaction(t.clone())),
+        &snap(Authorization::Authorized, &stored),
+        &ctx(&rules),
+    );
+    for plan in [not_authorized, again, plain] {
+        assert_eq!(plan.outcome, Ingested::Duplicate);
+        assert!(plan.inbox.is_none() && plan.ledger.is_empty() && plan.outbox.is_none());
+        assert_eq!(
+            plan.key.refund_id, "",
+            "the delivery is counted on the payment's row"
+        );
+    }
+}
+
+#[test]
+fn a_parking_event_becomes_wechats_request_or_names_its_bad_field() {
+    let p = NewParking {
+        idempotency_key: "k1".into(),
+        openid: "o1".into(),
+        plate_number: "粤B888888".into(),
+        state: "IN".into(),
+        time: "2026-12-01T10:43:39+08:00".into(),
+        appid: "wx1".into(),
+        brandid: 1000,
+        sub_mchid: None,
+    };
+    let row = parking_request(&p, T0).unwrap();
+    assert_eq!(
+        (row.method.as_str(), row.path.as_str()),
+        ("POST", "/v3/businesscircle/parkings")
+    );
+    let b: Value = serde_json::from_str(&row.body).unwrap();
+    assert_eq!(
+        (&b["brandid"], &b["plate_number"], &b["state"], &b["time"]),
+        (
+            &Value::from(1000),
+            &Value::from("粤B888888"),
+            &Value::from("IN"),
+            &Value::from("2026-12-01T10:43:39+08:00")
+        )
+    );
+    let bad = |f: fn(&mut NewParking)| {
+        let mut q = p.clone();
+        f(&mut q);
+        parking_request(&q, T0).unwrap_err().field
+    };
+    assert_eq!(
+        bad(|q| q.plate_number = "粤B\u{7}88".into()),
+        "plate_number"
+    );
+    assert_eq!(bad(|q| q.plate_number = String::new()), "plate_number");
+    assert_eq!(bad(|q| q.state = "PARKED".into()), "state");
+    assert_eq!(bad(|q| q.time = "2026-12-01 10:43".into()), "time");
+    assert_eq!(bad(|q| q.openid = "o".repeat(65)), "openid");
+    assert!(p.same_event(&NewParking {
+        idempotency_key: "other".into(),
+        ..p.clone()
+    }));
+    assert!(!p.same_event(&NewParking {
+        state: "OUT".into(),
+        ..p.clone()
+    }));
 }

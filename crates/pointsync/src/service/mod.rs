@@ -17,6 +17,8 @@ mod certificates;
 pub mod console;
 mod dispatcher;
 mod listener;
+pub mod mall_api;
+mod queries;
 mod receiver;
 mod recent_errors;
 mod skew;
@@ -32,7 +34,8 @@ pub use admin::admin_app;
 pub use bucket::TokenBucket;
 pub use certificates::{first_expiry_in, uses_certificates};
 pub use dispatcher::{Dispatcher, rescuer};
-pub use receiver::{DOCTOR_PROBE, Receiver, probe_digest, public_app};
+pub use queries::{PendingPoints, Queries};
+pub use receiver::{DOCTOR_PROBE, KnownMembers, Receiver, probe_digest, public_app};
 pub use recent_errors::RecentErrors;
 pub use skew::{ClockWatch, should_say};
 
@@ -49,6 +52,8 @@ pub struct Running {
     pub public_addr: std::net::SocketAddr,
     /// The admin listener's address.
     pub admin_addr: std::net::SocketAddr,
+    /// The mall API listener's address (when `[mall_api]` is configured).
+    pub mall_addr: Option<std::net::SocketAddr>,
     /// Metrics.
     pub metrics: Metrics,
     stop: watch::Sender<bool>,
@@ -110,6 +115,12 @@ pub async fn start_with<S: Store>(
     let unknown_serial = Arc::new(Notify::new());
     let recent_errors = Arc::new(RecentErrors::default());
     let wake = Arc::new(Notify::new());
+    let queries = Arc::new(Queries::new(
+        config,
+        client.clone(),
+        metrics.clone(),
+        clock.clone(),
+    ));
     let receiver = Arc::new(Receiver {
         store: store.clone(),
         parser,
@@ -125,6 +136,8 @@ pub async fn start_with<S: Store>(
         unknown_serial: unknown_serial.clone(),
         csrf: wechatpay::crypto::random_token(32),
         recent_errors: recent_errors.clone(),
+        queries: queries.clone(),
+        known_members: KnownMembers::default(),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -156,6 +169,33 @@ pub async fn start_with<S: Store>(
             })
             .await;
     });
+    let mall_addr = match &config.mall_api {
+        Some(m) => {
+            let api = mall_api::MallApi::new(
+                config,
+                store.clone(),
+                queries.clone(),
+                metrics.clone(),
+                wake.clone(),
+                clock.clone(),
+            )?;
+            let listener = TcpListener::bind(m.listen).await.map_err(|e| {
+                anyhow::anyhow!("key `mall_api.listen`: cannot listen on {}: {e}", m.listen)
+            })?;
+            let addr = listener.local_addr()?;
+            let router = mall_api::mall_app(Arc::new(api));
+            let mut s3 = stopped.clone();
+            tasks.spawn(async move {
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = s3.changed().await;
+                    })
+                    .await;
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let refresh_hours = config.wechatpay.certificate_refresh_hours;
     if refresh_hours > 0 && uses_certificates(&client) {
         tasks.spawn(certificates::refresher(
@@ -180,7 +220,7 @@ pub async fn start_with<S: Store>(
         .with_unknown_serial(unknown_serial)
         .with_recent_errors(recent_errors),
     );
-    tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, "pointsync started");
+    tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, mall_api = ?mall_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));
     tasks.spawn(rescuer(
         store,
@@ -192,6 +232,7 @@ pub async fn start_with<S: Store>(
     Ok(Running {
         public_addr,
         admin_addr,
+        mall_addr,
         metrics,
         stop,
         tasks,

@@ -13,11 +13,11 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt as _;
 use http_body_util::LengthLimitError;
 use tokio::sync::Notify;
-use wechatpay::notify::{NotifyParser, answer};
+use wechatpay::notify::{Event, MallTransaction, NotifyParser, answer};
 
 use crate::clock::{Clock, monotonic};
 use crate::metrics::Metrics;
-use crate::rules::Rules;
+use crate::rules::{Rules, UnknownAuthorization};
 use crate::store::{Incoming, IngestContext, Ingested, Store};
 
 /// Shared state of the receiver and admin endpoints.
@@ -51,6 +51,78 @@ pub struct Receiver<S> {
     pub csrf: String,
     /// The newest errors, for the console.
     pub recent_errors: Arc<super::RecentErrors>,
+    /// WeChat's query APIs (`rules.unknown_authorization = "query"`).
+    pub queries: Arc<super::Queries>,
+    /// Members whose authorization the store knows (it never becomes unknown again): their
+    /// payments need no query.
+    pub known_members: KnownMembers,
+}
+
+/// Members whose authorization is known, so their payments skip the store read before ingest.
+#[derive(Debug, Default)]
+pub struct KnownMembers(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownMembers {
+    const MAX: usize = 200_000;
+
+    fn contains(&self, openid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(openid)
+    }
+
+    fn insert(&self, openid: &str) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        set.insert(openid.to_string());
+    }
+}
+
+/// Before a payment is decided: a member whose authorization is unknown is asked about
+/// (`rules.unknown_authorization = "query"`), and so is a member not known as authorized whose
+/// manual application arrives (`commit_tag`: she may have authorized since). What WeChat says is
+/// stored first, so the decision reads it. A failed query leaves the state unknown: the payment
+/// is then kept not credited (until a manual application) and the failure logged and counted.
+async fn learn_authorization<S: Store>(r: &Receiver<S>, t: &MallTransaction) {
+    let manual = t.commit_tag.is_some();
+    if !manual && r.known_members.contains(&t.openid) {
+        return;
+    }
+    let now = r.clock.now_ms();
+    let state = match r.store.member_summary(&t.openid, now).await {
+        Ok(m) => m.map(|m| m.authorization.state),
+        // the ingest that follows meets the same failure and answers 5xx
+        Err(_) => return,
+    };
+    let state = state.as_deref().unwrap_or("unknown");
+    let ask = if manual {
+        state != "authorized"
+    } else {
+        state == "unknown"
+    };
+    if !ask {
+        r.known_members.insert(&t.openid);
+        return;
+    }
+    let Some(appid) = r.queries.appid(Some(&t.appid)) else {
+        return;
+    };
+    let sub_mchid = r.partner_mode.then_some(t.mchid.as_str());
+    match r.queries.authorization(&t.openid, &appid, sub_mchid).await {
+        Ok(a) => match r.store.record_authorization(&a, r.clock.now_ms()).await {
+            Ok(()) if a.authorized.is_some() => r.known_members.insert(&t.openid),
+            Ok(()) => {}
+            Err(e) => r.metrics.store_error("record_authorization", &e),
+        },
+        Err(e) => tracing::warn!(
+            transaction_id = t.transaction_id,
+            "cannot ask WeChat whether the member authorized points; the payment is kept not \
+             credited until she applies for its points: {e}"
+        ),
+    }
 }
 
 /// The header marking `pointsync doctor --probe`'s request.
@@ -166,6 +238,11 @@ async fn callback<S: Store>(
         }
     };
     let incoming = Incoming::from(n);
+    if let Event::MallTransaction(t) = &incoming.event
+        && r.rules.unknown_authorization == UnknownAuthorization::Query
+    {
+        learn_authorization(&r, t).await;
+    }
     let ctx = IngestContext {
         rules: &r.rules,
         partner_mode: r.partner_mode,
@@ -177,7 +254,7 @@ async fn callback<S: Store>(
     let (status, label) = match &outcome {
         Ok(Ok(i)) => {
             crate::crash::point("after_commit");
-            if matches!(i, Ingested::Payment { .. }) {
+            if matches!(i, Ingested::Payment { .. } | Ingested::ManualCredit { .. }) {
                 r.wake.notify_one();
             }
             if let Ingested::Rejected(why) = i {
@@ -252,6 +329,7 @@ impl Drop for Abandoned<'_> {
 fn outcome_label(i: &Ingested) -> &'static str {
     match i {
         Ingested::Payment { .. } => "payment",
+        Ingested::ManualCredit { .. } => "manual_credit",
         Ingested::Refund { .. } => "refund",
         Ingested::Held => "held",
         Ingested::Authorization => "authorization",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested};
+pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested, NewParking};
 
 pub mod sqlite;
 
@@ -180,6 +180,135 @@ pub struct MemberView {
     pub entries: Vec<LedgerEntry>,
 }
 
+/// A member's authorization as WeChat's query API answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedAuthorization {
+    /// Member.
+    pub openid: String,
+    /// WeChat's `authorize_state` (`AUTHORIZED`, `UNAUTHORIZED`, `DEAUTHORIZED`, or a value not
+    /// known yet).
+    pub state: String,
+    /// Authorized for points; `None` for a state this version does not know (left unknown).
+    pub authorized: Option<bool>,
+}
+
+impl LearnedAuthorization {
+    /// From WeChat's answer.
+    pub fn from_wechat(openid: &str, state: &wechatpay::businesscircle::AuthorizeState) -> Self {
+        use wechatpay::businesscircle::AuthorizeState as S;
+        Self {
+            openid: openid.to_string(),
+            state: state.as_str().to_string(),
+            authorized: match state {
+                S::Authorized => Some(true),
+                S::Unauthorized | S::Deauthorized => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A member's authorization as stored: what is known, from where, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AuthorizationView {
+    /// `authorized`, `not_authorized` or `unknown`.
+    pub state: String,
+    /// WeChat's own word: the query's `authorize_state` or the callback's `auth_type`.
+    pub wechat_state: Option<String>,
+    /// `callback` or `query`.
+    pub source: Option<String>,
+    /// When it was learned (Unix ms).
+    pub learned_at: Option<i64>,
+}
+
+/// A member as the mall API shows her (without WeChat's pending-points status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberSummary {
+    /// Openid.
+    pub openid: String,
+    /// Balance.
+    pub balance: i64,
+    /// Authorization.
+    pub authorization: AuthorizationView,
+    /// Points credited today (China time), manual applications included.
+    pub credited_today: i64,
+    /// Payments kept not credited because she was not authorized (credited if she applies).
+    pub not_credited_payments: i64,
+    /// The appid of her latest payment.
+    pub appid: Option<String>,
+}
+
+/// One ledger entry with its id (the mall API's cursor).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct LedgerItem {
+    /// Entry id (increasing).
+    pub id: i64,
+    /// When (Unix ms).
+    pub created_at: i64,
+    /// `credit`, `debit` or `adjust`.
+    pub kind: String,
+    /// Signed points.
+    pub points: i64,
+    /// Balance after.
+    pub balance_after: i64,
+    /// The transaction (credits, debits) or the operator's reference (adjustments).
+    pub reference: String,
+    /// The refund (debits), `manual` for a manual application's credit.
+    pub refund_id: String,
+    /// The rule and figures that produced it.
+    #[schema(value_type = Object)]
+    pub rule: Value,
+}
+
+/// A member whose authorization is unknown or old, to query again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleMember {
+    /// Openid.
+    pub openid: String,
+    /// The appid of her latest payment, if any.
+    pub appid: Option<String>,
+}
+
+/// What storing a parking event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkingEnqueued {
+    /// Stored, its request enqueued.
+    Created(i64),
+    /// The same key was used before for the same event: that row.
+    Existing(i64),
+    /// The same key was used before for another event: that row; nothing stored.
+    Conflict(i64),
+}
+
+/// A stored parking event and its relay to WeChat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ParkingView {
+    /// Id.
+    pub id: i64,
+    /// Member.
+    pub openid: String,
+    /// Plate number.
+    pub plate_number: String,
+    /// `IN` or `OUT`.
+    pub state: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Appid sent.
+    pub appid: String,
+    /// Brand id sent.
+    pub brandid: i64,
+    /// When stored (Unix ms).
+    pub created_at: i64,
+    /// The relay: `pending`, `inflight`, `done`, `parked` or `dead`.
+    pub relay: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// The last error (WeChat's refusal as a sentence), if any.
+    pub last_error: Option<String>,
+    /// When WeChat answered 204 (Unix ms).
+    pub relayed_at: Option<i64>,
+}
+
 /// Totals for reports and invariant checks.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Audit {
@@ -195,7 +324,7 @@ pub struct Audit {
     pub sync_latencies_ms: Vec<i64>,
     /// Members whose balance differs from the sum of their ledger (must be empty).
     pub unbalanced_members: Vec<String>,
-    /// Payments without a sync row (must be empty).
+    /// Payments without a sync row, not counting those kept not credited (must be empty).
     pub payments_without_sync: Vec<String>,
     /// Refunds still held (their payment never arrived).
     pub held_refunds: i64,
@@ -502,6 +631,46 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Minute>, StoreError>> + Send;
     /// Totals and consistency checks.
     fn audit(&self) -> impl Future<Output = Result<Audit, StoreError>> + Send;
+    /// Records a member's authorization as WeChat's query API answered it.
+    fn record_authorization(
+        &self,
+        a: &LearnedAuthorization,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A member's balance, authorization, today's credits and payments not credited.
+    fn member_summary(
+        &self,
+        openid: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<MemberSummary>, StoreError>> + Send;
+    /// A member's ledger, newest first: at most `limit` entries with ids below `before` (all when
+    /// `None`).
+    fn ledger_page(
+        &self,
+        openid: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LedgerItem>, StoreError>> + Send;
+    /// Members whose authorization is unknown or was learned before `learned_before_ms`, in
+    /// openid order after `after`, at most `limit`.
+    fn stale_members(
+        &self,
+        learned_before_ms: i64,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StaleMember>, StoreError>> + Send;
+    /// Stores a parking event and enqueues `request` (its WeChat request) in one transaction,
+    /// idempotent on `p.idempotency_key`.
+    fn enqueue_parking(
+        &self,
+        p: &NewParking,
+        request: &crate::domain::OutboxRow,
+    ) -> impl Future<Output = Result<ParkingEnqueued, StoreError>> + Send;
+    /// A parking event and its relay.
+    fn parking(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<ParkingView>, StoreError>> + Send;
     /// Whether the database takes a durable write now (a tiny committed write): readiness.
     fn probe_write(&self, now_ms: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Whether the database answers.

@@ -283,7 +283,7 @@ async fn operator_commands_read_the_live_database() {
     assert_eq!(view.balance, 50);
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("schema up to date (4 health)"),
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (5 mall api)"),
         "{}",
         stderr(&o)
     );
@@ -295,7 +295,7 @@ async fn operator_commands_read_the_live_database() {
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
-            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health\nschema now at version 4 health"
+            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health\napplied: 5 mall api\nschema now at version 5 mall api"
         ),
         "{}",
         stderr(&o)

@@ -83,6 +83,15 @@ pub fn auth(openid: &str, authorized: bool) -> Incoming {
     }))
 }
 
+/// The default rules, with members of unknown authorization credited (WeChat sends authorized
+/// members' payments only), as most of these tests assume.
+pub fn trusting() -> Rules {
+    Rules {
+        unknown_authorization: pointsync::rules::UnknownAuthorization::Credit,
+        ..Rules::default()
+    }
+}
+
 pub fn ctx(rules: &Rules) -> IngestContext<'_> {
     IngestContext {
         rules,
@@ -93,7 +102,7 @@ pub fn ctx(rules: &Rules) -> IngestContext<'_> {
 
 pub async fn payments_credit_once_and_enqueue_one_sync_with_the_payload_stored<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     assert_eq!(
         s.ingest(&auth("o1", true), &ctx(&rules)).await.unwrap(),
         Ingested::Authorization
@@ -147,7 +156,7 @@ pub async fn excluded_store_syncs_zero_points_with_remarks<B: Backend>() {
             exclude: true,
             no_points_remarks: None,
         }],
-        ..Rules::default()
+        ..trusting()
     };
     assert_eq!(
         s.ingest(&payment("T1", "o1", 50_000, "S6"), &ctx(&rules))
@@ -166,7 +175,7 @@ pub async fn excluded_store_syncs_zero_points_with_remarks<B: Backend>() {
 
 pub async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     // a refund before its payment is held
     assert_eq!(
         s.ingest(&refund("T1", "R1", 10_000, 3_333), &ctx(&rules))
@@ -215,7 +224,7 @@ pub async fn partial_refunds_deduct_once_each_without_drift_and_early_refunds_wa
 
 pub async fn refunding_every_payment_brings_the_balance_to_exactly_zero<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     s.ingest(&payment("T1", "o1", 10_001, "S1"), &ctx(&rules))
         .await
         .unwrap();
@@ -238,7 +247,7 @@ pub async fn refunding_every_payment_brings_the_balance_to_exactly_zero<B: Backe
 
 pub async fn business_invalid_callbacks_are_stored_as_rejected<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     let r = s
         .ingest(&payment("T1", "o1", -5, "S1"), &ctx(&rules))
         .await
@@ -260,7 +269,7 @@ pub async fn business_invalid_callbacks_are_stored_as_rejected<B: Backend>() {
 
 pub async fn leases_fence_completions_and_expire<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
@@ -342,7 +351,7 @@ pub async fn unauthorized_members_are_not_credited_and_daily_caps_hold<B: Backen
     let (_d, s) = B::fresh().await;
     let rules = Rules {
         daily_cap: Some(150),
-        ..Rules::default()
+        ..trusting()
     };
     s.ingest(&auth("o9", false), &ctx(&rules)).await.unwrap();
     assert_eq!(
@@ -386,7 +395,7 @@ pub async fn cancelled_callers_never_leave_the_writer_inside_a_transaction<B: Ba
     // ran detached, a drop at the wrong moment left the single writer connection in an open
     // transaction and every later write failed ("begin_with at non-zero transaction depth").
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     for i in 0..400u64 {
         let p = payment(&format!("C{i}"), &format!("o{}", i % 7), 1_000, "S1");
         let _ = tokio::time::timeout(
@@ -410,7 +419,7 @@ pub async fn cancelled_callers_never_leave_the_writer_inside_a_transaction<B: Ba
 
 pub async fn partner_mode_syncs_with_the_malls_sub_mchid<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     let partner = IngestContext {
         partner_mode: true,
         ..ctx(&rules)
@@ -448,7 +457,7 @@ pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balan
         let (_d, s) = B::fresh().await;
         let rules = Rules {
             allow_negative_balance: allow,
-            ..Rules::default()
+            ..trusting()
         };
         assert_eq!(
             s.adjust(&adj(-1, "R-0"), allow, T0).await.unwrap(),
@@ -502,7 +511,7 @@ pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balan
 
 pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() {
     let (_d, s) = B::fresh().await;
-    let rules = Rules::default();
+    let rules = trusting();
     s.ingest(&payment("T1", "o1", 1_000, "S1"), &ctx(&rules))
         .await
         .unwrap();

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use pointsync::rules::Rules;
 use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Ingested, Store};
 
@@ -34,7 +33,7 @@ async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
     let s = SqliteStore::open_path(&path, Duration::from_millis(300))
         .await
         .unwrap();
-    let rules = Rules::default();
+    let rules = crate::contract::trusting();
     assert_eq!(
         s.ingest(&payment("L1", "o1", 1_000, "S1"), &ctx(&rules))
             .await
@@ -75,7 +74,7 @@ async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
 async fn a_read_only_database_is_refused_at_open_with_its_name_and_its_data_kept() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    let rules = Rules::default();
+    let rules = crate::contract::trusting();
     {
         let s = SqliteStore::open_path(&path, Duration::from_secs(2))
             .await
@@ -161,14 +160,14 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
 }
 
 #[tokio::test]
 async fn a_write_error_names_the_database_and_the_store_recovers() {
     let (d, s) = Sqlite::fresh().await;
     let d = d.downcast::<tempfile::TempDir>().unwrap();
-    let rules = Rules::default();
+    let rules = crate::contract::trusting();
     s.ingest(&payment("W1", "o1", 1_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
@@ -206,7 +205,7 @@ async fn a_full_disk_refuses_writes_and_once_freed_the_wal_is_truncated_and_writ
     let s = SqliteStore::open_path(&path, Duration::from_secs(2))
         .await
         .unwrap();
-    let rules = Rules::default();
+    let rules = crate::contract::trusting();
     for i in 0..50 {
         s.ingest(&payment(&format!("A{i}"), "o1", 1_000, "S1"), &ctx(&rules))
             .await

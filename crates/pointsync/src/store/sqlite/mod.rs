@@ -23,9 +23,11 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Adjusted, Adjustment, Audit, Claimed, Database, Incoming, IngestContext, Ingested, MemberView,
-    Migrated, OpenOptions, Status, Store, StoreError, SyncOutcome,
+    Adjusted, Adjustment, Audit, Claimed, Database, Incoming, IngestContext, Ingested,
+    LearnedAuthorization, LedgerItem, MemberSummary, MemberView, Migrated, NewParking, OpenOptions,
+    ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError, SyncOutcome,
 };
+use crate::domain::OutboxRow;
 
 /// Embedded migrations: (version, name, SQL), applied in order and recorded in `PRAGMA user_version`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -48,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "health",
         include_str!("../../../migrations/sqlite/0004_health.sql"),
+    ),
+    (
+        5,
+        "mall api",
+        include_str!("../../../migrations/sqlite/0005_mall_api.sql"),
     ),
 ];
 
@@ -584,6 +591,77 @@ impl Store for SqliteStore {
 
     async fn audit(&self) -> Result<Audit, StoreError> {
         self.read("auditing", read::audit).await
+    }
+
+    async fn record_authorization(
+        &self,
+        a: &LearnedAuthorization,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let a = a.clone();
+        self.submit(
+            move |c| write::record_authorization(c, &a, now_ms),
+            "recording an authorization",
+        )
+        .await
+    }
+
+    async fn member_summary(
+        &self,
+        openid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MemberSummary>, StoreError> {
+        let openid = openid.to_string();
+        let day = crate::domain::china_day(now_ms);
+        self.read("reading a member", move |c| {
+            read::member_summary(c, &openid, day)
+        })
+        .await
+    }
+
+    async fn ledger_page(
+        &self,
+        openid: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<LedgerItem>, StoreError> {
+        let openid = openid.to_string();
+        self.read("reading a ledger", move |c| {
+            read::ledger_page(c, &openid, before, limit)
+        })
+        .await
+    }
+
+    async fn stale_members(
+        &self,
+        learned_before_ms: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<StaleMember>, StoreError> {
+        let after = after.to_string();
+        self.read("listing members to reconcile", move |c| {
+            read::stale_members(c, learned_before_ms, &after, limit)
+        })
+        .await
+    }
+
+    async fn enqueue_parking(
+        &self,
+        p: &NewParking,
+        request: &OutboxRow,
+    ) -> Result<ParkingEnqueued, StoreError> {
+        self.reserve.check()?;
+        let (p, request) = (p.clone(), request.clone());
+        self.submit(
+            move |c| write::enqueue_parking(c, &p, &request),
+            "storing a parking event",
+        )
+        .await
+    }
+
+    async fn parking(&self, id: i64) -> Result<Option<ParkingView>, StoreError> {
+        self.read("reading a parking event", move |c| read::parking(c, id))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

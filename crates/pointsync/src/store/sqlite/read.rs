@@ -6,7 +6,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::write::one;
-use crate::store::{Audit, InboxView, LedgerEntry, MemberView, Minute, ParkedSync, Status};
+use crate::store::{
+    Audit, AuthorizationView, InboxView, LedgerEntry, LedgerItem, MemberSummary, MemberView,
+    Minute, ParkedSync, ParkingView, StaleMember, Status, describe_failure,
+};
 
 fn counts(c: &Connection, sql: &str) -> rusqlite::Result<BTreeMap<String, i64>> {
     let mut st = c.prepare_cached(sql)?;
@@ -121,7 +124,7 @@ pub(super) fn audit(c: &Connection) -> rusqlite::Result<Audit> {
         )?,
         payments_without_sync: strings(
             c,
-            "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL",
+            "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL AND p.not_credited = 0",
         )?,
         held_refunds: one(c, "SELECT COUNT(*) FROM inbox WHERE status = 'held'", [], |r| {
             r.get(0)
@@ -179,4 +182,137 @@ pub(super) fn activity(c: &Connection, since_ms: i64) -> rusqlite::Result<Vec<Mi
         bump(t, |m| m.syncs += 1);
     }
     Ok(by_minute.into_values().collect())
+}
+
+pub(super) fn member_summary(
+    c: &Connection,
+    openid: &str,
+    day: i64,
+) -> rusqlite::Result<Option<MemberSummary>> {
+    type Row = (i64, Option<i64>, String, String, Option<i64>);
+    let m: Option<Row> = one(
+        c,
+        "SELECT balance, authorized, auth_state, auth_source, auth_learned_at FROM members WHERE openid = ?",
+        params![openid],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .optional()?;
+    let Some((balance, authorized, wechat_state, source, learned_at)) = m else {
+        return Ok(None);
+    };
+    let credited_today = one(
+        c,
+        "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'",
+        params![openid, day],
+        |r| r.get(0),
+    )?;
+    let not_credited_payments = one(
+        c,
+        "SELECT COUNT(*) FROM payments WHERE openid = ? AND not_credited = 1",
+        params![openid],
+        |r| r.get(0),
+    )?;
+    let appid = one(
+        c,
+        "SELECT appid FROM payments WHERE openid = ? ORDER BY created_at DESC LIMIT 1",
+        params![openid],
+        |r| r.get(0),
+    )
+    .optional()?;
+    let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+    Ok(Some(MemberSummary {
+        openid: openid.to_string(),
+        balance,
+        authorization: AuthorizationView {
+            state: match authorized {
+                Some(1) => "authorized",
+                Some(_) => "not_authorized",
+                None => "unknown",
+            }
+            .to_string(),
+            wechat_state: nonempty(wechat_state),
+            source: nonempty(source),
+            learned_at,
+        },
+        credited_today,
+        not_credited_payments,
+        appid,
+    }))
+}
+
+pub(super) fn ledger_page(
+    c: &Connection,
+    openid: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> rusqlite::Result<Vec<LedgerItem>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, created_at, kind, points, balance_after, transaction_id, refund_id, rule FROM ledger
+         WHERE openid = ? AND id < ? ORDER BY id DESC LIMIT ?",
+    )?;
+    let rows = st.query_map(params![openid, before.unwrap_or(i64::MAX), limit], |r| {
+        let rule: String = r.get(7)?;
+        Ok(LedgerItem {
+            id: r.get(0)?,
+            created_at: r.get(1)?,
+            kind: r.get(2)?,
+            points: r.get(3)?,
+            balance_after: r.get(4)?,
+            reference: r.get(5)?,
+            refund_id: r.get(6)?,
+            rule: serde_json::from_str(&rule).unwrap_or(Value::String(rule)),
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn stale_members(
+    c: &Connection,
+    learned_before_ms: i64,
+    after: &str,
+    limit: i64,
+) -> rusqlite::Result<Vec<StaleMember>> {
+    let mut st = c.prepare_cached(
+        "SELECT m.openid,
+                (SELECT p.appid FROM payments p WHERE p.openid = m.openid ORDER BY p.created_at DESC LIMIT 1)
+         FROM members m
+         WHERE m.openid > ? AND (m.auth_learned_at IS NULL OR m.auth_learned_at < ?)
+         ORDER BY m.openid LIMIT ?",
+    )?;
+    let rows = st.query_map(params![after, learned_before_ms, limit], |r| {
+        Ok(StaleMember {
+            openid: r.get(0)?,
+            appid: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn parking(c: &Connection, id: i64) -> rusqlite::Result<Option<ParkingView>> {
+    one(
+        c,
+        "SELECT p.id, p.openid, p.plate_number, p.state, p.time, p.appid, p.brandid, p.created_at,
+                o.state, o.attempts, o.last_error, o.done_at
+         FROM parkings p JOIN outbox o ON o.transaction_id = 'parking:' || p.id WHERE p.id = ?",
+        params![id],
+        |r| {
+            Ok(ParkingView {
+                id: r.get(0)?,
+                openid: r.get(1)?,
+                plate_number: r.get(2)?,
+                state: r.get(3)?,
+                time: r.get(4)?,
+                appid: r.get(5)?,
+                brandid: r.get(6)?,
+                created_at: r.get(7)?,
+                relay: r.get(8)?,
+                attempts: r.get(9)?,
+                last_error: r
+                    .get::<_, Option<String>>(10)?
+                    .map(|e| describe_failure(&e)),
+                relayed_at: r.get(11)?,
+            })
+        },
+    )
+    .optional()
 }

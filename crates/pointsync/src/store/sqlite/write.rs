@@ -5,10 +5,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::domain::{
     self, AdjustSnapshot, HeldRefund, InboxKey, InboxRow, LedgerRow, MemberSnapshot, MemberWrite,
-    PaymentSnapshot, Plan, Reads, Snapshot,
+    NewParking, OutboxRow, PaymentSnapshot, Plan, Reads, Snapshot,
 };
 use crate::rules::Authorization;
-use crate::store::{Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, SyncOutcome};
+use crate::store::{
+    Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, LearnedAuthorization,
+    ParkingEnqueued, SyncOutcome,
+};
 
 /// `Connection::execute` through the statement cache: hot statements are parsed once.
 pub(super) fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
@@ -66,7 +69,7 @@ fn snapshot(c: &Connection, r: &Reads) -> rusqlite::Result<Snapshot> {
     if let Some(tx) = &r.transaction_id {
         snap.payment = one(
             c,
-            "SELECT openid, amount, credited_points, refunded_amount, entitled_debit FROM payments WHERE transaction_id = ?",
+            "SELECT openid, amount, credited_points, refunded_amount, entitled_debit, not_credited FROM payments WHERE transaction_id = ?",
             params![tx],
             |x| {
                 Ok(PaymentSnapshot {
@@ -75,6 +78,7 @@ fn snapshot(c: &Connection, r: &Reads) -> rusqlite::Result<Snapshot> {
                     credited_points: x.get(2)?,
                     refunded_amount: x.get(3)?,
                     entitled_debit: x.get(4)?,
+                    not_credited: x.get(5)?,
                 })
             },
         )
@@ -146,12 +150,35 @@ fn write_member(c: &Connection, m: &MemberWrite, now_ms: i64) -> rusqlite::Resul
             params![openid, balance, now_ms],
         )?,
         MemberWrite::Authorization { openid, authorized, auth_type, code } => exec(c,
-            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES (?, ?, ?, ?, 0, ?)
+            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?3, 'callback', ?5)
              ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
-                 code = excluded.code, updated_at = excluded.updated_at",
+                 code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
+                 auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at",
             params![openid, i64::from(*authorized), auth_type, code, now_ms],
         )?,
     };
+    Ok(())
+}
+
+/// Enqueues a request under `key` (unique). A row of the same key left parked or dead is replaced
+/// (a payment whose earn_points=false sync an older version parked, credited on a manual
+/// application).
+fn insert_outbox(c: &Connection, o: &OutboxRow, key: &str) -> rusqlite::Result<()> {
+    let state = if o.invalid.is_some() {
+        "parked"
+    } else {
+        "pending"
+    };
+    exec(
+        c,
+        "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
+             payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
+             due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
+         WHERE outbox.state IN ('parked', 'dead')",
+        params![key, o.method, o.path, o.body, state, o.invalid, o.created_at, o.created_at],
+    )?;
     Ok(())
 }
 
@@ -174,10 +201,17 @@ fn apply(c: &Connection, plan: &Plan, now_ms: i64) -> rusqlite::Result<Ingested>
     }
     if let Some(p) = &plan.payment {
         exec(c,
-            "INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             params![p.transaction_id, p.openid, p.appid, p.mchid, p.shop_number, p.amount, p.credited_points,
-                    p.refunded_amount, p.entitled_debit, p.created_at],
+                    p.refunded_amount, p.entitled_debit, p.not_credited, p.created_at],
+        )?;
+    }
+    if let Some(pc) = &plan.payment_credit {
+        exec(
+            c,
+            "UPDATE payments SET credited_points = ?, not_credited = 0 WHERE transaction_id = ? AND not_credited = 1",
+            params![pc.credited_points, pc.transaction_id],
         )?;
     }
     if let Some(u) = &plan.payment_update {
@@ -188,25 +222,7 @@ fn apply(c: &Connection, plan: &Plan, now_ms: i64) -> rusqlite::Result<Ingested>
         )?;
     }
     if let Some(o) = &plan.outbox {
-        let state = if o.invalid.is_some() {
-            "parked"
-        } else {
-            "pending"
-        };
-        exec(
-            c,
-            "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            params![
-                o.transaction_id,
-                o.method,
-                o.path,
-                o.body,
-                state,
-                o.invalid,
-                o.created_at,
-                o.created_at
-            ],
-        )?;
+        insert_outbox(c, o, &o.transaction_id)?;
     }
     for id in &plan.released {
         exec(
@@ -359,4 +375,65 @@ pub(super) fn adjust(
         insert_ledger(c, &w.entry)?;
     }
     Ok(outcome)
+}
+
+/// A member's authorization as WeChat's query API answered it.
+pub(super) fn record_authorization(
+    c: &Connection,
+    a: &LearnedAuthorization,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    exec(c,
+        "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
+         VALUES (?1, ?2, '', '', 0, ?4, ?3, 'query', ?4)
+         ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, updated_at = excluded.updated_at,
+             auth_state = excluded.auth_state, auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at",
+        params![a.openid, a.authorized.map(i64::from), a.state, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Stores a parking event and enqueues its request, unless its key was used before.
+pub(super) fn enqueue_parking(
+    c: &Connection,
+    p: &NewParking,
+    request: &OutboxRow,
+) -> rusqlite::Result<ParkingEnqueued> {
+    let first = one(
+        c,
+        "SELECT id, openid, plate_number, state, time, appid, brandid, sub_mchid FROM parkings WHERE idempotency_key = ?",
+        params![p.idempotency_key],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                NewParking {
+                    idempotency_key: p.idempotency_key.clone(),
+                    openid: r.get(1)?,
+                    plate_number: r.get(2)?,
+                    state: r.get(3)?,
+                    time: r.get(4)?,
+                    appid: r.get(5)?,
+                    brandid: r.get(6)?,
+                    sub_mchid: r.get(7)?,
+                },
+            ))
+        },
+    )
+    .optional()?;
+    if let Some((id, stored)) = first {
+        return Ok(if stored.same_event(p) {
+            ParkingEnqueued::Existing(id)
+        } else {
+            ParkingEnqueued::Conflict(id)
+        });
+    }
+    let id: i64 = one(c,
+        "INSERT INTO parkings (idempotency_key, openid, plate_number, state, time, appid, brandid, sub_mchid, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        params![p.idempotency_key, p.openid, p.plate_number, p.state, p.time, p.appid, p.brandid, p.sub_mchid,
+                request.created_at],
+        |r| r.get(0),
+    )?;
+    insert_outbox(c, request, &domain::parking_sync_key(id))?;
+    Ok(ParkingEnqueued::Created(id))
 }
