@@ -12,6 +12,7 @@
 //! | `POST /sim/generate` | `{"count", "seed", "members"?, "rate_per_sec"?, …}` | `{"members", "payments"}` (runs in the background) |
 //! | `GET /sim/transactions/{id}/syncs` | — | every points-notify call for it |
 //! | `GET /sim/syncs` | — | every points-notify call |
+//! | `GET /sim/parkings` | — | every accepted parking call's fields |
 //! | `GET /sim/members/{openid}` | — | `{"member", "synced_points"}` |
 //! | `GET /sim/deliveries` | — | callbacks and their attempts |
 //! | `GET /sim/counters` | — | counters |
@@ -476,6 +477,12 @@ async fn all_syncs(State(sim): State<Arc<Shared>>) -> Json<Value> {
     ))
 }
 
+async fn all_parkings(State(sim): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!(
+        sim.state.lock().unwrap_or_else(|p| p.into_inner()).parkings
+    ))
+}
+
 async fn member(
     State(sim): State<Arc<Shared>>,
     Path(openid): Path<String>,
@@ -568,6 +575,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Shared>> {
         .route("/sim/generate", post(generate_route))
         .route("/sim/transactions/{id}/syncs", get(tx_syncs))
         .route("/sim/syncs", get(all_syncs))
+        .route("/sim/parkings", get(all_parkings))
         .route("/sim/deliveries", get(deliveries))
         .route("/sim/counters", get(counters))
         .route("/sim/ack-latency", get(latency))

@@ -508,24 +508,40 @@ impl Api<'_> {
             self.str_field(&m, "sub_mchid", 64, false)?;
             self.int_field(&m, "brandid", true)?;
             self.str_field(&m, "appid", 128, true)?;
-            self.str_field(&m, "openid", 64, true)?;
-            self.str_field(&m, "plate_number", 32, true)?;
+            let openid = self.str_field(&m, "openid", 64, true)?;
             match self.str_field(&m, "state", 8, true)?.as_deref() {
                 Some("IN" | "OUT") => {}
                 _ => return Err(self.param("state", "取值应为IN或OUT")),
             }
+            let plate = self
+                .str_field(&m, "plate_number", 32, true)?
+                .unwrap_or_default();
+            if plate.chars().any(char::is_control) {
+                return Err(self.param("plate_number", "含有控制字符"));
+            }
             let t = self.str_field(&m, "time", 32, true)?.unwrap_or_default();
-            check_rfc3339("time", &t).map_err(|e| self.param("time", e.reason))
+            check_rfc3339("time", &t).map_err(|e| self.param("time", e.reason))?;
+            Ok(openid.unwrap_or_default())
         })();
-        if let Err(r) = checked {
-            return r;
+        let openid = match checked {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        // [INFERRED] WeChat relates parking to the points service: an authorized member only
+        let authorized = s
+            .members
+            .get(&openid)
+            .is_some_and(|mb| mb.authorize_state == "AUTHORIZED");
+        if !authorized {
+            drop(s);
+            return self.business(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                "用户未授权商圈积分服务",
+            );
         }
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .parkings
-            .push(Value::Object(m));
+        s.parkings.push(Value::Object(m));
         Reply::no_content()
     }
 

@@ -104,13 +104,15 @@ async fn each_field_rule_gets_a_param_error_naming_the_field() {
             "{e}"
         );
     }
-    let park = json!({"brandid": 1000, "appid": "wx1", "openid": "o1", "plate_number": "粤B1", "state": "IN",
+    let park = json!({"brandid": 1000, "appid": tx.appid, "openid": tx.openid, "plate_number": "粤B1", "state": "IN",
                       "time": "2024-01-01T10:00:00+08:00"});
     let mut parking_cases = 0;
     for (k, v, field) in [
         ("state", json!("PARKED"), "state"),
         ("time", json!("today"), "time"),
         ("brandid", json!("x"), "brandid"),
+        ("plate_number", json!("粤B\u{7}"), "plate_number"),
+        ("plate_number", json!(""), "plate_number"),
     ] {
         let mut b = park.clone();
         b[k] = v;
@@ -128,6 +130,29 @@ async fn each_field_rule_gets_a_param_error_naming_the_field() {
         post(&client, "v3/businesscircle/parkings", &park).await,
         Ok(204)
     );
+    // a member who has not authorized the points service: refused, not recorded
+    let stranger = sim
+        .add_member(NewMember {
+            authorized: false,
+            push: false,
+            ..NewMember::default()
+        })
+        .unwrap();
+    let mut b = park.clone();
+    b["openid"] = json!(stranger.openid);
+    let e = post(&client, "v3/businesscircle/parkings", &b)
+        .await
+        .unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (400, "INVALID_REQUEST"), "{e}");
+    // the control API lists each accepted call's fields
+    let listed = reqwest::get(format!("{}/sim/parkings", sim.base_url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let listed: Vec<Value> = serde_json::from_slice(&listed).unwrap();
+    assert_eq!(listed, vec![park.clone()]);
     assert_eq!(
         sim.counters().param_errors,
         (cases.len() + parking_cases) as u64
