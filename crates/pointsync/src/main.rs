@@ -56,10 +56,44 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
-    /// A member's balance and ledger, with the rule behind each entry.
+    /// A member as the mall API shows her (balance, authorization, today's credits, WeChat's
+    /// pending points), then her ledger with the rule behind each entry.
     Member {
         /// The member's openid.
         openid: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the mall API's JSON (`GET /v1/members/{openid}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Members' authorization.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+    /// Report a car entering (`in`) or leaving (`out`) the mall; relayed to WeChat by the running
+    /// service, like `POST /v1/parkings`.
+    Parking {
+        /// `in` or `out`.
+        #[arg(value_enum)]
+        state: ParkingState,
+        /// The member's openid.
+        openid: String,
+        /// Plate number.
+        plate: String,
+        /// When (RFC 3339; default now).
+        #[arg(long)]
+        time: Option<String>,
+        /// Appid (default `wechatpay.appids[0]`, else her latest payment's).
+        #[arg(long)]
+        appid: Option<String>,
+        /// 品牌ID (default `wechatpay.brandid`).
+        #[arg(long)]
+        brandid: Option<i64>,
+        /// Idempotency key (default: the event's own fields).
+        #[arg(long)]
+        key: Option<String>,
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -97,6 +131,25 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ParkingState {
+    In,
+    Out,
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersCommand {
+    /// Ask WeChat again about members whose authorization is unknown or older than
+    /// --stale-after (revocations are learned only this way), within `wechatpay.query_qps`.
+    Reconcile {
+        /// Re-ask members whose state was learned longer ago than this (`24h`, `30m`, `0s`).
+        #[arg(long, default_value = "24h")]
+        stale_after: humantime::Duration,
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -204,6 +257,10 @@ impl Command {
             Command::Serve { config }
             | Command::Status { config, .. }
             | Command::Member { config, .. }
+            | Command::Parking { config, .. }
+            | Command::Members {
+                command: MembersCommand::Reconcile { config, .. },
+            }
             | Command::Adjust { config, .. }
             | Command::Migrate { config }
             | Command::Doctor { config, .. }
@@ -423,38 +480,133 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             }
             Ok(())
         }
-        Command::Member { openid, .. } => match S::open_read_only(db).await?.member(&openid).await?
-        {
-            None => anyhow::bail!("no member {openid}"),
-            Some(m) => {
-                let authorization = match m.authorized {
-                    Some(true) => "authorized",
-                    Some(false) => "not authorized",
-                    None => "unknown (no authorization callback received)",
+        Command::Member { openid, json, .. } => {
+            let store = S::open_read_only(db).await?;
+            let api = mall_api(&config, store.clone())?;
+            let view = pointsync::service::mall_api::member_view(&api, &openid)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(());
+            }
+            let a = &view.authorization;
+            let learned = match (&a.source, a.learned_at) {
+                (Some(source), Some(at)) => format!(
+                    " ({} from WeChat's {source}, {})",
+                    a.wechat_state.as_deref().unwrap_or("?"),
+                    pointsync::domain::china_time(at)
+                ),
+                _ => " (never reported by WeChat)".to_string(),
+            };
+            println!(
+                "{}  balance {}  authorization: {}{learned}",
+                view.openid, view.balance, a.state
+            );
+            println!(
+                "credited today: {}  payments not credited (not authorized): {}  pending points: {}{}",
+                view.credited_today,
+                view.not_credited_payments,
+                view.pending_points.status,
+                view.pending_points
+                    .error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+            let Some(m) = store.member(&openid).await? else {
+                return Ok(());
+            };
+            for e in m.entries {
+                let refund = if e.refund_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" refund {}", e.refund_id)
                 };
                 println!(
-                    "{}  balance {}  authorization: {authorization}",
-                    m.openid, m.balance
+                    "  {}  {:>6} {:>+7} → {:>7}  {}{refund}  {}",
+                    pointsync::domain::china_time(e.created_at),
+                    e.kind,
+                    e.points,
+                    e.balance_after,
+                    e.transaction_id,
+                    e.rule
                 );
-                for e in m.entries {
-                    let refund = if e.refund_id.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" refund {}", e.refund_id)
-                    };
-                    println!(
-                        "  {}  {:>6} {:>+7} → {:>7}  {}{refund}  {}",
-                        pointsync::domain::china_time(e.created_at),
-                        e.kind,
-                        e.points,
-                        e.balance_after,
-                        e.transaction_id,
-                        e.rule
-                    );
-                }
-                Ok(())
             }
-        },
+            Ok(())
+        }
+        Command::Parking {
+            state,
+            openid,
+            plate,
+            time,
+            appid,
+            brandid,
+            key,
+            ..
+        } => {
+            let store = S::open(db, &config.service.open_options()).await?;
+            let api = mall_api(&config, store)?;
+            let body = pointsync::service::mall_api::ParkingBody {
+                openid: openid.clone(),
+                plate_number: plate.clone(),
+                state: match state {
+                    ParkingState::In => "IN",
+                    ParkingState::Out => "OUT",
+                }
+                .to_string(),
+                time: time.unwrap_or_else(|| {
+                    pointsync::domain::china_time(pointsync::clock::now_ms())
+                }),
+                appid,
+                brandid,
+            };
+            let accepted = pointsync::service::mall_api::accept_parking(&api, body, key.as_deref())
+                .await
+                .map_err(|e| match &e.field {
+                    Some(f) => anyhow::anyhow!("{} ({f}): {}", e.code, e.message),
+                    None => anyhow::anyhow!("{}: {}", e.code, e.message),
+                })?;
+            let note = if accepted.duplicate {
+                " (reported before: the same event)"
+            } else {
+                ""
+            };
+            println!(
+                "parking {} stored{note}: {openid} {plate}; the running service relays it to WeChat",
+                accepted.id
+            );
+            Ok(())
+        }
+        Command::Members {
+            command: MembersCommand::Reconcile { stale_after, .. },
+        } => {
+            let store = S::open(db, &config.service.open_options()).await?;
+            let queries = queries(&config)?;
+            let now = pointsync::clock::now_ms;
+            let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+            let done = pointsync::service::reconcile::reconcile(
+                &store,
+                queries,
+                now().saturating_sub(stale_ms),
+                now,
+                |p| {
+                    println!(
+                        "asked {}: {} authorized, {} not authorized, {} other, {} failed",
+                        p.asked, p.authorized, p.not_authorized, p.other, p.failed
+                    )
+                },
+            )
+            .await?;
+            println!(
+                "reconciled {} members: {} authorized, {} not authorized, {} other state, {} not answered",
+                done.asked, done.authorized, done.not_authorized, done.other, done.failed
+            );
+            if done.failed > 0 {
+                anyhow::bail!("{} members were not answered; run it again", done.failed);
+            }
+            Ok(())
+        }
         Command::Doctor { json, probe, .. } => {
             let checks =
                 pointsync::doctor::run::<S>(&config, probe, pointsync::clock::now_ms() / 1000)
@@ -482,6 +634,28 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// WeChat's query client for a command.
+fn queries(config: &Config) -> Result<std::sync::Arc<pointsync::service::Queries>> {
+    Ok(std::sync::Arc::new(pointsync::service::Queries::new(
+        config,
+        config.client()?,
+        pointsync::metrics::Metrics::new(),
+        std::sync::Arc::new(pointsync::clock::SystemClock),
+    )))
+}
+
+/// The mall API's operations over `store`, for the commands that share them.
+fn mall_api<S: Store>(config: &Config, store: S) -> Result<pointsync::service::mall_api::MallApi<S>> {
+    Ok(pointsync::service::mall_api::MallApi::new(
+        config,
+        store,
+        queries(config)?,
+        pointsync::metrics::Metrics::new(),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::new(pointsync::clock::SystemClock),
+    )?)
 }
 
 fn print_checks(checks: &[pointsync::doctor::Check], json: bool) -> Result<()> {

@@ -20,6 +20,7 @@ mod listener;
 pub mod mall_api;
 mod queries;
 mod receiver;
+pub mod reconcile;
 mod recent_errors;
 mod skew;
 

@@ -107,22 +107,30 @@ pub async fn member<S: Store>(
     State(api): State<Arc<MallApi<S>>>,
     Path(openid): Path<String>,
 ) -> Result<Json<MemberResponse>, ApiError> {
-    body::openid("openid", &openid)?;
+    member_view(&api, &openid).await.map(Json)
+}
+
+/// A member as the API (and `pointsync member`) shows her.
+pub async fn member_view<S: Store>(
+    api: &MallApi<S>,
+    openid: &str,
+) -> Result<MemberResponse, ApiError> {
+    body::openid("openid", openid)?;
     let m = api
         .store
-        .member_summary(&openid, api.clock.now_ms())
+        .member_summary(openid, api.clock.now_ms())
         .await
         .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| member_not_found(&openid))?;
-    let pending_points = api.queries.pending(&openid, m.appid.as_deref()).await;
-    Ok(Json(MemberResponse {
+        .ok_or_else(|| member_not_found(openid))?;
+    let pending_points = api.queries.pending(openid, m.appid.as_deref()).await;
+    Ok(MemberResponse {
         openid: m.openid,
         balance: m.balance,
         authorization: m.authorization,
         credited_today: m.credited_today,
         not_credited_payments: m.not_credited_payments,
         pending_points,
-    }))
+    })
 }
 
 /// A page of ledger entries.
@@ -353,6 +361,32 @@ pub async fn post_parking<S: Store>(
     raw: Body,
 ) -> Result<Response, ApiError> {
     let p: ParkingBody = json(&headers, raw, api.body_limit).await?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::field(
+                "invalid_field",
+                "Idempotency-Key",
+                "`Idempotency-Key` must be visible ASCII",
+            )
+        })?),
+        None => None,
+    };
+    let accepted = accept_parking(&api, p, key).await?;
+    let id = accepted.id;
+    let mut res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if let Ok(v) = http::HeaderValue::from_str(&format!("/v1/parkings/{id}")) {
+        res.headers_mut().insert(http::header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// Checks a parking event, fills its defaults, stores it and enqueues its relay (the API and
+/// `pointsync parking`).
+pub async fn accept_parking<S: Store>(
+    api: &MallApi<S>,
+    p: ParkingBody,
+    idempotency_key: Option<&str>,
+) -> Result<ParkingAccepted, ApiError> {
     body::openid("openid", &p.openid)?;
     body::text("plate_number", &p.plate_number, 1, 32)?;
     if !matches!(p.state.as_str(), "IN" | "OUT") {
@@ -362,9 +396,8 @@ pub async fn post_parking<S: Store>(
             format!("`state` must be IN or OUT, not `{}`", p.state),
         ));
     }
-    let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v.to_str().unwrap_or("\u{0}");
+    let key = match idempotency_key {
+        Some(k) => {
             body::text("Idempotency-Key", k, 1, 128)?;
             format!("key:{k}")
         }
@@ -412,32 +445,21 @@ pub async fn post_parking<S: Store>(
         .enqueue_parking(&parking, &request)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    let (id, duplicate) = match stored {
+    match stored {
         ParkingEnqueued::Created(id) => {
             api.wake.notify_one();
-            (id, false)
+            Ok(ParkingAccepted { id, duplicate: false })
         }
-        ParkingEnqueued::Existing(id) => (id, true),
-        ParkingEnqueued::Conflict(id) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                format!(
-                    "this idempotency key was used for parking {id}, a different event; nothing \
-                     stored"
-                ),
-            ));
-        }
-    };
-    let mut res = (
-        StatusCode::ACCEPTED,
-        Json(ParkingAccepted { id, duplicate }),
-    )
-        .into_response();
-    if let Ok(v) = http::HeaderValue::from_str(&format!("/v1/parkings/{id}")) {
-        res.headers_mut().insert(http::header::LOCATION, v);
+        ParkingEnqueued::Existing(id) => Ok(ParkingAccepted { id, duplicate: true }),
+        ParkingEnqueued::Conflict(id) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!(
+                "this idempotency key was used for parking {id}, a different event; nothing \
+                 stored"
+            ),
+        )),
     }
-    Ok(res)
 }
 
 /// A parking event and its relay to WeChat.

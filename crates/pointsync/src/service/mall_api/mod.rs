@@ -22,7 +22,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::OpenApi as _;
 
-pub use handlers::ApiDoc;
+pub use handlers::{
+    ApiDoc, MemberResponse, ParkingAccepted, ParkingBody, accept_parking, member_view,
+};
 
 use super::Queries;
 use crate::clock::Clock;
