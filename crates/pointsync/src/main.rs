@@ -555,9 +555,8 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                     ParkingState::Out => "OUT",
                 }
                 .to_string(),
-                time: time.unwrap_or_else(|| {
-                    pointsync::domain::china_time(pointsync::clock::now_ms())
-                }),
+                time: time
+                    .unwrap_or_else(|| pointsync::domain::china_time(pointsync::clock::now_ms())),
                 appid,
                 brandid,
             };
@@ -603,7 +602,11 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
                 done.asked, done.authorized, done.not_authorized, done.other, done.failed
             );
             if done.failed > 0 {
-                anyhow::bail!("{} members were not answered; run it again", done.failed);
+                anyhow::bail!(
+                    "{} members were not answered (the last: {}); run it again",
+                    done.failed,
+                    done.last_error.unwrap_or_default()
+                );
             }
             Ok(())
         }
@@ -647,7 +650,10 @@ fn queries(config: &Config) -> Result<std::sync::Arc<pointsync::service::Queries
 }
 
 /// The mall API's operations over `store`, for the commands that share them.
-fn mall_api<S: Store>(config: &Config, store: S) -> Result<pointsync::service::mall_api::MallApi<S>> {
+fn mall_api<S: Store>(
+    config: &Config,
+    store: S,
+) -> Result<pointsync::service::mall_api::MallApi<S>> {
     Ok(pointsync::service::mall_api::MallApi::new(
         config,
         store,

@@ -20,8 +20,8 @@ mod listener;
 pub mod mall_api;
 mod queries;
 mod receiver;
-pub mod reconcile;
 mod recent_errors;
+pub mod reconcile;
 mod skew;
 
 use std::sync::Arc;

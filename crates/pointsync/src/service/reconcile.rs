@@ -12,7 +12,7 @@ use super::Queries;
 use crate::store::{StaleMember, Store, StoreError};
 
 /// Progress and result of a reconciliation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Reconciled {
     /// Members asked about.
     pub asked: u64,
@@ -24,6 +24,8 @@ pub struct Reconciled {
     pub other: u64,
     /// Not answered (WeChat's error, the deadline, no appid): asked again next time.
     pub failed: u64,
+    /// The last reason a member was not answered.
+    pub last_error: Option<String>,
 }
 
 const PAGE: i64 = 200;
@@ -62,7 +64,7 @@ pub async fn reconcile<S: Store>(
         for r in answers {
             done.asked += 1;
             match r {
-                Ok(Some(a)) => {
+                Ok(Ok(a)) => {
                     store.record_authorization(&a, now_ms()).await?;
                     match a.authorized {
                         Some(true) => done.authorized += 1,
@@ -70,7 +72,14 @@ pub async fn reconcile<S: Store>(
                         None => done.other += 1,
                     }
                 }
-                _ => done.failed += 1,
+                Ok(Err(e)) => {
+                    done.failed += 1;
+                    done.last_error = Some(e);
+                }
+                Err(e) => {
+                    done.failed += 1;
+                    done.last_error = Some(e.to_string());
+                }
             }
         }
         progress(&done);
@@ -80,19 +89,15 @@ pub async fn reconcile<S: Store>(
 async fn ask(
     queries: Arc<Queries>,
     m: StaleMember,
-) -> Option<crate::store::LearnedAuthorization> {
+) -> Result<crate::store::LearnedAuthorization, String> {
     let Some(appid) = queries.appid(m.appid.as_deref()) else {
-        tracing::warn!(
-            openid = m.openid,
-            "no appid to ask with: set wechatpay.appids"
-        );
-        return None;
+        return Err(format!(
+            "{}: no appid to ask with (she has no payment): set wechatpay.appids",
+            m.openid
+        ));
     };
-    match queries.authorization(&m.openid, &appid, None).await {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::warn!(openid = m.openid, "authorization query failed: {e}");
-            None
-        }
-    }
+    queries
+        .authorization(&m.openid, &appid, None)
+        .await
+        .map_err(|e| format!("{}: {e}", m.openid))
 }

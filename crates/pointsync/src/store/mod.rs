@@ -312,7 +312,8 @@ pub struct ParkingView {
 /// Totals for reports and invariant checks.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Audit {
-    /// Credit points per transaction (one ledger credit each).
+    /// Credit points per transaction (one ledger credit each, two when credited on a manual
+    /// application: their sum).
     pub credits: BTreeMap<String, i64>,
     /// Number of debit entries (one per applied refund).
     pub debits: i64,
@@ -328,6 +329,8 @@ pub struct Audit {
     pub payments_without_sync: Vec<String>,
     /// Refunds still held (their payment never arrived).
     pub held_refunds: i64,
+    /// Payments kept not credited (member not authorized): no sync until a manual application.
+    pub not_credited: Vec<String>,
 }
 
 /// A backend's own error, kept as the source of a [`StoreError`].

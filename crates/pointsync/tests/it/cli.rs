@@ -168,7 +168,8 @@ async fn operator_commands_read_the_live_database() {
     // finished-tool output: the authorization in words, a time on every ledger line
     assert!(out.contains("authorization: authorized"), "{out}");
     assert!(!out.contains("Some(") && !out.contains("None"), "{out}");
-    for line in out.lines().skip(1) {
+    assert!(out.contains("credited today: 246"), "{out}");
+    for line in out.lines().skip(2) {
         assert!(line.contains("+08:00"), "a time on every entry: {line}");
     }
 
@@ -700,4 +701,118 @@ fn the_deployment_config_example_parses() {
     );
     assert!(c.service.admin_listen.ip().is_loopback());
     assert_eq!(c.service.log_format, "json");
+}
+
+// the commands call the in-process simulator while this thread waits for them
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_member_and_parking_commands_do_what_the_mall_api_does() {
+    let h = Harness::start(fast_push(), &[]).await;
+    // credited on trust (the harness's rules), her authorization never reported
+    let (m, _) = h.member_pays(5_000);
+    h.quiet(Duration::from_secs(10)).await;
+    let config = h.config_path().display().to_string();
+    let env = [("POINTSYNC__WECHATPAY__BRANDID", "1000")];
+    let o = pointsync(
+        &[
+            "members",
+            "reconcile",
+            "--stale-after",
+            "0s",
+            "--config",
+            &config,
+        ],
+        &env,
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("reconciled 1 members: 1 authorized, 0 not authorized"),
+        "{out}"
+    );
+    // nothing stale within a day of asking
+    let o = pointsync(&["members", "reconcile", "--config", &config], &env);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("reconciled 0 members"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = pointsync(&["member", &m.openid, "--json", "--config", &config], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["balance"], 50);
+    assert_eq!(
+        (&v["authorization"]["state"], &v["authorization"]["source"]),
+        (
+            &serde_json::json!("authorized"),
+            &serde_json::json!("query")
+        )
+    );
+    assert_eq!(v["pending_points"]["status"], "FINISHED", "{v}");
+    // a car in, twice under one key: stored once, relayed once by the running service
+    for _ in 0..2 {
+        let o = pointsync(
+            &[
+                "parking",
+                "in",
+                &m.openid,
+                "粤B12345",
+                "--key",
+                "gate-1-42",
+                "--config",
+                &config,
+            ],
+            &env,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = pointsync(
+        &[
+            "parking",
+            "in",
+            &m.openid,
+            "粤B12345",
+            "--key",
+            "gate-1-42",
+            "--config",
+            &config,
+        ],
+        &env,
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("parking 1 stored (reported before"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let o = pointsync(
+        &[
+            "parking",
+            "out",
+            &m.openid,
+            "粤B\u{1}5",
+            "--config",
+            &config,
+        ],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("invalid_field (plate_number)"),
+        "{}",
+        stderr(&o)
+    );
+    // the service relays what the command stored (woken by its poll)
+    crate::harness::wait_for("the parking relay", Duration::from_secs(10), || {
+        h.sim.parkings().len() == 1
+    })
+    .await;
+    let p = &h.sim.parkings()[0];
+    assert_eq!(
+        (&p["plate_number"], &p["state"], &p["brandid"]),
+        (
+            &serde_json::json!("粤B12345"),
+            &serde_json::json!("IN"),
+            &serde_json::json!(1000)
+        )
+    );
 }

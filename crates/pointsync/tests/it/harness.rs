@@ -261,7 +261,16 @@ pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct
         .iter()
         .map(|p| p.transaction_id.clone())
         .collect();
+    let not_credited: BTreeSet<&String> = audit.not_credited.iter().collect();
     for (tx, points) in &audit.credits {
+        if not_credited.contains(tx) {
+            assert_eq!(
+                remote.get(tx),
+                None,
+                "I6: {tx} is not credited, WeChat saw it"
+            );
+            continue;
+        }
         if parked.contains(tx) {
             continue;
         }

@@ -9,4 +9,5 @@ mod crash;
 mod doctor;
 mod e2e;
 mod harness;
+mod mall;
 mod sqlite;

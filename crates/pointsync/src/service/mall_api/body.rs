@@ -46,18 +46,23 @@ pub async fn json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+    let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    if !parsed.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the request body must be a JSON object: see /v1/openapi.json",
+        ));
+    }
+    let value = serde_path_to_error::deserialize::<_, T>(parsed).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = inner.to_string();
-        if !inner.is_data() {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the request body is not valid JSON: {message}"),
-            );
-        }
+        let message = e.into_inner().to_string();
         if let Some(rest) = message.strip_prefix("unknown field `") {
             let name = rest.split('`').next().unwrap_or_default();
             return ApiError::field(
@@ -71,13 +76,6 @@ pub async fn json<T: DeserializeOwned>(
             return ApiError::field("missing_field", name, format!("field `{name}` is required"));
         }
         ApiError::field("invalid_field", &path, format!("field `{path}`: {message}"))
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the request body has data after its JSON value: {e}"),
-        )
     })?;
     Ok(value)
 }

@@ -448,9 +448,15 @@ pub async fn accept_parking<S: Store>(
     match stored {
         ParkingEnqueued::Created(id) => {
             api.wake.notify_one();
-            Ok(ParkingAccepted { id, duplicate: false })
+            Ok(ParkingAccepted {
+                id,
+                duplicate: false,
+            })
         }
-        ParkingEnqueued::Existing(id) => Ok(ParkingAccepted { id, duplicate: true }),
+        ParkingEnqueued::Existing(id) => Ok(ParkingAccepted {
+            id,
+            duplicate: true,
+        }),
         ParkingEnqueued::Conflict(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_conflict",

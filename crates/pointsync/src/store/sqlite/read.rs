@@ -98,7 +98,11 @@ pub(super) fn member(c: &Connection, openid: String) -> rusqlite::Result<Option<
 }
 
 pub(super) fn audit(c: &Connection) -> rusqlite::Result<Audit> {
-    let mut st = c.prepare("SELECT transaction_id, points FROM ledger WHERE kind = 'credit'")?;
+    // a payment credited on its member's manual application has two credit entries (0, then
+    // the points): their sum is what it earned
+    let mut st = c.prepare(
+        "SELECT transaction_id, SUM(points) FROM ledger WHERE kind = 'credit' GROUP BY transaction_id",
+    )?;
     let credits: BTreeMap<String, i64> = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -125,6 +129,10 @@ pub(super) fn audit(c: &Connection) -> rusqlite::Result<Audit> {
         payments_without_sync: strings(
             c,
             "SELECT p.transaction_id FROM payments p LEFT JOIN outbox o ON o.transaction_id = p.transaction_id WHERE o.id IS NULL AND p.not_credited = 0",
+        )?,
+        not_credited: strings(
+            c,
+            "SELECT transaction_id FROM payments WHERE not_credited = 1",
         )?,
         held_refunds: one(c, "SELECT COUNT(*) FROM inbox WHERE status = 'held'", [], |r| {
             r.get(0)
