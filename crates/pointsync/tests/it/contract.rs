@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
+use pointsync::domain::parking_request;
 use pointsync::rules::{Rules, StoreRule};
-use pointsync::store::{Incoming, IngestContext, Ingested, Store, SyncOutcome};
+use pointsync::store::{
+    Incoming, IngestContext, Ingested, LearnedAuthorization, NewParking, ParkingEnqueued, Store,
+    SyncOutcome,
+};
 use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund};
 
 pub const T0: i64 = 1_700_000_000_000;
@@ -22,7 +26,7 @@ pub trait Backend {
 #[macro_export]
 macro_rules! contract_suite {
     ($backend:ty) => {
-        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance, a_renewed_lease_is_not_rescued_and_renewal_is_fenced);
+        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance, a_renewed_lease_is_not_rescued_and_renewal_is_fenced, a_payment_not_credited_is_credited_once_on_the_manual_application, authorizations_learned_by_query_are_kept_with_their_source_and_staleness, parkings_are_stored_once_per_key_and_relayed_through_the_outbox, the_ledger_pages_newest_first);
     };
     (@ $backend:ty: $($name:ident),* $(,)?) => {
         $(
@@ -543,4 +547,245 @@ pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() 
         !s.renew(&b, "B", T0 + 4_000).await.unwrap(),
         "a done row is not renewed"
     );
+}
+
+fn manual(p: &Incoming, tag: &str) -> Incoming {
+    let Event::MallTransaction(mut t) = p.event.clone() else {
+        unreachable!("a payment")
+    };
+    t.commit_tag = Some(tag.into());
+    incoming(Event::MallTransaction(t))
+}
+
+fn learned(openid: &str, state: &str, authorized: Option<bool>) -> LearnedAuthorization {
+    LearnedAuthorization {
+        openid: openid.into(),
+        state: state.into(),
+        authorized,
+    }
+}
+
+pub async fn a_payment_not_credited_is_credited_once_on_the_manual_application<B: Backend>() {
+    let (_keep, s) = B::fresh().await;
+    let rules = Rules::default();
+    // WeChat said she is not authorized: kept, not credited, no sync
+    s.record_authorization(&learned("o1", "UNAUTHORIZED", Some(false)), T0)
+        .await
+        .unwrap();
+    let p = payment("T1", "o1", 10_000, "S1");
+    assert_eq!(
+        s.ingest(&p, &ctx(&rules)).await.unwrap(),
+        Ingested::Payment { points: 0 }
+    );
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.not_credited, vec!["T1".to_string()]);
+    assert!(audit.payments_without_sync.is_empty());
+    assert!(s.claim("w", T0, 1_000, 10).await.unwrap().is_empty());
+    let m = s.member_summary("o1", T0).await.unwrap().unwrap();
+    assert_eq!((m.balance, m.not_credited_payments), (0, 1));
+    // she authorizes and applies: credited once, synced with earn_points
+    s.record_authorization(&learned("o1", "AUTHORIZED", Some(true)), T0)
+        .await
+        .unwrap();
+    let first = manual(&p, "M1");
+    assert_eq!(
+        s.ingest(&first, &ctx(&rules)).await.unwrap(),
+        Ingested::ManualCredit { points: 100 }
+    );
+    for again in [first.clone(), manual(&p, "M2"), p.clone()] {
+        assert_eq!(
+            s.ingest(&again, &ctx(&rules)).await.unwrap(),
+            Ingested::Duplicate
+        );
+    }
+    let claimed = s.claim("w", T0, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&claimed[0].payload).unwrap();
+    assert_eq!(
+        (&body["earn_points"], &body["increased_points"]),
+        (&serde_json::json!(true), &serde_json::json!(100))
+    );
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.credits.get("T1"), Some(&100));
+    assert!(audit.not_credited.is_empty() && audit.unbalanced_members.is_empty());
+    let m = s.member_summary("o1", T0).await.unwrap().unwrap();
+    assert_eq!(
+        (m.balance, m.not_credited_payments, m.credited_today),
+        (100, 0, 100)
+    );
+    // a refund deducts from what she was credited
+    assert_eq!(
+        s.ingest(&refund("T1", "R1", 10_000, 5_000), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Refund { points: 50 }
+    );
+}
+
+pub async fn authorizations_learned_by_query_are_kept_with_their_source_and_staleness<
+    B: Backend,
+>() {
+    let (_keep, s) = B::fresh().await;
+    let rules = trusting();
+    s.ingest(&payment("T1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    s.ingest(&payment("T2", "o2", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let m = s.member_summary("o1", T0).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            m.authorization.state.as_str(),
+            m.authorization.source,
+            m.appid.as_deref()
+        ),
+        ("unknown", None, Some("wxd678efh567hg6787"))
+    );
+    let stale = s.stale_members(T0, "", 10).await.unwrap();
+    assert_eq!(
+        stale.iter().map(|m| m.openid.as_str()).collect::<Vec<_>>(),
+        ["o1", "o2"]
+    );
+    assert_eq!(
+        s.stale_members(T0, "o1", 10).await.unwrap().len(),
+        1,
+        "paged by openid"
+    );
+    s.record_authorization(&learned("o1", "DEAUTHORIZED", Some(false)), T0 + 5)
+        .await
+        .unwrap();
+    s.record_authorization(&learned("o2", "PAUSED", None), T0 + 5)
+        .await
+        .unwrap();
+    let m = s.member_summary("o1", T0).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            m.authorization.state.as_str(),
+            m.authorization.wechat_state.as_deref(),
+            m.authorization.source.as_deref(),
+            m.authorization.learned_at
+        ),
+        (
+            "not_authorized",
+            Some("DEAUTHORIZED"),
+            Some("query"),
+            Some(T0 + 5)
+        )
+    );
+    assert_eq!(
+        s.member_summary("o2", T0)
+            .await
+            .unwrap()
+            .unwrap()
+            .authorization
+            .state,
+        "unknown",
+        "a state not known stays unknown"
+    );
+    assert_eq!(
+        s.member_summary("o1", T0).await.unwrap().unwrap().balance,
+        10,
+        "the balance is kept"
+    );
+    // learned at T0+5: stale before T0+6, not before T0+5
+    assert_eq!(s.stale_members(T0 + 5, "", 10).await.unwrap().len(), 0);
+    assert_eq!(s.stale_members(T0 + 6, "", 10).await.unwrap().len(), 2);
+    // revoked: her next payment earns nothing
+    let rules = Rules::default();
+    assert_eq!(
+        s.ingest(&payment("T3", "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 0 }
+    );
+    assert!(s.member_summary("nobody", T0).await.unwrap().is_none());
+}
+
+fn parking(key: &str, state: &str) -> NewParking {
+    NewParking {
+        idempotency_key: key.into(),
+        openid: "o1".into(),
+        plate_number: "粤B888888".into(),
+        state: state.into(),
+        time: "2026-12-01T10:43:39+08:00".into(),
+        appid: "wx1".into(),
+        brandid: 1000,
+        sub_mchid: None,
+    }
+}
+
+pub async fn parkings_are_stored_once_per_key_and_relayed_through_the_outbox<B: Backend>() {
+    let (_keep, s) = B::fresh().await;
+    let p = parking("k1", "IN");
+    let req = parking_request(&p, T0).unwrap();
+    assert_eq!(
+        s.enqueue_parking(&p, &req).await.unwrap(),
+        ParkingEnqueued::Created(1)
+    );
+    assert_eq!(
+        s.enqueue_parking(&p, &req).await.unwrap(),
+        ParkingEnqueued::Existing(1)
+    );
+    let out = parking("k1", "OUT");
+    let req_out = parking_request(&out, T0).unwrap();
+    assert_eq!(
+        s.enqueue_parking(&out, &req_out).await.unwrap(),
+        ParkingEnqueued::Conflict(1)
+    );
+    let claimed = s.claim("w", T0, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].transaction_id.as_str(),
+            claimed[0].path.as_str(),
+            claimed[0].payload.as_str()
+        ),
+        (
+            "parking:1",
+            "/v3/businesscircle/parkings",
+            req.body.as_str()
+        )
+    );
+    let v = s.parking(1).await.unwrap().unwrap();
+    assert_eq!(
+        (v.relay.as_str(), v.attempts, v.state.as_str()),
+        ("inflight", 1, "IN")
+    );
+    assert!(
+        s.complete(&claimed[0], "w", &SyncOutcome::Done, T0 + 7)
+            .await
+            .unwrap()
+    );
+    let v = s.parking(1).await.unwrap().unwrap();
+    assert_eq!((v.relay.as_str(), v.relayed_at), ("done", Some(T0 + 7)));
+    assert!(s.parking(2).await.unwrap().is_none());
+}
+
+pub async fn the_ledger_pages_newest_first<B: Backend>() {
+    let (_keep, s) = B::fresh().await;
+    let rules = trusting();
+    for i in 1..=5 {
+        s.ingest(
+            &payment(&format!("T{i}"), "o1", i * 1_000, "S1"),
+            &ctx(&rules),
+        )
+        .await
+        .unwrap();
+    }
+    let first = s.ledger_page("o1", None, 2).await.unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|e| e.reference.as_str())
+            .collect::<Vec<_>>(),
+        ["T5", "T4"]
+    );
+    let next = s.ledger_page("o1", Some(first[1].id), 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|e| e.points).collect::<Vec<_>>(),
+        [30, 20, 10]
+    );
+    assert_eq!(next[0].rule["reason"], "credited");
+    assert!(s.ledger_page("o2", None, 10).await.unwrap().is_empty());
 }

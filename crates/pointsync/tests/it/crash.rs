@@ -23,6 +23,8 @@ struct Rig {
     config: PathBuf,
     public: String,
     admin: String,
+    /// More `POINTSYNC__…` settings for every start.
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,6 +59,7 @@ impl Rig {
             config,
             public,
             admin,
+            env: Vec::new(),
             _dir: dir,
         }
     }
@@ -76,6 +79,7 @@ impl Rig {
             .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
             .env("RUST_LOG", "error")
             .env_remove(pointsync::crash::ENV)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(p) = crash_at {
@@ -249,4 +253,60 @@ async fn repeated_kill_9_at_random_moments_during_bursts_converges() {
         trials * 40,
         "every payment credited once"
     );
+}
+
+const CARPARK: &str = "carpark-token-0123456789abcdef012345678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parkings_are_relayed_through_kill_9_before_and_after_wechats_204() {
+    for (point, expected_calls) in [("before_send", 1), ("after_204", 2)] {
+        let mut rig = Rig::new().await;
+        let mall = free_port();
+        let digest: String = pointsync::config::token_digest(CARPARK)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        rig.env = vec![
+            ("POINTSYNC__MALL_API__LISTEN".into(), mall.clone()),
+            (
+                "POINTSYNC__MALL_API__TOKENS".into(),
+                format!(
+                    r#"[{{name = "carpark", sha256 = "{digest}", scopes = ["parkings:write"]}}]"#
+                ),
+            ),
+            ("POINTSYNC__WECHATPAY__BRANDID".into(), "1000".into()),
+        ];
+        let mut child = rig.spawn(Some(point)).await;
+        let m = rig
+            .sim
+            .add_member(NewMember {
+                push: false,
+                ..NewMember::default()
+            })
+            .unwrap();
+        let event = serde_json::json!({"openid": m.openid, "plate_number": "粤B7", "state": "IN",
+                                       "time": "2026-12-01T10:00:00+08:00", "appid": m.appid});
+        let res = reqwest::Client::new()
+            .post(format!("http://{mall}/v1/parkings"))
+            .bearer_auth(CARPARK)
+            .header("content-type", "application/json")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 202, "{point}");
+        wait_killed(&mut child, Duration::from_secs(20));
+        let mut child = rig.spawn(None).await;
+        rig.quiet(Duration::from_secs(30)).await;
+        let calls = rig.sim.parkings();
+        assert_eq!(calls.len(), expected_calls, "{point}: {calls:?}");
+        assert!(
+            calls.iter().all(|c| *c == calls[0]),
+            "{point}: a resend is the stored request"
+        );
+        let status = rig.store.status().await.unwrap();
+        assert_eq!(status.syncs.get("done"), Some(&1), "{point}: {status:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }
