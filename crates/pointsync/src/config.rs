@@ -282,6 +282,37 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl MallApiConfig {
+    /// Checks the tokens' settings without reading their files (that happens at start-up).
+    pub fn check_tokens(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = format!("mall_api.tokens[{i}]");
+            match (&t.token_file, &t.sha256) {
+                (Some(_), None) => {}
+                (None, Some(h)) => {
+                    hex32(h).ok_or_else(|| {
+                        ConfigError(format!(
+                            "key `{key}.sha256`: expected 64 hexadecimal characters (the SHA-256 \
+                             of the token)"
+                        ))
+                    })?;
+                }
+                _ => {
+                    return Err(ConfigError(format!(
+                        "key `{key}`: give exactly one of `token_file` and `sha256`"
+                    )));
+                }
+            }
+            if t.name.is_empty() || !names.insert(t.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "key `{key}.name`: `{}` is empty or used by another token",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The tokens, read from their files; errors name the key.
     pub fn load_tokens(&self) -> Result<Vec<ApiToken>, ConfigError> {
         let mut out: Vec<ApiToken> = Vec::new();
@@ -620,7 +651,7 @@ impl Config {
                 .map_err(|e| format!("key `wechatpay.appids[{i}]`: {}", e.reason))?;
         }
         if let Some(m) = &self.mall_api {
-            m.load_tokens().map_err(|e| e.0)?;
+            m.check_tokens().map_err(|e| e.0)?;
             if m.body_limit == 0 {
                 return Err("key `mall_api.body_limit` must be positive".into());
             }

@@ -816,3 +816,66 @@ async fn reconcile_member_and_parking_commands_do_what_the_mall_api_does() {
         )
     );
 }
+
+#[test]
+fn mall_api_token_settings_are_checked_naming_the_key() {
+    let hex = "ab".repeat(32);
+    let cases = [
+        (
+            r#"[{name = "a", scopes = ["members:read"]}]"#.to_string(),
+            "key `mall_api.tokens[0]`: give exactly one of",
+        ),
+        (
+            r#"[{name = "a", sha256 = "zz", scopes = []}]"#.to_string(),
+            "key `mall_api.tokens[0].sha256`",
+        ),
+        (
+            format!(r#"[{{name = "a", sha256 = "{hex}", scopes = ["members:write"]}}]"#),
+            "members:write",
+        ),
+        (
+            format!(
+                r#"[{{name = "a", sha256 = "{hex}", scopes = []}}, {{name = "a", sha256 = "{hex}", scopes = []}}]"#
+            ),
+            "key `mall_api.tokens[1].name`",
+        ),
+    ];
+    for (tokens, expected) in cases {
+        let env = [("POINTSYNC__MALL_API__TOKENS".to_string(), tokens.clone())];
+        let e = pointsync::config::Config::parse(MINIMAL, Path::new("p.toml"), env.into_iter())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{tokens}: {e}");
+    }
+    // a token file is read at start-up: a short token is refused naming the key
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "too-short").unwrap();
+    let config = pointsync::config::Config::parse(
+        MINIMAL,
+        Path::new("p.toml"),
+        [(
+            "POINTSYNC__MALL_API__TOKENS".to_string(),
+            format!(
+                r#"[{{name = "pos", token_file = "{}", scopes = []}}]"#,
+                short.display()
+            ),
+        )]
+        .into_iter(),
+    )
+    .unwrap();
+    let e = config
+        .mall_api
+        .unwrap()
+        .load_tokens()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mall_api.tokens[0].token_file") && e.contains("shorter than 32"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("too-short"),
+        "the secret is never repeated: {e}"
+    );
+}
