@@ -1,8 +1,9 @@
 //! WeChat's query APIs, used while a callback or a mall API call waits: a member's authorization
 //! (`GET /v3/businesscircle/user-authorizations/{openid}`) and her pending points
 //! (`GET /v3/businesscircle/users/{openid}/points/commit_status`). Both share one rate limit
-//! (`wechatpay.query_qps`, at most WeChat's 150) and one deadline (`wechatpay.query_timeout_ms`,
-//! the wait for a token included); pending points are cached per member
+//! (`wechatpay.query_qps`, at most WeChat's 150) and one deadline (`wechatpay.query_timeout_ms`).
+//! An authorization query waits for a token (a payment's decision depends on it); a pending-points
+//! query never does (it is `unknown` when the budget is spent) and its answer is cached per member
 //! (`mall_api.pending_cache_ms`).
 
 use std::collections::HashMap;
@@ -92,13 +93,25 @@ impl Queries {
             .map(str::to_string)
     }
 
+    /// Sends `req` within the deadline; `wait` for a rate-limit token, or give up at once when
+    /// none is left (a member read never queues behind the rate limit).
     async fn send<R: wechatpay::ApiRequest>(
         &self,
         what: &'static str,
         req: &R,
+        wait: bool,
     ) -> Result<R::Output, String> {
+        if !wait && self.bucket.take_up_to(1).await == 0 {
+            self.metrics
+                .queries
+                .with_label_values(&[what, "rate_limited"])
+                .inc();
+            return Err("wechatpay.query_qps reached; asked again on a later call".into());
+        }
         let r = tokio::time::timeout(self.timeout, async {
-            self.bucket.acquire().await;
+            if wait {
+                self.bucket.acquire().await;
+            }
             self.client.send(req).await.map_err(|e| e.to_string())
         })
         .await
@@ -131,7 +144,7 @@ impl Queries {
             openid: openid.to_string(),
             query,
         };
-        let a = self.send("authorization", &req).await?;
+        let a = self.send("authorization", &req, true).await?;
         Ok(LearnedAuthorization::from_wechat(
             openid,
             &a.authorize_state,
@@ -156,7 +169,7 @@ impl Queries {
             openid: openid.to_string(),
             query: CommitStatusQuery::new(brandid, appid),
         };
-        let p = match self.send("commit_status", &req).await {
+        let p = match self.send("commit_status", &req, false).await {
             Ok(s) => match s.points_commit_status {
                 Some(st) => PendingPoints {
                     status: st.as_str().to_string(),

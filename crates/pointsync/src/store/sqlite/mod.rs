@@ -124,10 +124,43 @@ struct Job {
 type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
 
 /// SQLite storage. Cheap to clone.
+/// Read connections (WAL readers never block each other or the writer): a read takes a free one,
+/// so the mall API's reads do not queue the callback path's.
+const READERS: usize = 4;
+
+#[derive(Debug)]
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    fn new(conns: Vec<Connection>) -> Self {
+        Self {
+            conns: conns.into_iter().map(Mutex::new).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A free connection if there is one, else the next in turn (waiting for it).
+    fn pick(&self) -> std::sync::MutexGuard<'_, Connection> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.conns.len();
+        for i in 0..n {
+            if let Ok(c) = self.conns[(start + i) % n].try_lock() {
+                return c;
+            }
+        }
+        self.conns[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     jobs: mpsc::UnboundedSender<Job>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
     path: PathBuf,
     reserve: Arc<Reserve>,
 }
@@ -270,10 +303,10 @@ impl SqliteStore {
         what: &'static str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let c = readers.pick();
             f(&c).map_err(|e| classify(e, &path, what))
         })
         .await
@@ -390,11 +423,13 @@ impl Store for SqliteStore {
         let path = sqlite_path(db).to_path_buf();
         let p2 = path.clone();
         let busy_timeout = opts.busy_timeout;
-        let (writer, reader) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (writer, readers) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut w = open_connection(&p2, busy_timeout, false)?;
             migrate_connection(&mut w, &p2)?;
-            let r = open_connection(&p2, busy_timeout, true)?;
-            Ok((w, r))
+            let readers = (0..READERS)
+                .map(|_| open_connection(&p2, busy_timeout, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((w, readers))
         })
         .await
         .map_err(|e| task_failed(&path, e))??;
@@ -406,7 +441,7 @@ impl Store for SqliteStore {
             .map_err(|e| task_failed(&path, e))?;
         Ok(Self {
             jobs,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(Readers::new(readers)),
             reserve: Arc::new(Reserve::new(&path, opts.min_free_bytes)),
             path,
         })
@@ -424,7 +459,7 @@ impl Store for SqliteStore {
         let (jobs, _) = mpsc::unbounded_channel();
         Ok(Self {
             jobs,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(Readers::new(vec![reader])),
             reserve: Arc::new(Reserve::new(&path, 0)),
             path,
         })
