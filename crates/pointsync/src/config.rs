@@ -248,6 +248,9 @@ pub struct MallApiConfig {
     pub pending_cache_ms: u64,
     /// Largest request body (bytes).
     pub body_limit: usize,
+    /// Niceness (0–19) of the mall API's threads: higher yields more of the CPU to WeChat's
+    /// callbacks and the syncs under load (0: same priority).
+    pub nice: u8,
 }
 
 impl Default for MallApiConfig {
@@ -257,6 +260,7 @@ impl Default for MallApiConfig {
             tokens: Vec::new(),
             pending_cache_ms: 30_000,
             body_limit: 16 * 1024,
+            nice: 10,
         }
     }
 }
@@ -654,6 +658,12 @@ impl Config {
             m.check_tokens().map_err(|e| e.0)?;
             if m.body_limit == 0 {
                 return Err("key `mall_api.body_limit` must be positive".into());
+            }
+            if m.nice > 19 {
+                return Err(format!(
+                    "key `mall_api.nice`: {} must be 0 to 19 (Linux niceness)",
+                    m.nice
+                ));
             }
         }
         if self.wechatpay.trust.is_empty() {

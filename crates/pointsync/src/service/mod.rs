@@ -180,18 +180,14 @@ pub async fn start_with<S: Store>(
                 wake.clone(),
                 clock.clone(),
             )?;
-            let listener = TcpListener::bind(m.listen).await.map_err(|e| {
+            let listener = std::net::TcpListener::bind(m.listen).map_err(|e| {
                 anyhow::anyhow!("key `mall_api.listen`: cannot listen on {}: {e}", m.listen)
             })?;
             let addr = listener.local_addr()?;
             let router = mall_api::mall_app(Arc::new(api));
-            let mut s3 = stopped.clone();
+            let done = mall_api::serve_apart(listener, router, m.nice, stopped.clone())?;
             tasks.spawn(async move {
-                let _ = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = s3.changed().await;
-                    })
-                    .await;
+                let _ = done.await;
             });
             Some(addr)
         }

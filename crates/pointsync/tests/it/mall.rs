@@ -743,3 +743,27 @@ async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
         "only the payment's sync: {status:?}"
     );
 }
+
+#[tokio::test]
+async fn the_mall_api_runs_on_its_own_threads_at_a_lower_priority() {
+    let h = start().await;
+    let (status, _) = get(&h, "/v1/openapi.json", MINIPROGRAM).await;
+    assert_eq!(status, 200);
+    // /proc/self/task/*/stat: comm in parentheses, niceness is the 17th field after it
+    let mut found = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        if comm.contains("pointsync-mall") {
+            let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+            found.push(nice);
+        }
+    }
+    assert!(!found.is_empty(), "the mall API's thread exists");
+    assert!(
+        found.iter().all(|n| *n == 10),
+        "mall_api.nice = 10 by default: {found:?}"
+    );
+}

@@ -255,3 +255,62 @@ pub fn documented(method: &str, path: &str) -> bool {
     };
     op.is_some()
 }
+
+/// Serves the mall API on its own thread and runtime, its threads (the blocking pool's too, where
+/// its database reads run) at `nice` (Linux niceness, 0–19): under load the scheduler runs WeChat's
+/// callbacks and the syncs first, so the mall's own traffic cannot delay their acknowledgement.
+/// The receiver resolves when the API has stopped (after `stop`).
+pub fn serve_apart(
+    listener: std::net::TcpListener,
+    router: Router,
+    nice: u8,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    listener.set_nonblocking(true)?;
+    let lower = move || lower_priority(nice);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("pointsync-mall-api")
+        .on_thread_start(lower)
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pointsync-mall-api".into())
+        .spawn(move || {
+            lower();
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        let _ = axum::serve(l, router)
+                            .with_graceful_shutdown(async move {
+                                let _ = stop.changed().await;
+                            })
+                            .await;
+                    }
+                    Err(e) => tracing::error!("mall API listener: {e}"),
+                }
+            });
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+/// Lowers the calling thread's priority to niceness `nice` (a thread may always lower its own).
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    // the crate's cross-platform scale maps 0–99 linearly onto niceness 19 … −20
+    let value = 99 * (19 - u16::from(nice.min(19))) / 39;
+    let set = thread_priority::ThreadPriorityValue::try_from(value as u8)
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            thread_priority::set_current_thread_priority(
+                thread_priority::ThreadPriority::Crossplatform(v),
+            )
+            .map_err(|e| e.to_string())
+        });
+    if let Err(e) = set {
+        tracing::warn!("mall API: cannot lower this thread's priority (mall_api.nice): {e}");
+    }
+}

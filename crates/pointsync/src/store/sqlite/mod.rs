@@ -198,6 +198,18 @@ fn open_connection(
     Ok(c)
 }
 
+/// A read connection for serving: memory-mapped (reads copy no pages through the kernel) with a
+/// larger page cache.
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let c = open_connection(path, busy_timeout, true)?;
+    let named = |e| classify(e, path, "opening");
+    c.pragma_update(None, "mmap_size", 1i64 << 30)
+        .map_err(named)?;
+    c.pragma_update(None, "cache_size", -16_000)
+        .map_err(named)?;
+    Ok(c)
+}
+
 fn migrate_connection(c: &mut Connection, path: &Path) -> Result<Vec<String>, StoreError> {
     let named = |e| classify(e, path, "migrating");
     let current: i64 = c
@@ -427,7 +439,7 @@ impl Store for SqliteStore {
             let mut w = open_connection(&p2, busy_timeout, false)?;
             migrate_connection(&mut w, &p2)?;
             let readers = (0..READERS)
-                .map(|_| open_connection(&p2, busy_timeout, true))
+                .map(|_| open_reader(&p2, busy_timeout))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((w, readers))
         })

@@ -197,36 +197,52 @@ pub(super) fn member_summary(
     openid: &str,
     day: i64,
 ) -> rusqlite::Result<Option<MemberSummary>> {
-    type Row = (i64, Option<i64>, String, String, Option<i64>);
+    // one statement: one read lock, one pass
+    type Row = (
+        i64,
+        Option<i64>,
+        String,
+        String,
+        Option<i64>,
+        i64,
+        i64,
+        Option<String>,
+    );
     let m: Option<Row> = one(
         c,
-        "SELECT balance, authorized, auth_state, auth_source, auth_learned_at FROM members WHERE openid = ?",
-        params![openid],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        "SELECT m.balance, m.authorized, m.auth_state, m.auth_source, m.auth_learned_at,
+                (SELECT COALESCE(SUM(points), 0) FROM ledger l WHERE l.openid = m.openid AND l.day = ?2 AND l.kind = 'credit'),
+                (SELECT COUNT(*) FROM payments p WHERE p.openid = m.openid AND p.not_credited = 1),
+                (SELECT appid FROM payments p WHERE p.openid = m.openid ORDER BY p.created_at DESC LIMIT 1)
+         FROM members m WHERE m.openid = ?1",
+        params![openid, day],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        },
     )
     .optional()?;
-    let Some((balance, authorized, wechat_state, source, learned_at)) = m else {
+    let Some((
+        balance,
+        authorized,
+        wechat_state,
+        source,
+        learned_at,
+        credited_today,
+        not_credited_payments,
+        appid,
+    )) = m
+    else {
         return Ok(None);
     };
-    let credited_today = one(
-        c,
-        "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'",
-        params![openid, day],
-        |r| r.get(0),
-    )?;
-    let not_credited_payments = one(
-        c,
-        "SELECT COUNT(*) FROM payments WHERE openid = ? AND not_credited = 1",
-        params![openid],
-        |r| r.get(0),
-    )?;
-    let appid = one(
-        c,
-        "SELECT appid FROM payments WHERE openid = ? ORDER BY created_at DESC LIMIT 1",
-        params![openid],
-        |r| r.get(0),
-    )
-    .optional()?;
     let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
     Ok(Some(MemberSummary {
         openid: openid.to_string(),
