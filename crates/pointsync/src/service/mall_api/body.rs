@@ -16,6 +16,17 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// At most this much of an oversize body is read and discarded before the 413, within
+/// [`DRAIN_TIME`]: a client still sending when the connection closes would see a reset instead of
+/// the answer. Larger bodies are cut off at once.
+const MAX_DRAIN: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain(body: Body) {
+    let read = http_body_util::Limited::new(body, MAX_DRAIN).collect();
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
 /// Reads and parses a JSON body.
 pub async fn json<T: DeserializeOwned>(
     headers: &HeaderMap,
@@ -27,6 +38,9 @@ pub async fn json<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= MAX_DRAIN as u64) {
+            drain(body).await;
+        }
         return Err(too_large(limit));
     }
     let bytes = http_body_util::Limited::new(body, limit)
