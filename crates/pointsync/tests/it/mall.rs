@@ -120,6 +120,14 @@ async fn quiet(h: &Harness) {
     wait_quiet(&h.sim, &h.store, Duration::from_secs(20)).await;
 }
 
+/// An authorized member (callback never received) who paid `amount` fen, all settled.
+async fn paid_member(h: &Harness, amount: i64) -> wechatpay_sim::Member {
+    let m = quiet_member(h, true);
+    pay(h, &m.openid, amount);
+    quiet(h).await;
+    m
+}
+
 #[tokio::test]
 async fn a_member_who_pays_before_authorizing_gets_her_points_when_she_applies() {
     let h = start().await;
@@ -201,24 +209,16 @@ async fn a_member_who_pays_before_authorizing_gets_her_points_when_she_applies()
 #[tokio::test]
 async fn a_revoked_member_stops_earning_once_reconciled() {
     let h = start().await;
-    let m = quiet_member(&h, true);
-    pay(&h, &m.openid, 5_000);
-    quiet(&h).await;
+    let m = paid_member(&h, 5_000).await;
     assert_eq!(h.balance(&m.openid).await, 50, "asked WeChat, authorized");
     // she revokes: WeChat sends no callback; reconciliation learns it
     h.sim.set_authorization(&m.openid, false, false).unwrap();
-    let queries = h
-        .running()
-        .mall_addr
-        .map(|_| {
-            std::sync::Arc::new(pointsync::service::Queries::new(
-                &h.config,
-                h.config.client().unwrap(),
-                pointsync::metrics::Metrics::new(),
-                std::sync::Arc::new(pointsync::clock::SystemClock),
-            ))
-        })
-        .unwrap();
+    let queries = std::sync::Arc::new(pointsync::service::Queries::new(
+        &h.config,
+        h.config.client().unwrap(),
+        pointsync::metrics::Metrics::new(),
+        std::sync::Arc::new(pointsync::clock::SystemClock),
+    ));
     let mut pages = 0;
     let done = pointsync::service::reconcile::reconcile(
         &h.store,
@@ -246,9 +246,7 @@ async fn a_revoked_member_stops_earning_once_reconciled() {
 #[tokio::test]
 async fn every_endpoint_refuses_a_missing_a_wrong_and_an_unscoped_token() {
     let h = start().await;
-    let m = quiet_member(&h, true);
-    pay(&h, &m.openid, 1_000);
-    quiet(&h).await;
+    let m = paid_member(&h, 1_000).await;
     for r in ROUTES {
         let path = r.path.replace("{openid}", &m.openid).replace("{id}", "1");
         let body = (r.method == "POST").then(|| b"{}".to_vec());
@@ -336,9 +334,7 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
 #[tokio::test]
 async fn adjustments_are_idempotent_under_concurrent_identical_requests() {
     let h = start().await;
-    let m = quiet_member(&h, true);
-    pay(&h, &m.openid, 30_000);
-    quiet(&h).await;
+    let m = paid_member(&h, 30_000).await;
     assert_eq!(h.balance(&m.openid).await, 300);
     let path = format!("/v1/members/{}/adjustments", m.openid);
     let mut tasks = tokio::task::JoinSet::new();
@@ -469,9 +465,7 @@ async fn the_ledger_pages_newest_first_with_a_cursor() {
 #[tokio::test]
 async fn parkings_are_relayed_once_through_429s_and_repeats() {
     let h = start().await;
-    let m = quiet_member(&h, true);
-    pay(&h, &m.openid, 1_000);
-    quiet(&h).await;
+    let m = paid_member(&h, 1_000).await;
     h.sim
         .fail_next(Endpoint::Parkings, FaultKind::TooManyRequests, 3);
     let event = json!({"openid": m.openid, "plate_number": "粤B888888", "state": "IN",
@@ -561,9 +555,7 @@ async fn parkings_are_relayed_once_through_429s_and_repeats() {
 #[tokio::test]
 async fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
     let h = start().await;
-    let m = quiet_member(&h, true);
-    pay(&h, &m.openid, 10_000);
-    quiet(&h).await;
+    let m = paid_member(&h, 10_000).await;
     let adjust = format!("/v1/members/{}/adjustments", m.openid);
     let raw = |s: &str| Some(s.as_bytes().to_vec());
     let long = "o".repeat(65);
