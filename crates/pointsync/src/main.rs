@@ -294,6 +294,9 @@ async fn run(cli: Cli) -> Result<()> {
     // the backend is chosen by `service.database`
     match &config.service.database {
         Database::Sqlite(_) => with_store::<SqliteStore>(cli.command, config).await,
+        Database::Postgres(_) => {
+            with_store::<pointsync::store::postgres::PgStore>(cli.command, config).await
+        }
     }
 }
 

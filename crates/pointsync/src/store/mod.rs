@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested, NewParking};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// A sync claimed by a dispatcher.
@@ -453,26 +454,42 @@ impl StoreError {
     }
 }
 
-/// Where the data lives: `service.database` in the config. A file path means SQLite.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the data lives: `service.database` in the config. A file path means SQLite; a
+/// `postgres://` (or `postgresql://`) URL means PostgreSQL.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// An SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (its password is never shown: see `Display`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Self::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
 }
 
 impl Database {
-    /// Reads `service.database`: a file path (SQLite).
+    /// Reads `service.database`: a `postgres://` URL or an SQLite file path.
     pub fn parse(s: &str) -> Result<Self, String> {
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return Err(
-                "PostgreSQL URLs are not supported by this version of pointsync yet; \
-                        give an SQLite file path"
-                    .into(),
-            );
+            let u = url::Url::parse(s).map_err(|e| {
+                format!(
+                    "is not a valid PostgreSQL URL ({e}); expected postgres://user@host:port/db"
+                )
+            })?;
+            if u.host_str().is_none_or(str::is_empty) {
+                return Err("the PostgreSQL URL names no host".into());
+            }
+            return Ok(Self::Postgres(s.to_string()));
         }
         if s.trim().is_empty() {
-            return Err("must name an SQLite file".into());
+            return Err("must name an SQLite file or a postgres:// URL".into());
         }
         Ok(Self::Sqlite(PathBuf::from(s)))
     }
@@ -481,17 +498,16 @@ impl Database {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
             Self::Sqlite(p) => Some(p),
+            Self::Postgres(_) => None,
         }
     }
 
     /// A relative file path made relative to `base` (the config file's folder).
     pub fn resolve(&mut self, base: &Path) {
-        match self {
-            Self::Sqlite(p) => {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
+        if let Self::Sqlite(p) = self
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
     }
 }
@@ -500,6 +516,15 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(p) => write!(f, "{}", p.display()),
+            Self::Postgres(u) => match url::Url::parse(u) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    write!(f, "{url}")
+                }
+                Err(_) => f.write_str("postgres://(unparsable URL)"),
+            },
         }
     }
 }

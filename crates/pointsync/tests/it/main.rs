@@ -10,4 +10,5 @@ mod doctor;
 mod e2e;
 mod harness;
 mod mall;
+mod postgres;
 mod sqlite;

@@ -13,12 +13,12 @@ pub struct Sqlite;
 
 impl Backend for Sqlite {
     type S = SqliteStore;
-    async fn fresh() -> (Box<dyn std::any::Any + Send>, SqliteStore) {
+    async fn fresh() -> Option<(crate::contract::Keep, SqliteStore)> {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_path(&dir.path().join("p.db"), Duration::from_secs(5))
             .await
             .unwrap();
-        (Box::new(dir), s)
+        Some((Box::new(dir), s))
     }
 }
 
@@ -165,7 +165,7 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
 
 #[tokio::test]
 async fn a_write_error_names_the_database_and_the_store_recovers() {
-    let (d, s) = Sqlite::fresh().await;
+    let (d, s) = Sqlite::fresh().await.unwrap();
     let d = d.downcast::<tempfile::TempDir>().unwrap();
     let rules = crate::contract::trusting();
     s.ingest(&payment("W1", "o1", 1_000, "S1"), &ctx(&rules))

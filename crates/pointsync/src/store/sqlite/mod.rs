@@ -260,10 +260,11 @@ fn task_failed(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -
     }
 }
 
-fn sqlite_path(db: &Database) -> &Path {
-    match db {
-        Database::Sqlite(p) => p,
-    }
+fn sqlite_path(db: &Database) -> Result<&Path, StoreError> {
+    db.sqlite_path().ok_or_else(|| StoreError::Unavailable {
+        database: db.to_string(),
+        source: Arc::new(std::io::Error::other("not an SQLite file")),
+    })
 }
 
 impl SqliteStore {
@@ -432,7 +433,7 @@ fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) -> Result<(), Sto
 
 impl Store for SqliteStore {
     async fn open(db: &Database, opts: &OpenOptions) -> Result<Self, StoreError> {
-        let path = sqlite_path(db).to_path_buf();
+        let path = sqlite_path(db)?.to_path_buf();
         let p2 = path.clone();
         let busy_timeout = opts.busy_timeout;
         let (writer, readers) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -460,7 +461,7 @@ impl Store for SqliteStore {
     }
 
     async fn open_read_only(db: &Database) -> Result<Self, StoreError> {
-        let path = sqlite_path(db).to_path_buf();
+        let path = sqlite_path(db)?.to_path_buf();
         let p2 = path.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             open_existing(&p2, true)
@@ -478,7 +479,7 @@ impl Store for SqliteStore {
     }
 
     async fn check(db: &Database) -> Result<String, StoreError> {
-        let path = sqlite_path(db).to_path_buf();
+        let path = sqlite_path(db)?.to_path_buf();
         let p2 = path.clone();
         tokio::task::spawn_blocking(move || {
             let c = open_existing(&p2, false)?;
@@ -493,7 +494,7 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(db: &Database) -> Result<Migrated, StoreError> {
-        let path = sqlite_path(db).to_path_buf();
+        let path = sqlite_path(db)?.to_path_buf();
         let p2 = path.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let mut c = open_connection(&p2, Duration::from_secs(5), false)?;

@@ -1,0 +1,515 @@
+//! The PostgreSQL store (sqlx): the storage contract on a server several instances can share.
+//!
+//! Each write is one transaction. A callback's transaction first takes a transaction-scoped
+//! advisory lock on its member, so two instances never compute a balance from the same snapshot;
+//! exactly-once still rests on the unique constraints (the inbox row goes first, `ON CONFLICT DO
+//! NOTHING`). Claims use `FOR UPDATE SKIP LOCKED`. A serialization failure or deadlock is retried
+//! here (up to five times), never surfaced. Migrations run under a session advisory lock, so two
+//! migrators never race. The URL's password never appears in errors (`Database`'s `Display`).
+//!
+//! `write.rs` holds the writes (snapshot, plan application, outbox), `read.rs` the queries.
+
+mod read;
+mod write;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor, Row};
+
+use super::{
+    Adjusted, Adjustment, Audit, Claimed, Database, InboxView, Incoming, IngestContext, Ingested,
+    LearnedAuthorization, LedgerItem, MemberSummary, MemberView, Migrated, Minute, NewParking,
+    OpenOptions, ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError, SyncOutcome,
+};
+use crate::domain::OutboxRow;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+)];
+
+/// The session advisory lock migrators hold ("pointsyn").
+const MIGRATION_LOCK: i64 = 0x706f_696e_7473_796e;
+
+fn schema() -> String {
+    MIGRATIONS
+        .last()
+        .map(|(v, n, _)| format!("{v} {n}"))
+        .unwrap_or_default()
+}
+
+fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    database: String,
+    read_only: bool,
+}
+
+fn code(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// A serialization failure or a deadlock: the transaction can simply run again.
+fn retryable(e: &sqlx::Error) -> bool {
+    matches!(code(e).as_deref(), Some("40001" | "40P01"))
+}
+
+fn classify(database: &str, what: &str, e: sqlx::Error) -> StoreError {
+    let database = database.to_string();
+    let c = code(&e);
+    match (&e, c.as_deref()) {
+        (
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_),
+            _,
+        ) => StoreError::Unavailable {
+            database,
+            source: Arc::new(e),
+        },
+        // 08: connection exceptions; 57P: the server shutting down; 28: authentication;
+        // 3D000: no such database
+        (_, Some(c)) if c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") => {
+            StoreError::Unavailable {
+                database,
+                source: Arc::new(e),
+            }
+        }
+        (_, Some("3D000")) => StoreError::NotFound { database },
+        (_, Some("25006")) => StoreError::ReadOnly { database },
+        (_, Some("53100")) => StoreError::Io {
+            database,
+            source: Arc::new(e),
+        },
+        (_, Some("55P03")) => StoreError::Locked { database },
+        _ => StoreError::Backend {
+            database,
+            what: what.to_string(),
+            source: Arc::new(e),
+        },
+    }
+}
+
+fn url(db: &Database) -> Result<&str, StoreError> {
+    match db {
+        Database::Postgres(u) => Ok(u),
+        Database::Sqlite(_) => Err(StoreError::Unavailable {
+            database: db.to_string(),
+            source: Arc::new(std::io::Error::other("not a PostgreSQL URL")),
+        }),
+    }
+}
+
+async fn connect(db: &Database, timeout: Duration, max: u32) -> Result<PgPool, StoreError> {
+    let name = db.to_string();
+    let opts = PgConnectOptions::from_str(url(db)?).map_err(|e| classify(&name, "parsing", e))?;
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(timeout)
+        .connect_with(opts)
+        .await
+        .map_err(|e| classify(&name, "connecting", e))
+}
+
+async fn stored_version(pool: &PgPool, name: &str) -> Result<Option<i64>, StoreError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('pointsync_schema') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| classify(name, "reading the schema version", e))?;
+    if !exists {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT MAX(version) FROM pointsync_schema")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| classify(name, "reading the schema version", e))
+}
+
+async fn at_latest(pool: &PgPool, name: &str) -> Result<(), StoreError> {
+    match stored_version(pool, name).await? {
+        Some(v) if v == latest() => Ok(()),
+        Some(found) => Err(StoreError::SchemaMismatch {
+            database: name.to_string(),
+            found,
+            expected: latest(),
+        }),
+        None => Err(StoreError::NotFound {
+            database: name.to_string(),
+        }),
+    }
+}
+
+async fn migrate_pool(pool: &PgPool, name: &str) -> Result<Vec<String>, StoreError> {
+    let named = |e| classify(name, "migrating", e);
+    let mut c = pool.acquire().await.map_err(named)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *c)
+        .await
+        .map_err(named)?;
+    let result = async {
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS pointsync_schema (
+                 version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM pointsync_schema")
+            .fetch_one(&mut *c)
+            .await?;
+        let mut applied = Vec::new();
+        for (version, label, sql) in MIGRATIONS {
+            if *version > current.unwrap_or(0) {
+                let mut tx = sqlx::Connection::begin(&mut *c).await?;
+                tx.execute(*sql).await?;
+                sqlx::query("INSERT INTO pointsync_schema (version, name) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(label)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                applied.push(format!("{version} {label}"));
+            }
+        }
+        Ok::<_, sqlx::Error>(applied)
+    }
+    .await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *c)
+        .await;
+    let applied = result.map_err(named)?;
+    unlocked.map_err(named)?;
+    Ok(applied)
+}
+
+impl PgStore {
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Closed {
+                database: self.database.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        let what = what.to_string();
+        move |e| classify(&self.database, &what, e)
+    }
+}
+
+/// Runs a write transaction again when PostgreSQL reports a serialization failure or a deadlock.
+macro_rules! retrying {
+    ($store:expr, $what:expr, $body:expr) => {{
+        $store.writable()?;
+        let mut attempt = 0;
+        loop {
+            match $body.await {
+                Err(e) if retryable(&e) && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                }
+                r => break r.map_err($store.err($what)),
+            }
+        }
+    }};
+}
+
+impl Store for PgStore {
+    async fn open(db: &Database, opts: &OpenOptions) -> Result<Self, StoreError> {
+        let pool = connect(db, opts.busy_timeout, 16).await?;
+        let database = db.to_string();
+        migrate_pool(&pool, &database).await?;
+        Ok(Self {
+            pool,
+            database,
+            read_only: false,
+        })
+    }
+
+    async fn open_read_only(db: &Database) -> Result<Self, StoreError> {
+        let pool = connect(db, Duration::from_secs(5), 2).await?;
+        let database = db.to_string();
+        at_latest(&pool, &database).await?;
+        Ok(Self {
+            pool,
+            database,
+            read_only: true,
+        })
+    }
+
+    async fn check(db: &Database) -> Result<String, StoreError> {
+        let pool = connect(db, Duration::from_secs(5), 1).await?;
+        let name = db.to_string();
+        at_latest(&pool, &name).await?;
+        let named = |e| classify(&name, "a test write", e);
+        let mut tx = pool.begin().await.map_err(named)?;
+        tx.execute("UPDATE health SET probed_at = probed_at WHERE id = 1")
+            .await
+            .map_err(named)?;
+        tx.rollback().await.map_err(named)?;
+        Ok(schema())
+    }
+
+    async fn migrate(db: &Database) -> Result<Migrated, StoreError> {
+        let pool = connect(db, Duration::from_secs(5), 1).await?;
+        let applied = migrate_pool(&pool, &db.to_string()).await?;
+        Ok(Migrated {
+            applied,
+            version: schema(),
+        })
+    }
+
+    async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
+        retrying!(
+            self,
+            "storing a callback",
+            write::ingest(&self.pool, n, ctx)
+        )
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        retrying!(
+            self,
+            "claiming syncs",
+            write::claim(&self.pool, owner, now_ms, lease_ms, limit)
+        )
+    }
+
+    async fn complete(
+        &self,
+        c: &Claimed,
+        owner: &str,
+        outcome: &SyncOutcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        retrying!(
+            self,
+            "recording a sync outcome",
+            write::complete(&self.pool, c, owner, outcome, now_ms)
+        )
+    }
+
+    async fn renew(&self, c: &Claimed, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+        retrying!(self, "renewing a lease", async {
+            let r = sqlx::query(
+                "UPDATE outbox SET lease_until = $1 WHERE id = $2 AND state = 'inflight' AND lease_owner = $3 AND attempts = $4",
+            )
+            .bind(until_ms)
+            .bind(c.id)
+            .bind(owner)
+            .bind(c.attempt)
+            .execute(&self.pool)
+            .await?;
+            Ok::<_, sqlx::Error>(r.rows_affected() == 1)
+        })
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        retrying!(self, "releasing leases", async {
+            let r = sqlx::query(
+                "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_owner = $1",
+            )
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+            Ok::<_, sqlx::Error>(r.rows_affected())
+        })
+    }
+
+    async fn rescue(&self, now_ms: i64) -> Result<u64, StoreError> {
+        retrying!(self, "rescuing leases", async {
+            let r = sqlx::query(
+                "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < $1",
+            )
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+            Ok::<_, sqlx::Error>(r.rows_affected())
+        })
+    }
+
+    async fn retry_parked(&self, ids: &[i64], now_ms: i64) -> Result<u64, StoreError> {
+        retrying!(self, "re-queueing parked syncs", async {
+            let r = if ids.is_empty() {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', due_at = $1 WHERE state = 'parked'",
+                )
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', due_at = $1 WHERE state = 'parked' AND id = ANY($2)",
+                )
+                .bind(now_ms)
+                .bind(ids)
+                .execute(&self.pool)
+                .await?
+            };
+            Ok::<_, sqlx::Error>(r.rows_affected())
+        })
+    }
+
+    async fn adjust(
+        &self,
+        a: &Adjustment,
+        allow_negative: bool,
+        now_ms: i64,
+    ) -> Result<Adjusted, StoreError> {
+        retrying!(
+            self,
+            "adjusting a balance",
+            write::adjust(&self.pool, a, allow_negative, now_ms)
+        )
+    }
+
+    async fn backlog(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        read::counts(
+            &self.pool,
+            "SELECT state, COUNT(*) FROM outbox WHERE state IN ('pending', 'inflight', 'parked', 'dead') GROUP BY state",
+        )
+        .await
+        .map_err(self.err("reading the backlog"))
+    }
+
+    async fn status(&self) -> Result<Status, StoreError> {
+        read::status(&self.pool)
+            .await
+            .map_err(self.err("reading the status"))
+    }
+
+    async fn member(&self, openid: &str) -> Result<Option<MemberView>, StoreError> {
+        read::member(&self.pool, openid)
+            .await
+            .map_err(self.err("reading a member"))
+    }
+
+    async fn recent_callbacks(&self, limit: i64) -> Result<Vec<InboxView>, StoreError> {
+        read::recent_callbacks(&self.pool, limit)
+            .await
+            .map_err(self.err("reading recent callbacks"))
+    }
+
+    async fn activity(&self, since_ms: i64) -> Result<Vec<Minute>, StoreError> {
+        read::activity(&self.pool, since_ms)
+            .await
+            .map_err(self.err("reading activity"))
+    }
+
+    async fn audit(&self) -> Result<Audit, StoreError> {
+        read::audit(&self.pool).await.map_err(self.err("auditing"))
+    }
+
+    async fn record_authorization(
+        &self,
+        a: &LearnedAuthorization,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        retrying!(self, "recording an authorization", async {
+            sqlx::query(
+                "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
+                 VALUES ($1, $2, '', '', 0, $4, $3, 'query', $4)
+                 ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, updated_at = excluded.updated_at,
+                     auth_state = excluded.auth_state, auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at",
+            )
+            .bind(&a.openid)
+            .bind(a.authorized.map(i64::from))
+            .bind(&a.state)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    async fn member_summary(
+        &self,
+        openid: &str,
+        now_ms: i64,
+    ) -> Result<Option<MemberSummary>, StoreError> {
+        read::member_summary(&self.pool, openid, crate::domain::china_day(now_ms))
+            .await
+            .map_err(self.err("reading a member"))
+    }
+
+    async fn ledger_page(
+        &self,
+        openid: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<LedgerItem>, StoreError> {
+        read::ledger_page(&self.pool, openid, before, limit)
+            .await
+            .map_err(self.err("reading a ledger"))
+    }
+
+    async fn stale_members(
+        &self,
+        learned_before_ms: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<StaleMember>, StoreError> {
+        read::stale_members(&self.pool, learned_before_ms, after, limit)
+            .await
+            .map_err(self.err("listing members to reconcile"))
+    }
+
+    async fn enqueue_parking(
+        &self,
+        p: &NewParking,
+        request: &OutboxRow,
+    ) -> Result<ParkingEnqueued, StoreError> {
+        retrying!(
+            self,
+            "storing a parking event",
+            write::enqueue_parking(&self.pool, p, request)
+        )
+    }
+
+    async fn parking(&self, id: i64) -> Result<Option<ParkingView>, StoreError> {
+        read::parking(&self.pool, id)
+            .await
+            .map_err(self.err("reading a parking event"))
+    }
+
+    async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        retrying!(self, "probing writes", async {
+            sqlx::query("UPDATE health SET probed_at = $1 WHERE id = 1")
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(|r| {
+                let _: Option<i32> = r.try_get(0).ok();
+            })
+            .map_err(self.err("ping"))
+    }
+}

@@ -1,0 +1,482 @@
+//! Writes on PostgreSQL: each one transaction; a callback's and an adjustment's hold their
+//! member's advisory lock.
+
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Row};
+use wechatpay::notify::Event;
+
+use crate::domain::{
+    self, AdjustSnapshot, HeldRefund, InboxKey, InboxRow, LedgerRow, MemberSnapshot, MemberWrite,
+    NewParking, OutboxRow, PaymentSnapshot, Plan, Reads, Snapshot,
+};
+use crate::rules::Authorization;
+use crate::store::{
+    Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, ParkingEnqueued, SyncOutcome,
+};
+
+type R<T> = Result<T, sqlx::Error>;
+
+/// Serialises every write about one member, across instances, until the transaction ends.
+async fn lock_member(c: &mut PgConnection, openid: &str) -> R<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("member:{openid}"))
+        .execute(c)
+        .await
+        .map(|_| ())
+}
+
+async fn member_snapshot(c: &mut PgConnection, openid: &str) -> R<MemberSnapshot> {
+    let row = sqlx::query("SELECT authorized, balance FROM members WHERE openid = $1")
+        .bind(openid)
+        .fetch_optional(c)
+        .await?;
+    Ok(match row {
+        None => MemberSnapshot::default(),
+        Some(r) => MemberSnapshot {
+            authorization: match r.try_get::<Option<i64>, _>(0)? {
+                Some(1) => Authorization::Authorized,
+                Some(_) => Authorization::NotAuthorized,
+                None => Authorization::Unknown,
+            },
+            balance: r.try_get(1)?,
+        },
+    })
+}
+
+async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
+    let k = &r.key;
+    let seen = sqlx::query(
+        "SELECT 1 FROM inbox WHERE event_type = $1 AND transaction_id = $2 AND refund_id = $3",
+    )
+    .bind(&k.event_type)
+    .bind(&k.transaction_id)
+    .bind(&k.refund_id)
+    .fetch_optional(&mut *c)
+    .await?
+    .is_some();
+    if seen {
+        return Ok(Snapshot {
+            seen,
+            ..Snapshot::default()
+        });
+    }
+    let mut snap = Snapshot::default();
+    if let Some(tx) = &r.transaction_id {
+        snap.payment = sqlx::query(
+            "SELECT openid, amount, credited_points, refunded_amount, entitled_debit, not_credited FROM payments WHERE transaction_id = $1",
+        )
+        .bind(tx)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|x| {
+            Ok::<_, sqlx::Error>(PaymentSnapshot {
+                openid: x.try_get(0)?,
+                amount: x.try_get(1)?,
+                credited_points: x.try_get(2)?,
+                refunded_amount: x.try_get(3)?,
+                entitled_debit: x.try_get(4)?,
+                not_credited: x.try_get::<i64, _>(5)? == 1,
+            })
+        })
+        .transpose()?;
+        let held = sqlx::query(
+            "SELECT id, resource FROM inbox WHERE transaction_id = $1 AND status = 'held' ORDER BY id",
+        )
+        .bind(tx)
+        .fetch_all(&mut *c)
+        .await?;
+        snap.held_refunds = held
+            .into_iter()
+            .map(|x| {
+                Ok::<_, sqlx::Error>(HeldRefund {
+                    inbox_id: x.try_get(0)?,
+                    resource: x.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let openid = r
+        .openid
+        .clone()
+        .or_else(|| snap.payment.as_ref().map(|p| p.openid.clone()));
+    if let Some(openid) = openid {
+        snap.member = member_snapshot(c, &openid).await?;
+        snap.credited_today = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger WHERE openid = $1 AND day = $2 AND kind = 'credit'",
+        )
+        .bind(&openid)
+        .bind(r.day)
+        .fetch_one(&mut *c)
+        .await?;
+    }
+    Ok(snap)
+}
+
+async fn count_delivery(c: &mut PgConnection, k: &InboxKey) -> R<()> {
+    sqlx::query(
+        "UPDATE inbox SET deliveries = deliveries + 1 WHERE event_type = $1 AND transaction_id = $2 AND refund_id = $3",
+    )
+    .bind(&k.event_type)
+    .bind(&k.transaction_id)
+    .bind(&k.refund_id)
+    .execute(c)
+    .await
+    .map(|_| ())
+}
+
+async fn insert_inbox(c: &mut PgConnection, row: &InboxRow) -> R<bool> {
+    let k = &row.key;
+    let r = sqlx::query(
+        "INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING",
+    )
+    .bind(&k.event_type)
+    .bind(&k.transaction_id)
+    .bind(&k.refund_id)
+    .bind(&row.notification_id)
+    .bind(&row.openid)
+    .bind(&row.resource)
+    .bind(row.status.as_str())
+    .bind(&row.note)
+    .bind(row.received_at)
+    .execute(c)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn insert_ledger(c: &mut PgConnection, e: &LedgerRow) -> R<()> {
+    sqlx::query(
+        "INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&e.openid)
+    .bind(e.kind)
+    .bind(&e.transaction_id)
+    .bind(&e.refund_id)
+    .bind(e.points)
+    .bind(e.balance_after)
+    .bind(e.day)
+    .bind(e.rule.to_string())
+    .bind(e.created_at)
+    .execute(c)
+    .await
+    .map(|_| ())
+}
+
+async fn write_member(c: &mut PgConnection, m: &MemberWrite, now_ms: i64) -> R<()> {
+    match m {
+        MemberWrite::Balance { openid, balance } => sqlx::query(
+            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ($1, NULL, '', '', $2, $3)
+             ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at",
+        )
+        .bind(openid)
+        .bind(balance)
+        .bind(now_ms)
+        .execute(c)
+        .await?,
+        MemberWrite::Authorization {
+            openid,
+            authorized,
+            auth_type,
+            code,
+        } => sqlx::query(
+            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
+             VALUES ($1, $2, $3, $4, 0, $5, $3, 'callback', $5)
+             ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
+                 code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
+                 auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at",
+        )
+        .bind(openid)
+        .bind(i64::from(*authorized))
+        .bind(auth_type)
+        .bind(code)
+        .bind(now_ms)
+        .execute(c)
+        .await?,
+    };
+    Ok(())
+}
+
+/// Enqueues a request under `key`, replacing a row of the same key left parked or dead.
+async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> {
+    let state = if o.invalid.is_some() {
+        "parked"
+    } else {
+        "pending"
+    };
+    sqlx::query(
+        "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
+             payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
+             due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
+         WHERE outbox.state IN ('parked', 'dead')",
+    )
+    .bind(key)
+    .bind(&o.method)
+    .bind(&o.path)
+    .bind(&o.body)
+    .bind(state)
+    .bind(&o.invalid)
+    .bind(o.created_at)
+    .execute(c)
+    .await
+    .map(|_| ())
+}
+
+async fn apply(c: &mut PgConnection, plan: &Plan, now_ms: i64) -> R<Ingested> {
+    let Some(row) = &plan.inbox else {
+        count_delivery(c, &plan.key).await?;
+        return Ok(Ingested::Duplicate);
+    };
+    if !insert_inbox(c, row).await? {
+        count_delivery(c, &plan.key).await?;
+        return Ok(Ingested::Duplicate);
+    }
+    for m in &plan.members {
+        write_member(c, m, now_ms).await?;
+    }
+    for e in &plan.ledger {
+        insert_ledger(c, e).await?;
+    }
+    if let Some(p) = &plan.payment {
+        sqlx::query(
+            "INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&p.transaction_id)
+        .bind(&p.openid)
+        .bind(&p.appid)
+        .bind(&p.mchid)
+        .bind(&p.shop_number)
+        .bind(p.amount)
+        .bind(p.credited_points)
+        .bind(p.refunded_amount)
+        .bind(p.entitled_debit)
+        .bind(i64::from(p.not_credited))
+        .bind(p.created_at)
+        .execute(&mut *c)
+        .await?;
+    }
+    if let Some(pc) = &plan.payment_credit {
+        sqlx::query(
+            "UPDATE payments SET credited_points = $1, not_credited = 0 WHERE transaction_id = $2 AND not_credited = 1",
+        )
+        .bind(pc.credited_points)
+        .bind(&pc.transaction_id)
+        .execute(&mut *c)
+        .await?;
+    }
+    if let Some(u) = &plan.payment_update {
+        sqlx::query(
+            "UPDATE payments SET refunded_amount = $1, entitled_debit = $2 WHERE transaction_id = $3",
+        )
+        .bind(u.refunded_amount)
+        .bind(u.entitled_debit)
+        .bind(&u.transaction_id)
+        .execute(&mut *c)
+        .await?;
+    }
+    if let Some(o) = &plan.outbox {
+        insert_outbox(c, o, &o.transaction_id).await?;
+    }
+    for id in &plan.released {
+        sqlx::query(
+            "UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(plan.outcome.clone())
+}
+
+fn event_member(n: &Incoming) -> Option<&str> {
+    match &n.event {
+        Event::MallTransaction(t) => Some(&t.openid),
+        Event::MallRefund(r) => Some(&r.openid),
+        Event::MallAuth(a) => Some(&a.openid),
+        _ => None,
+    }
+}
+
+pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>) -> R<Ingested> {
+    let mut tx = pool.begin().await?;
+    if let Some(openid) = event_member(n) {
+        lock_member(&mut tx, openid).await?;
+    }
+    let snap = snapshot(&mut tx, &domain::reads(n, ctx.now_ms)).await?;
+    let plan = domain::ingest(n, &snap, ctx);
+    let outcome = apply(&mut tx, &plan, ctx.now_ms).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+pub(super) async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> R<Vec<Claimed>> {
+    let rows = sqlx::query(
+        "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
+                      ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at",
+    )
+    .bind(owner)
+    .bind(now_ms + lease_ms)
+    .bind(now_ms)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = rows
+        .into_iter()
+        .map(|r| {
+            Ok::<_, sqlx::Error>((
+                r.try_get::<i64, _>(7)?,
+                Claimed {
+                    id: r.try_get(0)?,
+                    transaction_id: r.try_get(1)?,
+                    method: r.try_get(2)?,
+                    path: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    attempt: r.try_get(5)?,
+                    created_at: r.try_get(6)?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING keeps no order: the oldest due first, as claimed
+    out.sort_by_key(|(due, c)| (*due, c.id));
+    Ok(out.into_iter().map(|(_, c)| c).collect())
+}
+
+pub(super) async fn complete(
+    pool: &PgPool,
+    cl: &Claimed,
+    owner: &str,
+    outcome: &SyncOutcome,
+    now_ms: i64,
+) -> R<bool> {
+    let (state, due_at, error) = match outcome {
+        SyncOutcome::Done => ("done", None, None),
+        SyncOutcome::Retry { due_at, error } => ("pending", Some(*due_at), Some(error.as_str())),
+        SyncOutcome::Parked { error } => ("parked", None, Some(error.as_str())),
+        SyncOutcome::Dead { error } => ("dead", None, Some(error.as_str())),
+    };
+    let r = sqlx::query(
+        "UPDATE outbox SET state = $1, due_at = COALESCE($2, due_at), last_error = COALESCE($3, last_error),
+             done_at = CASE WHEN $1 = 'done' THEN $4 ELSE done_at END, lease_owner = NULL, lease_until = NULL
+         WHERE id = $5 AND state = 'inflight' AND lease_owner = $6 AND attempts = $7",
+    )
+    .bind(state)
+    .bind(due_at)
+    .bind(error)
+    .bind(now_ms)
+    .bind(cl.id)
+    .bind(owner)
+    .bind(cl.attempt)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub(super) async fn adjust(
+    pool: &PgPool,
+    a: &Adjustment,
+    allow_negative: bool,
+    now_ms: i64,
+) -> R<Adjusted> {
+    let mut tx = pool.begin().await?;
+    lock_member(&mut tx, &a.openid).await?;
+    // the reference too: the same reference for two members is decided once
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("adjust:{}", a.reference))
+        .execute(&mut *tx)
+        .await?;
+    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM members WHERE openid = $1")
+        .bind(&a.openid)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let first = sqlx::query(
+        "SELECT openid, points FROM ledger WHERE kind = 'adjust' AND transaction_id = $1",
+    )
+    .bind(&a.reference)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| Ok::<_, sqlx::Error>((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+    .transpose()?;
+    let (outcome, write) =
+        domain::adjust(a, AdjustSnapshot { balance, first }, allow_negative, now_ms);
+    if let Some(w) = write {
+        write_member(
+            &mut tx,
+            &MemberWrite::Balance {
+                openid: a.openid.clone(),
+                balance: w.balance,
+            },
+            now_ms,
+        )
+        .await?;
+        insert_ledger(&mut tx, &w.entry).await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+pub(super) async fn enqueue_parking(
+    pool: &PgPool,
+    p: &NewParking,
+    request: &OutboxRow,
+) -> R<ParkingEnqueued> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("parking:{}", p.idempotency_key))
+        .execute(&mut *tx)
+        .await?;
+    let first = sqlx::query(
+        "SELECT id, openid, plate_number, state, time, appid, brandid, sub_mchid FROM parkings WHERE idempotency_key = $1",
+    )
+    .bind(&p.idempotency_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(r) = first {
+        let id: i64 = r.try_get(0)?;
+        let stored = NewParking {
+            idempotency_key: p.idempotency_key.clone(),
+            openid: r.try_get(1)?,
+            plate_number: r.try_get(2)?,
+            state: r.try_get(3)?,
+            time: r.try_get(4)?,
+            appid: r.try_get(5)?,
+            brandid: r.try_get(6)?,
+            sub_mchid: r.try_get(7)?,
+        };
+        tx.commit().await?;
+        return Ok(if stored.same_event(p) {
+            ParkingEnqueued::Existing(id)
+        } else {
+            ParkingEnqueued::Conflict(id)
+        });
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO parkings (idempotency_key, openid, plate_number, state, time, appid, brandid, sub_mchid, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(&p.idempotency_key)
+    .bind(&p.openid)
+    .bind(&p.plate_number)
+    .bind(&p.state)
+    .bind(&p.time)
+    .bind(&p.appid)
+    .bind(p.brandid)
+    .bind(&p.sub_mchid)
+    .bind(request.created_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    insert_outbox(&mut tx, request, &domain::parking_sync_key(id)).await?;
+    tx.commit().await?;
+    Ok(ParkingEnqueued::Created(id))
+}

@@ -1,0 +1,132 @@
+//! The PostgreSQL backend: the same contract suite on the server at `POINTSYNC_TEST_POSTGRES`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`, trust auth), a fresh database per test,
+//! dropped after it. Without a server the tests are skipped with a message on stderr, unless
+//! `POINTSYNC_REQUIRE_POSTGRES=1` (CI sets it), which makes an unreachable server a failure.
+
+use std::time::Duration;
+
+use pointsync::store::postgres::PgStore;
+use pointsync::store::{Database, OpenOptions, Store};
+use sqlx::Connection as _;
+
+use crate::contract::Keep;
+
+fn admin_url() -> String {
+    std::env::var("POINTSYNC_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The URL of database `name` on the test server.
+fn url_of(name: &str) -> String {
+    let mut u = url::Url::parse(&admin_url()).unwrap();
+    u.set_path(&format!("/{name}"));
+    u.to_string()
+}
+
+/// A fresh database on the test server, or `None` (skipped, said) when there is no server.
+pub async fn fresh_database() -> Option<(DropDatabase, Database)> {
+    let admin = match sqlx::PgConnection::connect(&admin_url()).await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("POINTSYNC_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "PostgreSQL is required (POINTSYNC_REQUIRE_POSTGRES=1) but {} is unreachable: {e}",
+                admin_url()
+            );
+            eprintln!(
+                "SKIPPED: PostgreSQL tests: {} is unreachable ({e}); set POINTSYNC_TEST_POSTGRES",
+                admin_url()
+            );
+            return None;
+        }
+    };
+    let name = format!("pointsync_test_{:016x}", rand::random::<u64>());
+    let mut admin = admin;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    Some((
+        DropDatabase(name.clone()),
+        Database::parse(&url_of(&name)).unwrap(),
+    ))
+}
+
+/// Drops the test database when the test ends.
+pub struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // a runtime of its own: the test's may be shutting down
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct Postgres;
+
+impl crate::contract::Backend for Postgres {
+    type S = PgStore;
+    async fn fresh() -> Option<(Keep, PgStore)> {
+        let (guard, db) = fresh_database().await?;
+        let s = PgStore::open(
+            &db,
+            &OpenOptions {
+                busy_timeout: Duration::from_secs(5),
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        Some((Box::new(guard), s))
+    }
+}
+
+mod contract {
+    crate::contract_suite!(super::Postgres);
+}
+
+#[tokio::test]
+async fn the_url_password_never_shows_and_migrate_is_idempotent_under_a_lock() {
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let with_password =
+        Database::parse(&db.to_string().replace("postgres@", "postgres:s3cret@")).unwrap();
+    assert!(
+        !with_password.to_string().contains("s3cret"),
+        "{with_password}"
+    );
+    assert!(!format!("{with_password:?}").contains("s3cret"));
+    // two migrators at once: one applies, the other finds it done
+    let (a, b) = tokio::join!(PgStore::migrate(&db), PgStore::migrate(&db));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.applied.len() + b.applied.len(), 1, "{a:?} {b:?}");
+    assert_eq!(PgStore::check(&db).await.unwrap(), "1 init");
+    let ro = PgStore::open_read_only(&db).await.unwrap();
+    assert!(matches!(
+        ro.probe_write(0).await,
+        Err(pointsync::store::StoreError::Closed { .. })
+    ));
+    // a wrong password is refused naming the database, never the password
+    let wrong = Database::parse("postgres://nobody:hunter2@127.0.0.1:1/none").unwrap();
+    let e = PgStore::open_read_only(&wrong)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("hunter2") && e.contains("127.0.0.1"), "{e}");
+}
