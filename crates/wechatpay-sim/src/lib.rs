@@ -151,6 +151,7 @@ impl Simulator {
             http,
             pending: AtomicUsize::new(0),
             settled: Notify::new(),
+            next_url: AtomicUsize::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(serve(listener, app(shared.clone()), stopped));

@@ -32,9 +32,11 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:8600")]
         listen: SocketAddr,
-        /// Where to push callbacks (the mall's notify URL).
+        /// Where to push callbacks (the mall's notify URL). Give it several times to spread
+        /// deliveries over several instances round-robin, as a load balancer would (a retry may
+        /// land on another).
         #[arg(long)]
-        notify_url: Option<String>,
+        notify_url: Vec<String>,
         /// Multiply callback retry intervals (e.g. 0.001 runs the 24-hour schedule in 86 s).
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
@@ -90,7 +92,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = mode {
                 sandbox.info.mode = m;
             }
-            if notify_url.is_none() {
+            if notify_url.is_empty() {
                 tracing::warn!(
                     "no --notify-url: payments, refunds and authorizations are recorded but no \
                      callback is pushed anywhere"
@@ -98,8 +100,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut config = SimConfig::new(sandbox);
             config.listen = listen;
+            let mut urls = notify_url.into_iter();
             config.push = PushConfig {
-                notify_url,
+                notify_url: urls.next(),
+                more_notify_urls: urls.collect(),
                 time_scale,
                 ..PushConfig::default()
             };

@@ -49,6 +49,11 @@ impl SimOptions {
 pub struct PushConfig {
     /// Consumption callback URL (payments, refunds). `None`: nothing is pushed.
     pub notify_url: Option<String>,
+    /// More URLs for the same callbacks, as a load balancer in front of several instances would
+    /// spread them: every delivery attempt (retries too) goes to the next URL of `notify_url` and
+    /// these, round-robin, so a retry may land on another instance.
+    #[serde(default)]
+    pub more_notify_urls: Vec<String>,
     /// Authorization callback URL; defaults to `notify_url`.
     #[serde(default)]
     pub auth_notify_url: Option<String>,
@@ -68,6 +73,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         Self {
             notify_url: None,
+            more_notify_urls: Vec::new(),
             auth_notify_url: None,
             time_scale: 1.0,
             duplicate_rate: 0.0,

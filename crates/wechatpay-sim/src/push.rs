@@ -25,10 +25,14 @@ pub(crate) fn push(sim: &Arc<Shared>, event: Event, key: String) -> String {
     let id = format!("EV-{}", wechatpay::crypto::random_token(24));
     let config = sim.push_config();
     let is_auth = matches!(event, Event::MallAuth(_));
-    let url = if is_auth {
-        config.auth_notify_url.clone().or(config.notify_url.clone())
-    } else {
-        config.notify_url.clone()
+    let urls: Vec<String> = match (is_auth, &config.auth_notify_url) {
+        (true, Some(u)) => vec![u.clone()],
+        _ => config
+            .notify_url
+            .iter()
+            .chain(&config.more_notify_urls)
+            .cloned()
+            .collect(),
     };
     {
         let mut s = sim.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,12 +49,14 @@ pub(crate) fn push(sim: &Arc<Shared>, event: Event, key: String) -> String {
             },
         );
     }
-    let Some(url) = url else { return id };
+    if urls.is_empty() {
+        return id;
+    }
     sim.pending.fetch_add(1, Ordering::SeqCst);
     let sim2 = sim.clone();
     let id2 = id.clone();
     tokio::spawn(async move {
-        deliver(&sim2, &url, &event, &id2, &config, is_auth).await;
+        deliver(&sim2, &urls, &event, &id2, &config, is_auth).await;
         if sim2.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
             sim2.settled.notify_waiters();
         }
@@ -101,9 +107,15 @@ async fn send(
     status
 }
 
+/// The next of `urls`, round-robin over every delivery attempt of the simulator.
+fn next_url<'a>(sim: &Shared, urls: &'a [String]) -> &'a str {
+    let i = sim.next_url.fetch_add(1, Ordering::Relaxed);
+    &urls[i % urls.len()]
+}
+
 async fn deliver(
     sim: &Shared,
-    url: &str,
+    urls: &[String],
     event: &Event,
     id: &str,
     config: &PushConfig,
@@ -116,6 +128,7 @@ async fn deliver(
     };
     let mut attempt = 0usize;
     loop {
+        let url = next_url(sim, urls);
         if config.probe_rate > 0.0 && sim.roll() < config.probe_rate {
             let status = send(sim, url, config, event, id, true).await;
             if (200..300).contains(&status) {

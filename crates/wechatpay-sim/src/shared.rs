@@ -31,6 +31,8 @@ pub struct Shared {
     pub(crate) http: reqwest::Client,
     pub(crate) pending: AtomicUsize,
     pub(crate) settled: Notify,
+    /// Round-robin position over the notify URLs.
+    pub(crate) next_url: AtomicUsize,
 }
 
 impl Shared {

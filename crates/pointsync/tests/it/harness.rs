@@ -178,7 +178,7 @@ pub async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> b
 }
 
 /// Waits until WeChat has nothing left to push and no sync is pending or in flight.
-pub async fn wait_quiet(sim: &Simulator, store: &SqliteStore, timeout: Duration) {
+pub async fn wait_quiet<S: Store>(sim: &Simulator, store: &S, timeout: Duration) {
     let deadline = wechatpay::clock::monotonic() + timeout;
     loop {
         let settled = sim.settle(Duration::ZERO).await;
@@ -212,12 +212,12 @@ fn acknowledged(sim: &Simulator, event_type: &str) -> BTreeSet<String> {
 }
 
 /// Asserts I1 and I3–I6 once the system is quiet (I2 and I7 are asserted where they can be observed).
-pub async fn assert_invariants(sim: &Simulator, store: &SqliteStore) {
+pub async fn assert_invariants<S: Store>(sim: &Simulator, store: &S) {
     assert_invariants_with(sim, store, 0).await;
 }
 
 /// The same, when `direct_refunds` refund callbacks were posted by the test itself.
-pub async fn assert_invariants_with(sim: &Simulator, store: &SqliteStore, direct_refunds: i64) {
+pub async fn assert_invariants_with<S: Store>(sim: &Simulator, store: &S, direct_refunds: i64) {
     let audit = store.audit().await.unwrap();
     let status = store.status().await.unwrap();
     // I1: every acknowledged payment callback is stored; every stored payment has a sync row

@@ -10,5 +10,6 @@ mod doctor;
 mod e2e;
 mod harness;
 mod mall;
+mod multi;
 mod postgres;
 mod sqlite;

@@ -1,0 +1,281 @@
+//! Several `pointsync serve` processes on one PostgreSQL database behind the simulator acting as
+//! a load balancer (`more_notify_urls`: every delivery attempt goes to the next instance, so a
+//! duplicate or a retry lands on another one). The invariants I1–I7 hold after each scenario.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pointsync::store::postgres::PgStore;
+use pointsync::store::{OpenOptions, Store};
+use wechatpay_sim::{GenerateSpec, PushConfig, Sandbox, SimConfig, Simulator, TrustMode};
+
+use crate::harness::{assert_invariants, fast_push, metric, wait_quiet};
+use crate::postgres::{DropDatabase, fresh_database};
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+struct Instance {
+    public: String,
+    admin: String,
+    child: Option<Child>,
+}
+
+struct Fleet {
+    sim: Simulator,
+    store: PgStore,
+    config: std::path::PathBuf,
+    database: String,
+    instances: Vec<Instance>,
+    _db: DropDatabase,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn new(n: usize) -> Option<Self> {
+        let (db_guard, db) = fresh_database().await?;
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::init(&dir.path().join("sandbox"), TrustMode::Cert).unwrap();
+        let instances: Vec<Instance> = (0..n)
+            .map(|_| Instance {
+                public: free_port(),
+                admin: free_port(),
+                child: None,
+            })
+            .collect();
+        let urls: Vec<String> = instances
+            .iter()
+            .map(|i| format!("http://{}/wechatpay/notify", i.public))
+            .collect();
+        let sim = Simulator::start(SimConfig {
+            push: PushConfig {
+                notify_url: Some(urls[0].clone()),
+                more_notify_urls: urls[1..].to_vec(),
+                duplicate_rate: 0.3,
+                ..fast_push()
+            },
+            ..SimConfig::new(sandbox.clone())
+        })
+        .await
+        .unwrap();
+        let config =
+            pointsync::demo::write_config(dir.path(), &sandbox, &sim.base_url(), "").unwrap();
+        let store = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+        let database = match &db {
+            pointsync::store::Database::Postgres(u) => u.clone(),
+            other => panic!("{other}"),
+        };
+        Some(Self {
+            sim,
+            store,
+            config,
+            database,
+            instances,
+            _db: db_guard,
+            _dir: dir,
+        })
+    }
+
+    async fn start(&mut self, i: usize) {
+        let inst = &self.instances[i];
+        let child = Command::new(env!("CARGO_BIN_EXE_pointsync"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("POINTSYNC__SERVICE__DATABASE", &self.database)
+            .env("POINTSYNC__SERVICE__PUBLIC_LISTEN", &inst.public)
+            .env("POINTSYNC__SERVICE__ADMIN_LISTEN", &inst.admin)
+            .env("POINTSYNC__DISPATCHER__LEASE_MS", "2000")
+            .env("POINTSYNC__WECHATPAY__TIMEOUT_MS", "1500")
+            .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
+            .env("RUST_LOG", "error")
+            .env_remove(pointsync::crash::ENV)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.instances[i].child = Some(child);
+        let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://{}/healthz", self.instances[i].admin)).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                wechatpay::clock::monotonic() < deadline,
+                "instance {i} did not become healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.instances[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    async fn callbacks_handled(&self, i: usize) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.instances[i].admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        [
+            "payment",
+            "refund",
+            "held",
+            "authorization",
+            "duplicate",
+            "manual_credit",
+        ]
+        .iter()
+        .map(|l| metric(&text, "pointsync_callbacks_total", l))
+        .sum()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.instances.len() {
+            self.kill(i);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgresql_share_the_work_and_survive_kill_9() {
+    let Some(mut fleet) = Fleet::new(3).await else {
+        return;
+    };
+    for i in 0..3 {
+        fleet.start(i).await;
+    }
+    // a burst: duplicates delivered round-robin, i.e. to other instances, concurrently
+    let shared = fleet.sim.shared().clone();
+    let spec = GenerateSpec {
+        count: 300,
+        seed: 11,
+        members: 20,
+        rate_per_sec: Some(300.0),
+        refund_share: 0.2,
+        manual_share: 0.1,
+    };
+    let generator =
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    // one instance dies mid-burst; the others take its callbacks' retries and its leased syncs
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fleet.kill(1);
+    generator.await.unwrap().unwrap();
+    // WeChat's retries of what instance 1 would have answered go round-robin too: bring it back
+    fleet.start(1).await;
+    wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
+    assert_invariants(&fleet.sim, &fleet.store).await;
+    let audit = fleet.store.audit().await.unwrap();
+    assert_eq!(audit.credits.len(), 300, "every payment credited once");
+    for i in [0, 2] {
+        assert!(
+            fleet.callbacks_handled(i).await > 0.0,
+            "instance {i} received callbacks"
+        );
+    }
+    let c = fleet.sim.counters();
+    assert!(
+        c.callback_attempts > c.callback_acks,
+        "deliveries to the dead instance failed and were retried on the others: {c:?}"
+    );
+}
+
+async fn metrics_of(fleet: &Fleet, i: usize) -> String {
+    reqwest::get(format!("http://{}/metrics", fleet.instances[i].admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose_nothing() {
+    let Some(mut fleet) = Fleet::new(3).await else {
+        return;
+    };
+    for i in 0..3 {
+        fleet.start(i).await;
+    }
+    // slow answers keep syncs in flight on every instance
+    fleet.sim.set_faults(wechatpay_sim::FaultConfig {
+        rules: vec![wechatpay_sim::FaultRule::rate(
+            wechatpay_sim::Endpoint::PointsNotify,
+            wechatpay_sim::FaultKind::Latency { ms: 400 },
+            1.0,
+        )],
+        qps_limit: None,
+    });
+    let shared = fleet.sim.shared().clone();
+    let spec = GenerateSpec {
+        count: 200,
+        seed: 12,
+        members: 20,
+        rate_per_sec: Some(200.0),
+        refund_share: 0.1,
+        manual_share: 0.0,
+    };
+    let generator =
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // instance 0 stops (SIGSTOP) for longer than its 2 s lease: the others take its syncs over
+    let pid = fleet.instances[0].child.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // meanwhile every connection of the database is killed once (pg_terminate_backend)
+    let admin = sqlx::PgPool::connect(&fleet.database).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the instances' connections were there");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    generator.await.unwrap().unwrap();
+    fleet.sim.set_faults(wechatpay_sim::FaultConfig::default());
+    wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
+    // resends were byte-identical (I6) and the resumed instance changed nothing it lost (I7)
+    assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
+    let mut rescued = 0.0;
+    for i in 1..3 {
+        rescued += metric(
+            &metrics_of(&fleet, i).await,
+            "pointsync_syncs_total",
+            "rescued",
+        );
+    }
+    let fenced = metric(
+        &metrics_of(&fleet, 0).await,
+        "pointsync_syncs_total",
+        "fenced_out",
+    );
+    assert!(
+        rescued >= 1.0,
+        "the paused instance's leased syncs were rescued by the others (fenced out on resume: {fenced})"
+    );
+}
