@@ -113,6 +113,7 @@ impl ServiceConfig {
         crate::store::OpenOptions {
             busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
             min_free_bytes: self.min_free_bytes,
+            rate_qps: 0.0,
         }
     }
 }

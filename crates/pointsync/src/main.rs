@@ -355,7 +355,12 @@ async fn with_store<S: Store>(command: Command, config: Config) -> Result<()> {
             }
             // keys and settings are checked before any database is created or migrated
             let client = pointsync::service::client_for(&config)?;
-            let store = S::open(db, &config.service.open_options()).await?;
+            // a shared store (PostgreSQL) holds the outgoing rate for all instances together
+            let options = pointsync::store::OpenOptions {
+                rate_qps: config.dispatcher.qps,
+                ..config.service.open_options()
+            };
+            let store = S::open(db, &options).await?;
             let public = bind(config.service.public_listen, "service.public_listen").await?;
             let admin = bind(config.service.admin_listen, "service.admin_listen").await?;
             let running = pointsync::service::start_with(

@@ -549,6 +549,9 @@ pub struct OpenOptions {
     pub busy_timeout: Duration,
     /// Refuse new callbacks when less than this many bytes are free (0: no reserve).
     pub min_free_bytes: u64,
+    /// The outgoing rate (`dispatcher.qps`) a shared store enforces across all instances
+    /// (PostgreSQL); 0: none (SQLite serves one process, whose own bucket limits it).
+    pub rate_qps: f64,
 }
 
 impl Default for OpenOptions {
@@ -556,6 +559,7 @@ impl Default for OpenOptions {
         Self {
             busy_timeout: Duration::from_secs(5),
             min_free_bytes: 0,
+            rate_qps: 0.0,
         }
     }
 }

@@ -29,6 +29,8 @@ struct Fleet {
     config: std::path::PathBuf,
     database: String,
     instances: Vec<Instance>,
+    /// More `POINTSYNC__…` settings for every instance.
+    env: Vec<(&'static str, String)>,
     _db: DropDatabase,
     _dir: tempfile::TempDir,
 }
@@ -73,6 +75,7 @@ impl Fleet {
             config,
             database,
             instances,
+            env: Vec::new(),
             _db: db_guard,
             _dir: dir,
         })
@@ -91,6 +94,7 @@ impl Fleet {
             .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
             .env("RUST_LOG", "error")
             .env_remove(pointsync::crash::ENV)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -278,4 +282,64 @@ async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose
         rescued >= 1.0,
         "the paused instance's leased syncs were rescued by the others (fenced out on resume: {fenced})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_rate_is_the_total_of_all_instances() {
+    let Some(mut fleet) = Fleet::new(3).await else {
+        return;
+    };
+    const QPS: usize = 20;
+    fleet.env = vec![("POINTSYNC__DISPATCHER__QPS", QPS.to_string())];
+    for i in 0..3 {
+        fleet.start(i).await;
+    }
+    let shared = fleet.sim.shared().clone();
+    let spec = GenerateSpec {
+        count: 150,
+        seed: 13,
+        members: 10,
+        rate_per_sec: Some(500.0),
+        refund_share: 0.0,
+        manual_share: 0.0,
+    };
+    wechatpay_sim::control::generate(&shared, spec)
+        .await
+        .unwrap();
+    wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
+    assert_invariants(&fleet.sim, &fleet.store).await;
+    // per second of the simulator's clock, after the start (the bucket may spend its one-second
+    // burst at first): about QPS, where three separate buckets would send three times as much
+    let mut per_second = std::collections::BTreeMap::<i64, usize>::new();
+    for c in fleet.sim.syncs() {
+        *per_second.entry(c.at).or_default() += 1;
+    }
+    let steady: Vec<usize> = per_second.values().copied().skip(2).collect();
+    let n = steady.len();
+    assert!(n >= 3, "{per_second:?}");
+    // the last second may be partial; the others carry the limit
+    assert!(
+        steady[..n - 1].iter().all(|c| *c <= QPS + QPS / 4),
+        "more than {QPS}/s in one second: {per_second:?}"
+    );
+    let (first, last) = (
+        *per_second.keys().next().unwrap(),
+        *per_second.keys().last().unwrap(),
+    );
+    let floor = (150 - QPS) / QPS;
+    assert!(
+        (last - first) as usize >= floor - 1,
+        "150 syncs at {QPS}/s in all took {} s: {per_second:?}",
+        last - first
+    );
+    for i in 0..3 {
+        assert!(
+            metric(
+                &metrics_of(&fleet, i).await,
+                "pointsync_syncs_total",
+                "done"
+            ) > 0.0,
+            "instance {i} sent some"
+        );
+    }
 }

@@ -26,11 +26,18 @@ use super::{
 };
 use crate::domain::OutboxRow;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "rate limit",
+        include_str!("../../../migrations/postgres/0002_rate_limit.sql"),
+    ),
+];
 
 /// The session advisory lock migrators hold ("pointsyn").
 const MIGRATION_LOCK: i64 = 0x706f_696e_7473_796e;
@@ -52,6 +59,8 @@ pub struct PgStore {
     pool: PgPool,
     database: String,
     read_only: bool,
+    /// The outgoing rate shared by all instances (0: not limited here).
+    rate_qps: f64,
 }
 
 fn code(e: &sqlx::Error) -> Option<String> {
@@ -238,6 +247,7 @@ impl Store for PgStore {
             pool,
             database,
             read_only: false,
+            rate_qps: opts.rate_qps,
         })
     }
 
@@ -249,6 +259,7 @@ impl Store for PgStore {
             pool,
             database,
             read_only: true,
+            rate_qps: 0.0,
         })
     }
 
@@ -292,7 +303,7 @@ impl Store for PgStore {
         retrying!(
             self,
             "claiming syncs",
-            write::claim(&self.pool, owner, now_ms, lease_ms, limit)
+            write::claim(&self.pool, owner, now_ms, lease_ms, limit, self.rate_qps)
         )
     }
 

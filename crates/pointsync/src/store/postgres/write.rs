@@ -312,25 +312,57 @@ pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>)
     Ok(outcome)
 }
 
+/// Claims due rows; with a shared rate (`qps` > 0) only as many as the instances' common token
+/// bucket holds now (refilled on the database's clock, one second's burst at most), taken in the
+/// same transaction, so all instances together never exceed `qps`.
 pub(super) async fn claim(
     pool: &PgPool,
     owner: &str,
     now_ms: i64,
     lease_ms: i64,
     limit: i64,
+    qps: f64,
 ) -> R<Vec<Claimed>> {
-    let rows = sqlx::query(
-        "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = $2, attempts = attempts + 1
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
-                      ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-         RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at",
-    )
-    .bind(owner)
-    .bind(now_ms + lease_ms)
-    .bind(now_ms)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let mut tx = pool.begin().await?;
+    let mut bucket = None;
+    let mut limit = limit;
+    if qps > 0.0 {
+        let r = sqlx::query(
+            "SELECT tokens, at_ms, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
+             FROM rate_limit WHERE name = 'wechat' FOR UPDATE",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let (tokens, at, db_now): (f64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let elapsed = (db_now - at).max(0) as f64 / 1000.0;
+        let available = (tokens + elapsed * qps).min(qps.max(1.0));
+        limit = limit.min(available.floor() as i64);
+        bucket = Some((available, db_now));
+    }
+    let rows = if limit > 0 {
+        sqlx::query(
+            "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
+                          ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at",
+        )
+        .bind(owner)
+        .bind(now_ms + lease_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?
+    } else {
+        Vec::new()
+    };
+    if let Some((available, db_now)) = bucket {
+        sqlx::query("UPDATE rate_limit SET tokens = $1, at_ms = $2 WHERE name = 'wechat'")
+            .bind(available - rows.len() as f64)
+            .bind(db_now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
     let mut out = rows
         .into_iter()
         .map(|r| {
