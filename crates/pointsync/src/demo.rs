@@ -15,8 +15,9 @@ use wechatpay_sim::{
 };
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Database, Store};
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -35,6 +36,10 @@ pub struct DemoOptions {
     pub burst_429: u32,
     /// Print progress.
     pub progress: bool,
+    /// `pointsync serve` instances (more than one needs `database`).
+    pub instances: usize,
+    /// A `postgres://` URL of an empty database (default: an SQLite file in `dir`).
+    pub database: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -47,6 +52,8 @@ impl Default for DemoOptions {
             seed: 2026,
             burst_429: 50,
             progress: true,
+            instances: 1,
+            database: None,
         }
     }
 }
@@ -94,6 +101,10 @@ impl Notifications {
 pub struct DemoReport {
     /// Where the files are.
     pub dir: PathBuf,
+    /// The database (an SQLite file in `dir`, or the PostgreSQL URL without its password).
+    pub database: String,
+    /// `pointsync serve` instances.
+    pub instances: usize,
     /// Notifications WeChat (the simulator) sent, by kind: authorizations, payments, manual
     /// applications (a payment pushed again after the member applied), refunds.
     pub notifications: Notifications,
@@ -179,15 +190,24 @@ impl std::fmt::Display for DemoReport {
         let config = self.dir.join("pointsync.toml");
         writeln!(
             f,
-            "  files                {} (config pointsync.toml, database pointsync.db, the \
-             simulator's keys in sandbox/)",
+            "  files                {} (config pointsync.toml, the simulator's keys in sandbox/)",
             self.dir.display()
+        )?;
+        writeln!(
+            f,
+            "  database             {} ({} instance(s))",
+            self.database, self.instances
         )?;
         write!(
             f,
-            "  look inside          pointsync status --config {0}\n                       \
-             pointsync member OPENID --config {0}",
-            config.display()
+            "  look inside          {1}pointsync status --config {0}\n                       \
+             {1}pointsync member OPENID --config {0}",
+            config.display(),
+            if self.database.starts_with("postgres") {
+                format!("POINTSYNC__SERVICE__DATABASE={} ", self.database)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -278,13 +298,31 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
             dir.display()
         );
     }
+    let database = match &opts.database {
+        Some(url) => Some(Database::parse(url).map_err(|e| anyhow::anyhow!("--database: {e}"))?),
+        None => None,
+    };
+    if opts.instances == 0 {
+        bail!("--instances must be at least 1");
+    }
+    if opts.instances > 1 && !matches!(database, Some(Database::Postgres(_))) {
+        bail!("several instances share one PostgreSQL database: give --database postgres://…");
+    }
     let sandbox = Sandbox::init(&dir.join("sandbox"), TrustMode::Cert)?;
-    let public = TcpListener::bind("127.0.0.1:0").await?;
-    let admin = TcpListener::bind("127.0.0.1:0").await?;
-    let notify_url = format!("http://{}/wechatpay/notify", public.local_addr()?);
+    let mut publics = Vec::new();
+    let mut admins = Vec::new();
+    for _ in 0..opts.instances {
+        publics.push(TcpListener::bind("127.0.0.1:0").await?);
+        admins.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let mut urls = Vec::new();
+    for p in &publics {
+        urls.push(format!("http://{}/wechatpay/notify", p.local_addr()?));
+    }
     let sim = Simulator::start(SimConfig {
         push: PushConfig {
-            notify_url: Some(notify_url),
+            notify_url: urls.first().cloned(),
+            more_notify_urls: urls[1..].to_vec(),
             time_scale: 0.002,
             duplicate_rate: 0.03,
             probe_rate: 0.01,
@@ -295,9 +333,50 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     .await?;
     sandbox.write_env(&sim.base_url())?;
     let config_path = write_config(&dir, &sandbox, &sim.base_url(), "")?;
-    let config = Config::load(&config_path)?;
-    let store = SqliteStore::open(&config.service.database, &config.service.open_options()).await?;
-    let running = crate::service::start(&config, store.clone(), public, admin).await?;
+    let mut config = Config::load(&config_path)?;
+    if let Some(db) = database {
+        config.service.database = db;
+    }
+    let options = crate::store::OpenOptions {
+        rate_qps: config.dispatcher.qps,
+        ..config.service.open_options()
+    };
+    match &config.service.database {
+        Database::Sqlite(_) => {
+            let store = SqliteStore::open(&config.service.database, &options).await?;
+            run_on(opts, dir, sim, &config, vec![store], publics, admins).await
+        }
+        Database::Postgres(_) => {
+            let mut stores = Vec::new();
+            for _ in 0..opts.instances {
+                stores.push(PgStore::open(&config.service.database, &options).await?);
+            }
+            if !stores[0].status().await?.inbox.is_empty() {
+                bail!(
+                    "{} already holds data: the demo needs an empty database",
+                    config.service.database
+                );
+            }
+            run_on(opts, dir, sim, &config, stores, publics, admins).await
+        }
+    }
+}
+
+/// The demo day on `stores` (one per instance, each serving on its pair of listeners).
+async fn run_on<S: Store>(
+    opts: DemoOptions,
+    dir: PathBuf,
+    sim: Simulator,
+    config: &Config,
+    stores: Vec<S>,
+    publics: Vec<TcpListener>,
+    admins: Vec<TcpListener>,
+) -> Result<DemoReport> {
+    let store = stores[0].clone();
+    let mut fleet = Vec::new();
+    for ((s, public), admin) in stores.into_iter().zip(publics).zip(admins) {
+        fleet.push(crate::service::start(config, s, public, admin).await?);
+    }
 
     let started = wechatpay::clock::monotonic();
     let spec = GenerateSpec {
@@ -362,6 +441,10 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let remote = sim.synced_points();
     let mut mismatches = Vec::new();
     for (tx, points) in &audit.credits {
+        if audit.not_credited.contains(tx) {
+            // kept not credited (member not authorized): nothing to sync
+            continue;
+        }
         match remote.get(tx) {
             Some(p) if p == points => {}
             Some(p) => mismatches.push(format!("{tx}: ledger {points}, WeChat {p}")),
@@ -380,6 +463,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
     let c = sim.counters();
     let report = DemoReport {
         dir,
+        database: config.service.database.to_string(),
+        instances: opts.instances,
         notifications: Notifications::count(&sim.deliveries()),
         callbacks_sent: c.callback_attempts,
         callbacks_acked: c.callback_acks,
@@ -395,6 +480,8 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport> {
         records_match: mismatches.is_empty(),
         mismatches,
     };
-    running.shutdown().await;
+    for running in fleet {
+        running.shutdown().await;
+    }
     Ok(report)
 }

@@ -42,6 +42,12 @@ enum Command {
         /// Seed of the generated day.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+        /// `pointsync serve` instances sharing the database (more than one: --database).
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        /// An empty PostgreSQL database (`postgres://…`); default an SQLite file in --dir.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Backlog by state, oldest pending sync, parked syncs with their reasons.
     Status {
@@ -307,13 +313,15 @@ async fn demo(command: Command) -> Result<()> {
         members,
         rate,
         seed,
+        instances,
+        database,
     } = command
     else {
         anyhow::bail!("not the demo command");
     };
     #[cfg(not(feature = "demo"))]
     {
-        let _ = (dir, payments, members, rate, seed);
+        let _ = (dir, payments, members, rate, seed, instances, database);
         anyhow::bail!(
             "this pointsync was built without the demo (it keeps the simulator and test keys out \
              of the service); run it with: cargo run --release -p pointsync --features demo -- demo"
@@ -324,7 +332,8 @@ async fn demo(command: Command) -> Result<()> {
         // the demo's progress line and report say what happened; logs only for errors
         init_logs_with(false, "error");
         println!(
-            "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed})"
+            "pointsync demo: {payments} payments by {members} members at {rate}/s (seed {seed}), \
+             {instances} instance(s)"
         );
         let report = pointsync::demo::run(pointsync::demo::DemoOptions {
             dir,
@@ -332,6 +341,8 @@ async fn demo(command: Command) -> Result<()> {
             members,
             rate,
             seed,
+            instances,
+            database,
             ..Default::default()
         })
         .await?;

@@ -37,6 +37,7 @@ async fn the_console_in_a_real_browser() {
         eprintln!("SKIPPED: the console's browser test: {why}");
         return;
     }
+    let _heavy = crate::harness::HEAVY.lock().await;
     let h = Harness::start(fast_push(), &[]).await;
     // an authorized member who paid, and another whose sync WeChat refuses (parked)
     let (m, _) = h.authorized_member_pays(10_000);

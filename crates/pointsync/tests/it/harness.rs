@@ -22,6 +22,10 @@ pub struct Harness {
     pub _dir: tempfile::TempDir,
 }
 
+/// Held by the tests that start several processes or a browser: they run one at a time, so a
+/// loaded 2-core machine does not starve one of them into a timeout.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A fast push schedule: WeChat's intervals × 0.0005 (15 s → 7.5 ms).
 pub fn fast_push() -> PushConfig {
     PushConfig {

@@ -153,6 +153,7 @@ impl Drop for Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_postgresql_share_the_work_and_survive_kill_9() {
+    let _heavy = crate::harness::HEAVY.lock().await;
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
@@ -205,6 +206,7 @@ async fn metrics_of(fleet: &Fleet, i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose_nothing() {
+    let _heavy = crate::harness::HEAVY.lock().await;
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
@@ -286,6 +288,7 @@ async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_rate_is_the_total_of_all_instances() {
+    let _heavy = crate::harness::HEAVY.lock().await;
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
@@ -342,4 +345,44 @@ async fn the_configured_rate_is_the_total_of_all_instances() {
             "instance {i} sent some"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_day_runs_across_three_instances_on_postgresql() {
+    let _heavy = crate::harness::HEAVY.lock().await;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let url = match &db {
+        pointsync::store::Database::Postgres(u) => u.clone(),
+        other => panic!("{other}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let report = pointsync::demo::run(pointsync::demo::DemoOptions {
+        dir: Some(dir.path().join("demo")),
+        payments: 300,
+        members: 30,
+        progress: false,
+        instances: 3,
+        database: Some(url.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(report.records_match, "{report}");
+    assert_eq!((report.credited, report.instances), (300, 3));
+    assert!(report.to_string().contains("3 instance(s)"));
+    // the same database again: refused, it holds data
+    let again = pointsync::demo::run(pointsync::demo::DemoOptions {
+        dir: Some(dir.path().join("again")),
+        payments: 10,
+        progress: false,
+        instances: 2,
+        database: Some(url),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(again.contains("already holds data"), "{again}");
 }
