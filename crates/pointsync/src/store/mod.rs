@@ -564,6 +564,21 @@ impl Default for OpenOptions {
     }
 }
 
+/// A backend's migrations: (version, name, SQL), oldest first.
+pub(crate) type Migrations = [(i64, &'static str, &'static str)];
+
+/// The newest migration as `"version name"` (`"5 mall api"`).
+pub(crate) fn schema_of(m: &Migrations) -> String {
+    m.last()
+        .map(|(v, n, _)| format!("{v} {n}"))
+        .unwrap_or_default()
+}
+
+/// The newest migration's version.
+pub(crate) fn latest_of(m: &Migrations) -> i64 {
+    m.last().map_or(0, |m| m.0)
+}
+
 /// What `migrate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migrated {

@@ -5,7 +5,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use pointsync::store::Store;
@@ -15,7 +15,7 @@ use wechatpay_sim::{
     GenerateSpec, NewMember, NewPayment, PushConfig, Sandbox, SimConfig, Simulator, TrustMode,
 };
 
-use crate::harness::{assert_invariants, fast_push, wait_quiet};
+use crate::harness::{assert_invariants, fast_push, spawn_serve, wait_quiet};
 
 struct Rig {
     sim: Simulator,
@@ -68,45 +68,16 @@ impl Rig {
     /// callback listener is bound: the contract's goal is acknowledging again within 5 s of a
     /// restart, asserted here for every start, the restarts after each kill included.
     async fn spawn(&self, crash_at: Option<&str>) -> Child {
-        let started = wechatpay::clock::monotonic();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pointsync"));
-        cmd.args(["serve", "--config"])
-            .arg(&self.config)
-            .env("POINTSYNC__SERVICE__PUBLIC_LISTEN", &self.public)
-            .env("POINTSYNC__SERVICE__ADMIN_LISTEN", &self.admin)
-            .env("POINTSYNC__DISPATCHER__LEASE_MS", "2000")
-            .env("POINTSYNC__WECHATPAY__TIMEOUT_MS", "1500")
-            .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
-            .env("RUST_LOG", "error")
-            .env_remove(pointsync::crash::ENV)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut env = self.env.clone();
         if let Some(p) = crash_at {
-            cmd.env(pointsync::crash::ENV, p);
+            env.push((pointsync::crash::ENV.to_string(), p.to_string()));
         }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{}/healthz", self.admin)).await
-                && r.status() == 200
-            {
-                let took = started.elapsed();
-                assert!(
-                    took < Duration::from_secs(5),
-                    "pointsync serve took {took:?} to answer after a (re)start; the goal is 5 s"
-                );
-                return child;
-            }
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!("pointsync serve exited during start-up: {s}");
-            }
-            assert!(
-                wechatpay::clock::monotonic() < deadline,
-                "pointsync serve did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (child, took) = spawn_serve(&self.config, &self.public, &self.admin, &env).await;
+        assert!(
+            took < Duration::from_secs(5),
+            "pointsync serve took {took:?} to answer after a (re)start; the goal is 5 s"
+        );
+        child
     }
 
     async fn quiet(&self, timeout: Duration) {

@@ -388,3 +388,47 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// Starts a `pointsync serve` child on `config` with its listeners on `public` and `admin`, short
+/// leases (2 s) for fault tests, and `env` on top; waits until it answers `/healthz` (only once its
+/// callback listener is bound). Returns the child and how long it took; fails naming the instance
+/// if it exits or does not become healthy within 20 s.
+pub async fn spawn_serve(
+    config: &std::path::Path,
+    public: &str,
+    admin: &str,
+    env: &[(String, String)],
+) -> (std::process::Child, Duration) {
+    let started = wechatpay::clock::monotonic();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pointsync"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("POINTSYNC__SERVICE__PUBLIC_LISTEN", public)
+        .env("POINTSYNC__SERVICE__ADMIN_LISTEN", admin)
+        .env("POINTSYNC__DISPATCHER__LEASE_MS", "2000")
+        .env("POINTSYNC__WECHATPAY__TIMEOUT_MS", "1500")
+        .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
+        .env("RUST_LOG", "error")
+        .env_remove(pointsync::crash::ENV)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/healthz")).await
+            && r.status() == 200
+        {
+            return (child, started.elapsed());
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("pointsync serve ({admin}) exited during start-up: {s}");
+        }
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "pointsync serve ({admin}) did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -2,14 +2,14 @@
 //! a load balancer (`more_notify_urls`: every delivery attempt goes to the next instance, so a
 //! duplicate or a retry lands on another one). The invariants I1–I7 hold after each scenario.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use pointsync::store::postgres::PgStore;
 use pointsync::store::{OpenOptions, Store};
 use wechatpay_sim::{GenerateSpec, PushConfig, Sandbox, SimConfig, Simulator, TrustMode};
 
-use crate::harness::{assert_invariants, fast_push, metric, wait_quiet};
+use crate::harness::{assert_invariants, fast_push, metric, spawn_serve, wait_quiet};
 use crate::postgres::{DropDatabase, fresh_database};
 
 fn free_port() -> String {
@@ -82,37 +82,15 @@ impl Fleet {
     }
 
     async fn start(&mut self, i: usize) {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        env.push(("POINTSYNC__SERVICE__DATABASE".into(), self.database.clone()));
         let inst = &self.instances[i];
-        let child = Command::new(env!("CARGO_BIN_EXE_pointsync"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("POINTSYNC__SERVICE__DATABASE", &self.database)
-            .env("POINTSYNC__SERVICE__PUBLIC_LISTEN", &inst.public)
-            .env("POINTSYNC__SERVICE__ADMIN_LISTEN", &inst.admin)
-            .env("POINTSYNC__DISPATCHER__LEASE_MS", "2000")
-            .env("POINTSYNC__WECHATPAY__TIMEOUT_MS", "1500")
-            .env("POINTSYNC__DISPATCHER__RESCUE_EVERY_MS", "200")
-            .env("RUST_LOG", "error")
-            .env_remove(pointsync::crash::ENV)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let (child, _) = spawn_serve(&self.config, &inst.public, &inst.admin, &env).await;
         self.instances[i].child = Some(child);
-        let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://{}/healthz", self.instances[i].admin)).await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                wechatpay::clock::monotonic() < deadline,
-                "instance {i} did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     fn kill(&mut self, i: usize) {

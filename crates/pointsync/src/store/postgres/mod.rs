@@ -43,14 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 const MIGRATION_LOCK: i64 = 0x706f_696e_7473_796e;
 
 fn schema() -> String {
-    MIGRATIONS
-        .last()
-        .map(|(v, n, _)| format!("{v} {n}"))
-        .unwrap_or_default()
+    super::schema_of(MIGRATIONS)
 }
 
 fn latest() -> i64 {
-    MIGRATIONS.last().map_or(0, |m| m.0)
+    super::latest_of(MIGRATIONS)
 }
 
 /// The PostgreSQL store.

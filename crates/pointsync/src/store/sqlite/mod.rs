@@ -60,14 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// The schema version the embedded migrations reach.
 pub fn schema() -> String {
-    MIGRATIONS
-        .last()
-        .map(|(v, n, _)| format!("{v} {n}"))
-        .unwrap_or_default()
+    super::schema_of(MIGRATIONS)
 }
 
 fn latest() -> i64 {
-    MIGRATIONS.last().map_or(0, |m| m.0)
+    super::latest_of(MIGRATIONS)
 }
 
 /// What an ingest job is called (in errors, and to tell callback groups apart).
