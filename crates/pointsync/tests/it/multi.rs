@@ -10,7 +10,7 @@ use pointsync::store::{OpenOptions, Store};
 use wechatpay_sim::{GenerateSpec, PushConfig, Sandbox, SimConfig, Simulator, TrustMode};
 
 use crate::harness::{assert_invariants, fast_push, metric, spawn_serve, wait_quiet};
-use crate::postgres::{DropDatabase, fresh_database};
+use crate::postgres::{DropDatabase, fresh_database, fresh_database_unlocked, server_alone};
 
 fn free_port() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -37,7 +37,13 @@ struct Fleet {
 
 impl Fleet {
     async fn new(n: usize) -> Option<Self> {
-        let (db_guard, db) = fresh_database().await?;
+        Self::on(fresh_database().await?, n).await
+    }
+
+    async fn on(
+        (db_guard, db): (DropDatabase, pointsync::store::Database),
+        n: usize,
+    ) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox::init(&dir.path().join("sandbox"), TrustMode::Cert).unwrap();
         let instances: Vec<Instance> = (0..n)
@@ -363,4 +369,106 @@ async fn the_demo_day_runs_across_three_instances_on_postgresql() {
     .unwrap_err()
     .to_string();
     assert!(again.contains("already holds data"), "{again}");
+}
+
+async fn readyz(admin: &str) -> u16 {
+    reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+fn cluster(action: &str) -> bool {
+    Command::new("pg_ctlcluster")
+        .args(["15", "main", action])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_stopped_and_restarted_mid_run_loses_nothing_acknowledged() {
+    if Command::new("pg_ctlcluster")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: the PostgreSQL restart test: no pg_ctlcluster on this machine");
+        return;
+    }
+    let _heavy = crate::harness::HEAVY.lock().await;
+    // no other test may be using the server while it goes down
+    let _alone = server_alone().await;
+    let Some(db) = fresh_database_unlocked().await else {
+        return;
+    };
+    let Some(mut fleet) = Fleet::on(db, 2).await else {
+        return;
+    };
+    for i in 0..2 {
+        fleet.start(i).await;
+    }
+    let shared = fleet.sim.shared().clone();
+    let spec = GenerateSpec {
+        count: 200,
+        seed: 14,
+        members: 20,
+        rate_per_sec: Some(100.0),
+        refund_share: 0.1,
+        manual_share: 0.0,
+    };
+    let generator =
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // whatever happens below, the server is started again for the tests after this one
+    struct StartAgain;
+    impl Drop for StartAgain {
+        fn drop(&mut self) {
+            cluster("start");
+        }
+    }
+    let _start_again = StartAgain;
+    assert!(cluster("stop"), "pg_ctlcluster 15 main stop");
+    // while it is down: not ready (callbacks answered 5xx, WeChat retries), and no crash
+    let admin = fleet.instances[0].admin.clone();
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(10);
+    while readyz(&admin).await == 200 {
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "/readyz stayed 200 with the database down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(cluster("start"), "pg_ctlcluster 15 main start");
+    for i in 0..2 {
+        let alive = fleet.instances[i]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap();
+        assert!(
+            alive.is_none(),
+            "instance {i} exited while the database was down: {alive:?}"
+        );
+    }
+    generator.await.unwrap().unwrap();
+    // the pools reconnect by themselves; WeChat's retries land
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(30);
+    while readyz(&admin).await != 200 {
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "/readyz did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(90)).await;
+    assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
+    let text = metrics_of(&fleet, 0).await + &metrics_of(&fleet, 1).await;
+    let refused = metric(&text, "pointsync_callbacks_total", "db_error")
+        + metric(&text, "pointsync_callbacks_total", "timeout");
+    assert!(
+        refused > 0.0,
+        "callbacks were refused (5xx) while the database was down"
+    );
 }

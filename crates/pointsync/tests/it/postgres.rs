@@ -23,8 +23,27 @@ fn url_of(name: &str) -> String {
     u.to_string()
 }
 
-/// A fresh database on the test server, or `None` (skipped, said) when there is no server.
+/// Every test using the server holds this shared; the test that restarts the server holds it
+/// alone, so it never cuts another test's connections.
+static SERVER: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The server to oneself (for restarting it), until the guard drops.
+pub async fn server_alone() -> tokio::sync::OwnedRwLockWriteGuard<()> {
+    SERVER.clone().write_owned().await
+}
+
+/// A fresh database on the test server, or `None` (skipped, said) when there is no server. The
+/// server is shared with other tests until the guard drops.
 pub async fn fresh_database() -> Option<(DropDatabase, Database)> {
+    let shared = SERVER.clone().read_owned().await;
+    let (mut guard, db) = fresh_database_unlocked().await?;
+    guard.1 = Some(shared);
+    Some((guard, db))
+}
+
+/// A fresh database without the shared hold (for a test holding [`server_alone`]).
+pub async fn fresh_database_unlocked() -> Option<(DropDatabase, Database)> {
     let admin = match sqlx::PgConnection::connect(&admin_url()).await {
         Ok(c) => c,
         Err(e) => {
@@ -48,13 +67,13 @@ pub async fn fresh_database() -> Option<(DropDatabase, Database)> {
         .unwrap();
     let _ = admin.close().await;
     Some((
-        DropDatabase(name.clone()),
+        DropDatabase(name.clone(), None),
         Database::parse(&url_of(&name)).unwrap(),
     ))
 }
 
-/// Drops the test database when the test ends.
-pub struct DropDatabase(String);
+/// Drops the test database when the test ends (and lets go of the server).
+pub struct DropDatabase(String, Option<tokio::sync::OwnedRwLockReadGuard<()>>);
 
 impl Drop for DropDatabase {
     fn drop(&mut self) {
