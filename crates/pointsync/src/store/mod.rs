@@ -1,20 +1,25 @@
-//! The narrow storage contract. SQLite implements it today ([`sqlite::SqliteStore`]); a second
-//! backend plugs in by implementing [`Store`] and passing the same contract suite. All SQL lives
-//! behind it, and no business decision: those are [`crate::domain`]'s.
+//! The narrow storage contract, implemented by SQLite ([`sqlite::SqliteStore`], one process) and
+//! PostgreSQL ([`postgres::PgStore`], several instances); both pass the same contract suite. All
+//! SQL lives behind it, and no business decision: those are [`crate::domain`]'s.
+//!
+//! `error.rs` holds [`StoreError`], `database.rs` [`Database`] and [`OpenOptions`]; this file the
+//! trait and the rows and views it exchanges.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested, NewParking};
 
+mod database;
+mod error;
 pub mod postgres;
 pub mod sqlite;
+
+pub use database::{Database, OpenOptions};
+pub use error::{Source, StoreError};
 
 /// A sync claimed by a dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,236 +337,6 @@ pub struct Audit {
     pub held_refunds: i64,
     /// Payments kept not credited (member not authorized): no sync until a manual application.
     pub not_credited: Vec<String>,
-}
-
-/// A backend's own error, kept as the source of a [`StoreError`].
-pub type Source = Arc<dyn std::error::Error + Send + Sync>;
-
-/// A storage failure, in terms any backend can report. The backend's own error is kept as the
-/// `source`. Clone, so one failed group commit can answer every caller in it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database cannot be opened or reached.
-    #[error("database {database} cannot be opened or reached: {source}")]
-    Unavailable {
-        /// The database (a file path; never a password).
-        database: String,
-        /// The backend's error.
-        source: Source,
-    },
-    /// The database does not exist (read-only opening never creates one).
-    #[error("database {database} does not exist")]
-    NotFound {
-        /// The database.
-        database: String,
-    },
-    /// Another connection held the write lock for longer than the busy timeout.
-    #[error(
-        "database {database} is locked: another connection held its write lock longer than the \
-         busy timeout (service.busy_timeout_ms); nothing was written"
-    )]
-    Locked {
-        /// The database.
-        database: String,
-    },
-    /// The database cannot be written.
-    #[error(
-        "database {database} is read-only (file permissions, the immutable attribute or a \
-         read-only mount); pointsync must be able to write it; nothing was written"
-    )]
-    ReadOnly {
-        /// The database.
-        database: String,
-    },
-    /// The storage refused a read or write (I/O error, disk full).
-    #[error("database {database}: {source}; nothing was written")]
-    Io {
-        /// The database.
-        database: String,
-        /// The backend's error.
-        source: Source,
-    },
-    /// Free space on the database's file system is below the reserve (`service.min_free_bytes`):
-    /// new callbacks are refused so an operator can still act before the disk is full.
-    #[error(
-        "database {database}: only {available} bytes free on its file system, below the reserve \
-         of {reserve} (service.min_free_bytes); new callbacks are refused until space is freed; \
-         nothing was written"
-    )]
-    DiskFull {
-        /// The database.
-        database: String,
-        /// Bytes free now.
-        available: u64,
-        /// The reserve.
-        reserve: u64,
-    },
-    /// The stored schema is not the one this binary knows.
-    #[error(
-        "database {database} has schema version {found}, this pointsync knows {expected}: run \
-         `pointsync migrate`"
-    )]
-    SchemaMismatch {
-        /// The database.
-        database: String,
-        /// The stored version.
-        found: i64,
-        /// This binary's version.
-        expected: i64,
-    },
-    /// A write conflicted with another one and was not applied.
-    #[error("database {database}: {what}; nothing was written")]
-    Conflict {
-        /// The database.
-        database: String,
-        /// What conflicted.
-        what: String,
-    },
-    /// This handle cannot write (opened read-only, or its writer stopped).
-    #[error("database {database} is open for reading only here (or its writer has stopped)")]
-    Closed {
-        /// The database.
-        database: String,
-    },
-    /// Any other failure of the backend.
-    #[error("database {database}: {what}: {source}")]
-    Backend {
-        /// The database.
-        database: String,
-        /// What was being done.
-        what: String,
-        /// The backend's error.
-        source: Source,
-    },
-}
-
-impl StoreError {
-    /// A short stable name of the cause, for metrics labels and logs.
-    pub fn cause(&self) -> &'static str {
-        match self {
-            Self::Unavailable { .. } => "unavailable",
-            Self::NotFound { .. } => "not_found",
-            Self::Locked { .. } => "locked",
-            Self::ReadOnly { .. } => "read_only",
-            Self::Io { .. } => "io",
-            Self::DiskFull { .. } => "disk_full",
-            Self::SchemaMismatch { .. } => "schema_mismatch",
-            Self::Conflict { .. } => "conflict",
-            Self::Closed { .. } => "closed",
-            Self::Backend { .. } => "backend",
-        }
-    }
-}
-
-/// Where the data lives: `service.database` in the config. A file path means SQLite; a
-/// `postgres://` (or `postgresql://`) URL means PostgreSQL.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Database {
-    /// An SQLite file.
-    Sqlite(PathBuf),
-    /// A PostgreSQL connection URL (its password is never shown: see `Display`).
-    Postgres(String),
-}
-
-impl std::fmt::Debug for Database {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
-            Self::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
-        }
-    }
-}
-
-impl Database {
-    /// Reads `service.database`: a `postgres://` URL or an SQLite file path.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let lower = s.to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            let u = url::Url::parse(s).map_err(|e| {
-                format!(
-                    "is not a valid PostgreSQL URL ({e}); expected postgres://user@host:port/db"
-                )
-            })?;
-            if u.host_str().is_none_or(str::is_empty) {
-                return Err("the PostgreSQL URL names no host".into());
-            }
-            return Ok(Self::Postgres(s.to_string()));
-        }
-        if s.trim().is_empty() {
-            return Err("must name an SQLite file or a postgres:// URL".into());
-        }
-        Ok(Self::Sqlite(PathBuf::from(s)))
-    }
-
-    /// The SQLite file, for SQLite.
-    pub fn sqlite_path(&self) -> Option<&Path> {
-        match self {
-            Self::Sqlite(p) => Some(p),
-            Self::Postgres(_) => None,
-        }
-    }
-
-    /// A relative file path made relative to `base` (the config file's folder).
-    pub fn resolve(&mut self, base: &Path) {
-        if let Self::Sqlite(p) = self
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
-        }
-    }
-}
-
-impl std::fmt::Display for Database {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Sqlite(p) => write!(f, "{}", p.display()),
-            Self::Postgres(u) => match url::Url::parse(u) {
-                Ok(mut url) => {
-                    if url.password().is_some() {
-                        let _ = url.set_password(Some("***"));
-                    }
-                    write!(f, "{url}")
-                }
-                Err(_) => f.write_str("postgres://(unparsable URL)"),
-            },
-        }
-    }
-}
-
-impl Serialize for Database {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Database {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// How a store is opened for serving.
-#[derive(Debug, Clone)]
-pub struct OpenOptions {
-    /// How long a write waits for a lock held by another connection.
-    pub busy_timeout: Duration,
-    /// Refuse new callbacks when less than this many bytes are free (0: no reserve).
-    pub min_free_bytes: u64,
-    /// The outgoing rate (`dispatcher.qps`) a shared store enforces across all instances
-    /// (PostgreSQL); 0: none (SQLite serves one process, whose own bucket limits it).
-    pub rate_qps: f64,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        Self {
-            busy_timeout: Duration::from_secs(5),
-            min_free_bytes: 0,
-            rate_qps: 0.0,
-        }
-    }
 }
 
 /// A backend's migrations: (version, name, SQL), oldest first.
