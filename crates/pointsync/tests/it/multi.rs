@@ -356,6 +356,30 @@ async fn the_demo_day_runs_across_three_instances_on_postgresql() {
     assert!(report.records_match, "{report}");
     assert_eq!((report.credited, report.instances), (300, 3));
     assert!(report.to_string().contains("3 instance(s)"));
+    // the operator commands work against the URL
+    let config = dir.path().join("demo/pointsync.toml");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pointsync"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("POINTSYNC__SERVICE__DATABASE", &url)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(run(&["migrate"]).contains("schema up to date (2 rate limit)"));
+    let status = run(&["status"]);
+    assert!(
+        status.contains("syncs:  done 300") && status.contains("oldest pending sync: none"),
+        "{status}"
+    );
     // the same database again: refused, it holds data
     let again = pointsync::demo::run(pointsync::demo::DemoOptions {
         dir: Some(dir.path().join("again")),
