@@ -103,8 +103,8 @@ impl<S: Store> Dispatcher<S> {
             tokio::select! {
                 r = &mut send => return r,
                 _ = renew.tick() => {
-                    let until = self.clock.now_ms() + self.cfg.lease_ms;
-                    match self.store.renew(c, &self.owner, until).await {
+                    let now = self.clock.now_ms();
+                    match self.store.renew(c, &self.owner, now, self.cfg.lease_ms).await {
                         Ok(true) => self.metrics.syncs.with_label_values(&["renewed"]).inc(),
                         Ok(false) => tracing::warn!(
                             transaction_id = c.transaction_id,

@@ -388,7 +388,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         n: &Incoming,
         ctx: &IngestContext<'_>,
     ) -> impl Future<Output = Result<Ingested, StoreError>> + Send;
-    /// Claims up to `limit` due syncs for `owner` until `now_ms + lease_ms`.
+    /// Claims up to `limit` syncs due at `now_ms` (the instance's clock) for `owner`, leased for
+    /// `lease_ms` on the store's clock: the instance's own clock for the embedded store, the
+    /// database server's clock for a store shared by several instances, so a skewed instance can
+    /// neither keep a lease past its time nor take one over early.
     fn claim(
         &self,
         owner: &str,
@@ -404,17 +407,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         outcome: &SyncOutcome,
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Extends the lease of `c` to `until_ms` while its request is in flight, if that attempt
-    /// still owns the row; returns whether it did.
+    /// Extends the lease of `c` to `lease_ms` from now on the store's clock (see
+    /// [`Store::claim`]; `now_ms` is the instance's clock) while its request is in flight, if that
+    /// attempt still owns the row; returns whether it did.
     fn renew(
         &self,
         c: &Claimed,
         owner: &str,
-        until_ms: i64,
+        now_ms: i64,
+        lease_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Returns an owner's in-flight rows to pending (graceful shutdown).
     fn release(&self, owner: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Returns expired leases to pending.
+    /// Returns leases expired on the store's clock to pending (see [`Store::claim`]; `now_ms` is
+    /// the instance's clock, which a shared store does not use for this).
     fn rescue(&self, now_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Re-drives parked syncs (all, or the given ids).
     fn retry_parked(

@@ -285,6 +285,23 @@ pub async fn business_invalid_callbacks_are_stored_as_rejected<B: Backend>() {
     assert!(st.syncs.is_empty(), "no sync for a rejected payment");
 }
 
+/// The lease of these tests: long enough that a stall of the shared machine between a claim and
+/// the check that it is still held does not expire it.
+const LEASE: i64 = 1_500;
+
+/// The wall clock the instance and the database server share on this machine: leases run on the
+/// store's clock (the database server's for a shared store), so these tests wait in real time.
+fn wall_ms() -> i64 {
+    pointsync::clock::now_ms()
+}
+
+async fn sleep_until_wall(t_ms: i64) {
+    let wait = t_ms - wall_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+}
+
 pub async fn leases_fence_completions_and_expire<B: Backend>() {
     let Some((_d, s)) = B::fresh().await else {
         return;
@@ -293,15 +310,22 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
     s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
-    let a = s.claim("A", T0, 1_000, 10).await.unwrap().remove(0);
+    let a = s.claim("A", wall_ms(), LEASE, 10).await.unwrap().remove(0);
+    let claimed = wall_ms();
     assert!(
-        s.claim("B", T0, 1_000, 10).await.unwrap().is_empty(),
+        s.claim("B", wall_ms(), LEASE, 10).await.unwrap().is_empty(),
         "leased rows are not claimed twice"
     );
+    assert_eq!(
+        s.rescue(wall_ms()).await.unwrap(),
+        0,
+        "a live lease is kept"
+    );
     // A's lease expires; the rescuer returns the row; B claims attempt 2
-    assert_eq!(s.rescue(T0 + 500).await.unwrap(), 0);
-    assert_eq!(s.rescue(T0 + 1_001).await.unwrap(), 1);
-    let b = s.claim("B", T0 + 1_001, 1_000, 10).await.unwrap().remove(0);
+    sleep_until_wall(claimed + LEASE + 100).await;
+    assert_eq!(s.rescue(wall_ms()).await.unwrap(), 1);
+    let t = wall_ms();
+    let b = s.claim("B", t, LEASE, 10).await.unwrap().remove(0);
     assert_eq!(
         (b.attempt, b.payload == a.payload),
         (2, true),
@@ -309,7 +333,7 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
     );
     // A's late completion changes nothing (I7); B's counts
     assert!(
-        !s.complete(&a, "A", &SyncOutcome::Done, T0 + 1_100)
+        !s.complete(&a, "A", &SyncOutcome::Done, t + 100)
             .await
             .unwrap()
     );
@@ -318,22 +342,20 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
             &b,
             "B",
             &SyncOutcome::Retry {
-                due_at: T0 + 5_000,
+                due_at: t + 5_000,
                 error: "429".into()
             },
-            T0 + 1_100
+            t + 100
         )
         .await
         .unwrap()
     );
+    // due times are the instance's: no waiting
     assert!(
-        s.claim("B", T0 + 4_999, 1_000, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        s.claim("B", t + 4_999, LEASE, 10).await.unwrap().is_empty(),
         "not due yet"
     );
-    let c = s.claim("B", T0 + 5_000, 1_000, 10).await.unwrap().remove(0);
+    let c = s.claim("B", t + 5_000, LEASE, 10).await.unwrap().remove(0);
     assert!(
         s.complete(
             &c,
@@ -341,7 +363,7 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
             &SyncOutcome::Parked {
                 error: "400 PARAM_ERROR".into()
             },
-            T0 + 5_100
+            t + 5_100
         )
         .await
         .unwrap()
@@ -351,10 +373,10 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
         (st.syncs.get("parked"), st.parked[0].error.as_str()),
         (Some(&1), "400 PARAM_ERROR")
     );
-    assert_eq!(s.retry_parked(&[], T0 + 6_000).await.unwrap(), 1);
-    let d = s.claim("C", T0 + 6_000, 1_000, 10).await.unwrap().remove(0);
+    assert_eq!(s.retry_parked(&[], t + 6_000).await.unwrap(), 1);
+    let d = s.claim("C", t + 6_000, LEASE, 10).await.unwrap().remove(0);
     assert!(
-        s.complete(&d, "C", &SyncOutcome::Done, T0 + 6_100)
+        s.complete(&d, "C", &SyncOutcome::Done, t + 6_100)
             .await
             .unwrap()
     );
@@ -363,7 +385,7 @@ pub async fn leases_fence_completions_and_expire<B: Backend>() {
     s.ingest(&payment("T2", "o1", 10_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
-    s.claim("D", T0 + 7_000, 60_000, 10).await.unwrap();
+    s.claim("D", t + 7_000, 60_000, 10).await.unwrap();
     assert_eq!(s.release("D").await.unwrap(), 1);
 }
 
@@ -545,32 +567,37 @@ pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() 
     s.ingest(&payment("T1", "o1", 1_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
-    let a = s.claim("A", T0, 1_000, 10).await.unwrap().remove(0);
-    // A's request is still in flight at T0 + 900: it renews to T0 + 1_900
-    assert!(s.renew(&a, "A", T0 + 1_900).await.unwrap());
+    let t = wall_ms();
+    let a = s.claim("A", t, LEASE, 10).await.unwrap().remove(0);
+    // A's request is still in flight two thirds into its lease: it renews for another lease
+    sleep_until_wall(t + LEASE * 2 / 3).await;
+    assert!(s.renew(&a, "A", wall_ms(), LEASE).await.unwrap());
+    let renewed = wall_ms();
+    sleep_until_wall(t + LEASE + 200).await;
     assert_eq!(
-        s.rescue(T0 + 1_500).await.unwrap(),
+        s.rescue(wall_ms()).await.unwrap(),
         0,
-        "a renewed lease is kept"
+        "a renewed lease is kept past the first one's end"
     );
-    assert_eq!(s.rescue(T0 + 2_000).await.unwrap(), 1, "…until it expires");
+    sleep_until_wall(renewed + LEASE + 100).await;
+    assert_eq!(s.rescue(wall_ms()).await.unwrap(), 1, "…until it expires");
     // B takes over; A's late renewal and completion are both fenced out
-    let b = s.claim("B", T0 + 2_000, 1_000, 10).await.unwrap().remove(0);
+    let b = s.claim("B", wall_ms(), LEASE, 10).await.unwrap().remove(0);
     assert_eq!(b.attempt, 2);
-    assert!(!s.renew(&a, "A", T0 + 3_000).await.unwrap());
+    assert!(!s.renew(&a, "A", wall_ms(), LEASE).await.unwrap());
     assert!(
-        !s.complete(&a, "A", &SyncOutcome::Done, T0 + 2_100)
+        !s.complete(&a, "A", &SyncOutcome::Done, wall_ms())
             .await
             .unwrap()
     );
-    assert!(s.renew(&b, "B", T0 + 3_500).await.unwrap());
+    assert!(s.renew(&b, "B", wall_ms(), LEASE).await.unwrap());
     assert!(
-        s.complete(&b, "B", &SyncOutcome::Done, T0 + 2_200)
+        s.complete(&b, "B", &SyncOutcome::Done, wall_ms())
             .await
             .unwrap()
     );
     assert!(
-        !s.renew(&b, "B", T0 + 4_000).await.unwrap(),
+        !s.renew(&b, "B", wall_ms(), LEASE).await.unwrap(),
         "a done row is not renewed"
     );
 }

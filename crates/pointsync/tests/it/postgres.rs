@@ -153,3 +153,66 @@ async fn the_url_password_never_shows_and_migrate_is_idempotent_under_a_lock() {
         .to_string();
     assert!(!e.contains("hunter2") && e.contains("127.0.0.1"), "{e}");
 }
+
+/// Leases run on the database server's clock: an instance whose clock is an hour ahead (or one
+/// just resumed with a stale clock) neither rescues another's live lease early nor gets a lease
+/// longer or shorter than the configured one.
+#[tokio::test]
+async fn leases_run_on_the_database_clock_whatever_an_instance_clock_says() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::SyncOutcome;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = trusting();
+    s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    const HOUR: i64 = 3_600_000;
+    let wall = pointsync::clock::now_ms;
+    let before = wall();
+    // instance A's clock runs an hour ahead: its lease is still 30 s on the server's clock
+    let a = s
+        .claim("A", wall() + HOUR, 30_000, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let after = wall();
+    let pool = sqlx::PgPool::connect(&db.to_string()).await.unwrap();
+    let until: i64 = sqlx::query_scalar("SELECT lease_until FROM outbox WHERE id = $1")
+        .bind(a.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        (before + 30_000 - 1_000..=after + 30_000 + 1_000).contains(&until),
+        "the lease ends 30 s from the server's now, not the instance's: {} ms off",
+        until - before - 30_000
+    );
+    // instance B's clock runs two hours ahead: its rescuer finds no expired lease, it claims nothing
+    assert_eq!(s.rescue(wall() + 2 * HOUR).await.unwrap(), 0);
+    assert!(
+        s.claim("B", wall() + 2 * HOUR, 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A, resumed with a clock an hour behind, renews: again 30 s on the server's clock
+    assert!(s.renew(&a, "A", wall() - HOUR, 30_000).await.unwrap());
+    let renewed: i64 = sqlx::query_scalar("SELECT lease_until FROM outbox WHERE id = $1")
+        .bind(a.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        renewed >= until && renewed <= wall() + 30_000 + 1_000,
+        "{renewed} vs {until}"
+    );
+    assert!(
+        s.complete(&a, "A", &SyncOutcome::Done, wall())
+            .await
+            .unwrap()
+    );
+    pool.close().await;
+}

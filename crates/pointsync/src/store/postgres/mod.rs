@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// The session advisory lock migrators hold ("pointsyn").
+/// The database server's clock in Unix milliseconds: leases and the shared rate bucket are
+/// measured on it, never on an instance's clock, which may be skewed or paused.
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
 const MIGRATION_LOCK: i64 = 0x706f_696e_7473_796e;
 
 fn schema() -> String {
@@ -318,12 +322,18 @@ impl Store for PgStore {
         )
     }
 
-    async fn renew(&self, c: &Claimed, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+    async fn renew(
+        &self,
+        c: &Claimed,
+        owner: &str,
+        _instance_now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
         retrying!(self, "renewing a lease", async {
-            let r = sqlx::query(
-                "UPDATE outbox SET lease_until = $1 WHERE id = $2 AND state = 'inflight' AND lease_owner = $3 AND attempts = $4",
-            )
-            .bind(until_ms)
+            let r = sqlx::query(&format!(
+                "UPDATE outbox SET lease_until = {DB_NOW_MS} + $1 WHERE id = $2 AND state = 'inflight' AND lease_owner = $3 AND attempts = $4",
+            ))
+            .bind(lease_ms)
             .bind(c.id)
             .bind(owner)
             .bind(c.attempt)
@@ -345,12 +355,11 @@ impl Store for PgStore {
         })
     }
 
-    async fn rescue(&self, now_ms: i64) -> Result<u64, StoreError> {
+    async fn rescue(&self, _instance_now_ms: i64) -> Result<u64, StoreError> {
         retrying!(self, "rescuing leases", async {
-            let r = sqlx::query(
-                "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < $1",
-            )
-            .bind(now_ms)
+            let r = sqlx::query(&format!(
+                "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL WHERE state = 'inflight' AND lease_until < {DB_NOW_MS}",
+            ))
             .execute(&self.pool)
             .await?;
             Ok::<_, sqlx::Error>(r.rows_affected())

@@ -5,6 +5,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Row};
 use wechatpay::notify::Event;
 
+use super::DB_NOW_MS;
 use crate::domain::{
     self, AdjustSnapshot, HeldRefund, InboxKey, InboxRow, LedgerRow, MemberSnapshot, MemberWrite,
     NewParking, OutboxRow, PaymentSnapshot, Plan, Reads, Snapshot,
@@ -327,10 +328,9 @@ pub(super) async fn claim(
     let mut bucket = None;
     let mut limit = limit;
     if qps > 0.0 {
-        let r = sqlx::query(
-            "SELECT tokens, at_ms, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
-             FROM rate_limit WHERE name = 'wechat' FOR UPDATE",
-        )
+        let r = sqlx::query(&format!(
+            "SELECT tokens, at_ms, {DB_NOW_MS} FROM rate_limit WHERE name = 'wechat' FOR UPDATE"
+        ))
         .fetch_one(&mut *tx)
         .await?;
         let (tokens, at, db_now): (f64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -340,14 +340,16 @@ pub(super) async fn claim(
         bucket = Some((available, db_now));
     }
     let rows = if limit > 0 {
-        sqlx::query(
-            "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = $2, attempts = attempts + 1
+        // due on the instance's clock (a skew only moves a retry a little); leased on the
+        // database's, which every instance shares
+        sqlx::query(&format!(
+            "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
                           ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at",
-        )
+        ))
         .bind(owner)
-        .bind(now_ms + lease_ms)
+        .bind(lease_ms)
         .bind(now_ms)
         .bind(limit)
         .fetch_all(&mut *tx)

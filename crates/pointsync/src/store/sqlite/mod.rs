@@ -411,10 +411,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn renew(&self, cl: &Claimed, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+    async fn renew(
+        &self,
+        cl: &Claimed,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
         let (cl, owner) = (cl.clone(), owner.to_string());
+        // one machine, one writer: the instance's clock is the store's
         self.submit(
-            move |c| write::renew(c, &cl, &owner, until_ms),
+            move |c| write::renew(c, &cl, &owner, now_ms + lease_ms),
             "renewing a lease",
         )
         .await
