@@ -270,6 +270,96 @@ async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose
     );
 }
 
+/// Kills the connections of claim transactions caught mid-claim: the test holds the shared rate
+/// row (which every claim locks first), so the instances' claims queue inside their transactions;
+/// those backends are terminated, then the row is let go so work goes on. Returns how many.
+async fn kill_claims_mid_transaction(admin: &sqlx::PgPool) -> usize {
+    let mut hold = admin.begin().await.unwrap();
+    sqlx::query("SELECT tokens FROM rate_limit WHERE name = 'wechat' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state = 'active' AND wait_event_type = 'Lock' AND query LIKE '%FROM rate_limit%'",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    hold.commit().await.unwrap();
+    killed.into_iter().filter(|k| *k).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_in_the_middle_of_a_claim_lose_nothing() {
+    let _heavy = crate::harness::HEAVY.lock().await;
+    let Some(mut fleet) = Fleet::new(3).await else {
+        return;
+    };
+    for i in 0..3 {
+        fleet.start(i).await;
+    }
+    let shared = fleet.sim.shared().clone();
+    let spec = GenerateSpec {
+        count: 200,
+        seed: 14,
+        members: 20,
+        rate_per_sec: Some(100.0),
+        refund_share: 0.1,
+        manual_share: 0.0,
+    };
+    let generator =
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    let admin = sqlx::PgPool::connect(&fleet.database).await.unwrap();
+    let mut killed = 0;
+    while !generator.is_finished() {
+        killed += kill_claims_mid_transaction(&admin).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    generator.await.unwrap().unwrap();
+    admin.close().await;
+    assert!(
+        killed >= 3,
+        "claims were caught and killed inside their transactions: {killed}"
+    );
+    wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
+    assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
+    let st = fleet.store.status().await.unwrap();
+    assert_eq!(
+        st.syncs.keys().collect::<Vec<_>>(),
+        vec!["done"],
+        "no sync left half-claimed: {:?}",
+        st.syncs
+    );
+    let mut errors = 0.0;
+    for i in 0..3 {
+        let m = metrics_of(&fleet, i).await;
+        errors += m
+            .lines()
+            .filter(|l| l.starts_with("pointsync_store_errors_total{") && l.contains("claim"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        assert!(
+            fleet.instances[i]
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .is_none(),
+            "instance {i} is still running"
+        );
+    }
+    eprintln!("{killed} claims killed mid-transaction; {errors} claim errors counted");
+    assert!(
+        errors >= 1.0,
+        "the killed claims were seen and counted as store errors ({killed} killed)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_rate_is_the_total_of_all_instances() {
     let _heavy = crate::harness::HEAVY.lock().await;
