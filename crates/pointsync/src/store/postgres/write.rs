@@ -313,9 +313,11 @@ pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>)
     Ok(outcome)
 }
 
-/// Claims due rows; with a shared rate (`qps` > 0) only as many as the instances' common token
-/// bucket holds now (refilled on the database's clock, one second's burst at most), taken in the
-/// same transaction, so all instances together never exceed `qps`.
+/// Claims due rows in one statement (one round trip, no explicit transaction); with a shared rate
+/// (`qps` > 0) only as many as the instances' common token bucket holds now (refilled on the
+/// database's clock, one second's burst at most), taken in the same statement, so all instances
+/// together never exceed `qps`. The bucket row's lock serialises claimers; a row another claimer
+/// took meanwhile fails the re-check of `state = 'pending'` and is skipped.
 pub(super) async fn claim(
     pool: &PgPool,
     owner: &str,
@@ -324,47 +326,45 @@ pub(super) async fn claim(
     limit: i64,
     qps: f64,
 ) -> R<Vec<Claimed>> {
-    let mut tx = pool.begin().await?;
-    let mut bucket = None;
-    let mut limit = limit;
-    if qps > 0.0 {
-        let r = sqlx::query(&format!(
-            "SELECT tokens, at_ms, {DB_NOW_MS} FROM rate_limit WHERE name = 'wechat' FOR UPDATE"
-        ))
-        .fetch_one(&mut *tx)
-        .await?;
-        let (tokens, at, db_now): (f64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        let elapsed = (db_now - at).max(0) as f64 / 1000.0;
-        let available = (tokens + elapsed * qps).min(qps.max(1.0));
-        limit = limit.min(available.floor() as i64);
-        bucket = Some((available, db_now));
-    }
-    let rows = if limit > 0 {
-        // due on the instance's clock (a skew only moves a retry a little); leased on the
-        // database's, which every instance shares
-        sqlx::query(&format!(
+    // due on the instance's clock (a skew only moves a retry a little); leased on the
+    // database's, which every instance shares
+    let take = |limit_sql: &str| {
+        format!(
             "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
              WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
-                          ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at",
-        ))
+                          ORDER BY due_at, id LIMIT {limit_sql} FOR UPDATE SKIP LOCKED)
+             RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at"
+        )
+    };
+    let sql = if qps > 0.0 {
+        format!(
+            "WITH bucket AS (
+                 SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * $5,
+                              GREATEST($5, 1.0)) AS available,
+                        {DB_NOW_MS} AS now
+                 FROM rate_limit WHERE name = 'wechat' FOR UPDATE
+             ),
+             claimed AS ({}),
+             spent AS (
+                 UPDATE rate_limit SET tokens = (SELECT available FROM bucket) - (SELECT COUNT(*) FROM claimed),
+                                       at_ms = (SELECT now FROM bucket)
+                 WHERE name = 'wechat'
+             )
+             SELECT * FROM claimed",
+            take("LEAST($4, GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))")
+        )
+    } else {
+        take("$4")
+    };
+    let mut q = sqlx::query(&sql)
         .bind(owner)
         .bind(lease_ms)
         .bind(now_ms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?
-    } else {
-        Vec::new()
-    };
-    if let Some((available, db_now)) = bucket {
-        sqlx::query("UPDATE rate_limit SET tokens = $1, at_ms = $2 WHERE name = 'wechat'")
-            .bind(available - rows.len() as f64)
-            .bind(db_now)
-            .execute(&mut *tx)
-            .await?;
+        .bind(limit);
+    if qps > 0.0 {
+        q = q.bind(qps);
     }
-    tx.commit().await?;
+    let rows = q.fetch_all(pool).await?;
     let mut out = rows
         .into_iter()
         .map(|r| {
