@@ -26,91 +26,73 @@ async fn lock_member(c: &mut PgConnection, openid: &str) -> R<()> {
         .map(|_| ())
 }
 
-async fn member_snapshot(c: &mut PgConnection, openid: &str) -> R<MemberSnapshot> {
-    let row = sqlx::query("SELECT authorized, balance FROM members WHERE openid = $1")
-        .bind(openid)
-        .fetch_optional(c)
-        .await?;
-    Ok(match row {
-        None => MemberSnapshot::default(),
-        Some(r) => MemberSnapshot {
-            authorization: match r.try_get::<Option<i64>, _>(0)? {
-                Some(1) => Authorization::Authorized,
-                Some(_) => Authorization::NotAuthorized,
-                None => Authorization::Unknown,
-            },
-            balance: r.try_get(1)?,
-        },
-    })
-}
-
+/// Everything a callback's decision reads, in one statement (one round trip): whether it is
+/// stored already, its payment and the refunds held for it, its member and what they were
+/// credited today. Taken after the member's lock, so the statement's snapshot is current.
 async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
     let k = &r.key;
-    let seen = sqlx::query(
-        "SELECT 1 FROM inbox WHERE event_type = $1 AND transaction_id = $2 AND refund_id = $3",
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM inbox WHERE event_type = $1 AND transaction_id = $2 AND refund_id = $3),
+                p.openid, p.amount, p.credited_points, p.refunded_amount, p.entitled_debit, p.not_credited,
+                ARRAY(SELECT id FROM inbox WHERE transaction_id = $4 AND status = 'held' ORDER BY id),
+                ARRAY(SELECT resource FROM inbox WHERE transaction_id = $4 AND status = 'held' ORDER BY id),
+                m.openid IS NOT NULL, m.authorized, COALESCE(m.balance, 0),
+                (SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger
+                 WHERE openid = w.openid AND day = $6 AND kind = 'credit')
+         FROM (SELECT 1) AS one
+         LEFT JOIN payments p ON p.transaction_id = $4
+         CROSS JOIN LATERAL (SELECT COALESCE($5::TEXT, p.openid) AS openid) AS w
+         LEFT JOIN members m ON m.openid = w.openid",
     )
     .bind(&k.event_type)
     .bind(&k.transaction_id)
     .bind(&k.refund_id)
-    .fetch_optional(&mut *c)
-    .await?
-    .is_some();
-    if seen {
+    .bind(&r.transaction_id)
+    .bind(&r.openid)
+    .bind(r.day)
+    .fetch_one(&mut *c)
+    .await?;
+    if row.try_get::<bool, _>(0)? {
         return Ok(Snapshot {
-            seen,
+            seen: true,
             ..Snapshot::default()
         });
     }
-    let mut snap = Snapshot::default();
-    if let Some(tx) = &r.transaction_id {
-        snap.payment = sqlx::query(
-            "SELECT openid, amount, credited_points, refunded_amount, entitled_debit, not_credited FROM payments WHERE transaction_id = $1",
-        )
-        .bind(tx)
-        .fetch_optional(&mut *c)
-        .await?
-        .map(|x| {
-            Ok::<_, sqlx::Error>(PaymentSnapshot {
-                openid: x.try_get(0)?,
-                amount: x.try_get(1)?,
-                credited_points: x.try_get(2)?,
-                refunded_amount: x.try_get(3)?,
-                entitled_debit: x.try_get(4)?,
-                not_credited: x.try_get::<i64, _>(5)? == 1,
-            })
-        })
-        .transpose()?;
-        let held = sqlx::query(
-            "SELECT id, resource FROM inbox WHERE transaction_id = $1 AND status = 'held' ORDER BY id",
-        )
-        .bind(tx)
-        .fetch_all(&mut *c)
-        .await?;
-        snap.held_refunds = held
+    let payment = match row.try_get::<Option<String>, _>(1)? {
+        None => None,
+        Some(openid) => Some(PaymentSnapshot {
+            openid,
+            amount: row.try_get(2)?,
+            credited_points: row.try_get(3)?,
+            refunded_amount: row.try_get(4)?,
+            entitled_debit: row.try_get(5)?,
+            not_credited: row.try_get::<i64, _>(6)? == 1,
+        }),
+    };
+    let (ids, resources): (Vec<i64>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
+    let member = if row.try_get::<bool, _>(9)? {
+        MemberSnapshot {
+            authorization: match row.try_get::<Option<i64>, _>(10)? {
+                Some(1) => Authorization::Authorized,
+                Some(_) => Authorization::NotAuthorized,
+                None => Authorization::Unknown,
+            },
+            balance: row.try_get(11)?,
+        }
+    } else {
+        MemberSnapshot::default()
+    };
+    Ok(Snapshot {
+        seen: false,
+        payment,
+        held_refunds: ids
             .into_iter()
-            .map(|x| {
-                Ok::<_, sqlx::Error>(HeldRefund {
-                    inbox_id: x.try_get(0)?,
-                    resource: x.try_get(1)?,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    let openid = r
-        .openid
-        .clone()
-        .or_else(|| snap.payment.as_ref().map(|p| p.openid.clone()));
-    if let Some(openid) = openid {
-        snap.member = member_snapshot(c, &openid).await?;
-        snap.credited_today = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger WHERE openid = $1 AND day = $2 AND kind = 'credit'",
-        )
-        .bind(&openid)
-        .bind(r.day)
-        .fetch_one(&mut *c)
-        .await?;
-    }
-    Ok(snap)
+            .zip(resources)
+            .map(|(inbox_id, resource)| HeldRefund { inbox_id, resource })
+            .collect(),
+        member,
+        credited_today: row.try_get(12)?,
+    })
 }
 
 async fn count_delivery(c: &mut PgConnection, k: &InboxKey) -> R<()> {
