@@ -2,7 +2,7 @@
 //! member's advisory lock.
 
 use sqlx::postgres::PgPool;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use wechatpay::notify::Event;
 
 use super::DB_NOW_MS;
@@ -180,26 +180,32 @@ async fn write_member(c: &mut PgConnection, m: &MemberWrite, now_ms: i64) -> R<(
     Ok(())
 }
 
-/// Enqueues a request under `key`, replacing a row of the same key left parked or dead.
-async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> {
-    let state = if o.invalid.is_some() {
+fn outbox_state(o: &OutboxRow) -> &'static str {
+    if o.invalid.is_some() {
         "parked"
     } else {
         "pending"
-    };
-    sqlx::query(
+    }
+}
+
+/// An outbox row of the same key left parked or dead is replaced; any other is kept.
+const OUTBOX_REPLACE: &str =
+    " ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
+         payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
+         due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
+     WHERE outbox.state IN ('parked', 'dead')";
+
+/// Enqueues a request under `key`, replacing a row of the same key left parked or dead.
+async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> {
+    sqlx::query(&format!(
         "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-         ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
-             payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
-             due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
-         WHERE outbox.state IN ('parked', 'dead')",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7){OUTBOX_REPLACE}"
+    ))
     .bind(key)
     .bind(&o.method)
     .bind(&o.path)
     .bind(&o.body)
-    .bind(state)
+    .bind(outbox_state(o))
     .bind(&o.invalid)
     .bind(o.created_at)
     .execute(c)
@@ -207,7 +213,177 @@ async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> 
     .map(|_| ())
 }
 
+/// Whether every write of `plan` can go in one statement: data-modifying CTEs all see the
+/// statement's starting snapshot, so none may touch a row another one writes (a payment inserted
+/// and updated, a member written twice).
+fn combinable(plan: &Plan) -> bool {
+    let openid = |m: &MemberWrite| match m {
+        MemberWrite::Balance { openid, .. } | MemberWrite::Authorization { openid, .. } => {
+            openid.clone()
+        }
+    };
+    let members: std::collections::BTreeSet<String> = plan.members.iter().map(openid).collect();
+    let payment_writes = usize::from(plan.payment.is_some())
+        + usize::from(plan.payment_update.is_some())
+        + usize::from(plan.payment_credit.is_some());
+    plan.inbox.is_some() && members.len() == plan.members.len() && payment_writes <= 1
+}
+
+/// Applies a [`combinable`] plan in one statement (one round trip): the inbox row claims the
+/// natural key and every other write is conditional on that claim, so a key taken meanwhile
+/// writes nothing (`false`).
+async fn apply_combined(c: &mut PgConnection, plan: &Plan, row: &InboxRow, now_ms: i64) -> R<bool> {
+    const CLAIMED: &str = " WHERE EXISTS (SELECT 1 FROM i)";
+    let mut q = QueryBuilder::<Postgres>::new(
+        "WITH i AS (INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at) VALUES (",
+    );
+    {
+        let k = &row.key;
+        let mut v = q.separated(", ");
+        v.push_bind(&k.event_type)
+            .push_bind(&k.transaction_id)
+            .push_bind(&k.refund_id)
+            .push_bind(&row.notification_id)
+            .push_bind(&row.openid)
+            .push_bind(&row.resource)
+            .push_bind(row.status.as_str())
+            .push_bind(&row.note)
+            .push_bind(row.received_at);
+    }
+    q.push(") ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING RETURNING id)");
+    for (n, m) in plan.members.iter().enumerate() {
+        match m {
+            MemberWrite::Balance { openid, balance } => {
+                q.push(format_args!(
+                    ", m{n} AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) SELECT "
+                ));
+                q.push_bind(openid)
+                    .push(", NULL::BIGINT, '', '', ")
+                    .push_bind(*balance)
+                    .push(", ")
+                    .push_bind(now_ms)
+                    .push(CLAIMED)
+                    .push(" ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at)");
+            }
+            MemberWrite::Authorization {
+                openid,
+                authorized,
+                auth_type,
+                code,
+            } => {
+                q.push(format_args!(
+                    ", m{n} AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at) SELECT "
+                ));
+                let mut v = q.separated(", ");
+                v.push_bind(openid)
+                    .push_bind(i64::from(*authorized))
+                    .push_bind(auth_type)
+                    .push_bind(code)
+                    .push("0")
+                    .push_bind(now_ms)
+                    .push_bind(auth_type)
+                    .push("'callback'")
+                    .push_bind(now_ms);
+                q.push(CLAIMED).push(
+                    " ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
+                         code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
+                         auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at)",
+                );
+            }
+        }
+    }
+    if !plan.ledger.is_empty() {
+        // one INSERT, rows in the plan's order (ids follow it)
+        q.push(
+            ", l AS (INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
+             SELECT openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at FROM (",
+        );
+        q.push_values(plan.ledger.iter().enumerate(), |mut v, (n, e)| {
+            v.push_bind(n as i64)
+                .push_bind(&e.openid)
+                .push_bind(e.kind)
+                .push_bind(&e.transaction_id)
+                .push_bind(&e.refund_id)
+                .push_bind(e.points)
+                .push_bind(e.balance_after)
+                .push_bind(e.day)
+                .push_bind(e.rule.to_string())
+                .push_bind(e.created_at);
+        });
+        q.push(
+            ") AS v (n, openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)",
+        )
+        .push(CLAIMED)
+        .push(" ORDER BY n)");
+    }
+    if let Some(p) = &plan.payment {
+        q.push(
+            ", p AS (INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at) SELECT ",
+        );
+        let mut v = q.separated(", ");
+        v.push_bind(&p.transaction_id)
+            .push_bind(&p.openid)
+            .push_bind(&p.appid)
+            .push_bind(&p.mchid)
+            .push_bind(&p.shop_number)
+            .push_bind(p.amount)
+            .push_bind(p.credited_points)
+            .push_bind(p.refunded_amount)
+            .push_bind(p.entitled_debit)
+            .push_bind(i64::from(p.not_credited))
+            .push_bind(p.created_at);
+        q.push(CLAIMED).push(")");
+    }
+    if let Some(pc) = &plan.payment_credit {
+        q.push(", pc AS (UPDATE payments SET credited_points = ")
+            .push_bind(pc.credited_points)
+            .push(", not_credited = 0 WHERE transaction_id = ")
+            .push_bind(&pc.transaction_id)
+            .push(" AND not_credited = 1 AND EXISTS (SELECT 1 FROM i))");
+    }
+    if let Some(u) = &plan.payment_update {
+        q.push(", pu AS (UPDATE payments SET refunded_amount = ")
+            .push_bind(u.refunded_amount)
+            .push(", entitled_debit = ")
+            .push_bind(u.entitled_debit)
+            .push(" WHERE transaction_id = ")
+            .push_bind(&u.transaction_id)
+            .push(" AND EXISTS (SELECT 1 FROM i))");
+    }
+    if let Some(o) = &plan.outbox {
+        q.push(
+            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at) SELECT ",
+        );
+        let mut v = q.separated(", ");
+        v.push_bind(&o.transaction_id)
+            .push_bind(&o.method)
+            .push_bind(&o.path)
+            .push_bind(&o.body)
+            .push_bind(outbox_state(o))
+            .push_bind(&o.invalid)
+            .push_bind(o.created_at)
+            .push_bind(o.created_at);
+        q.push(CLAIMED).push(OUTBOX_REPLACE).push(")");
+    }
+    if !plan.released.is_empty() {
+        q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id = ANY(")
+            .push_bind(&plan.released)
+            .push(") AND EXISTS (SELECT 1 FROM i))");
+    }
+    q.push(" SELECT EXISTS (SELECT 1 FROM i)");
+    q.build_query_scalar::<bool>().fetch_one(c).await
+}
+
 async fn apply(c: &mut PgConnection, plan: &Plan, now_ms: i64) -> R<Ingested> {
+    if let Some(row) = &plan.inbox
+        && combinable(plan)
+    {
+        if !apply_combined(c, plan, row, now_ms).await? {
+            count_delivery(c, &plan.key).await?;
+            return Ok(Ingested::Duplicate);
+        }
+        return Ok(plan.outcome.clone());
+    }
     let Some(row) = &plan.inbox else {
         count_delivery(c, &plan.key).await?;
         return Ok(Ingested::Duplicate);
