@@ -6,6 +6,7 @@
 # Usage: bash bench/mall_api.sh [ROWS] [MEMBERS] [SECONDS] [API_RATE]   (defaults 1000000 10000 10 500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROWS=${1:-1000000}; MEMBERS=${2:-10000}; SECS=${3:-10}; API_RATE=${4:-500}
 cargo build --release -q -p pointsync --examples
 cargo build --release -q -p pointsync -p wechatpay-sim
@@ -18,7 +19,6 @@ PUB=$(port); ADM=$(port); MALL=$(port); SIMP=$(port)
 SIM_URL=http://127.0.0.1:$SIMP
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-j() { python3 -c "import json,sys;print(json.load(open('$SB/sandbox.json'))['$1'])"; }
 TOKEN=mall-bench-token-0123456789abcdef0123456789
 SHA=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
 t0=$(date +%s.%N)
@@ -29,14 +29,7 @@ cat > "$WORK/pointsync.toml" <<TOML
 public_listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 database = "$WORK/pointsync.db"
-[wechatpay]
-mchid = "$(j mchid)"
-serial = "$(j merchant_serial)"
-private_key = "$SB/merchant/apiclient_key.pem"
-apiv3_key_file = "$SB/apiv3.key"
-trust = ["$SB/wechat/platform_cert.pem"]
-base_url = "$SIM_URL"
-backup_url = ""
+$(wechatpay_toml)
 appids = ["wx1234567890abcdef"]
 brandid = 1000
 [dispatcher]

@@ -8,6 +8,7 @@
 # POINTSYNC_BIN and SIM_BIN run other builds (an A/B against an older commit built apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 MAX=${1:-20000}
 STORED=${2:-1000000}
 if [ -z "${POINTSYNC_BIN:-}" ]; then cargo build --release -q -p pointsync; fi
@@ -21,20 +22,12 @@ PUB=$(port); ADM=$(port); SIMP=$(port)
 SIM_URL=http://127.0.0.1:$SIMP
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-j() { python3 -c "import json,sys;print(json.load(open('$SB/sandbox.json'))['$1'])"; }
 cat > "$WORK/pointsync.toml" <<TOML
 [service]
 public_listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 database = "$WORK/pointsync.db"
-[wechatpay]
-mchid = "$(j mchid)"
-serial = "$(j merchant_serial)"
-private_key = "$SB/merchant/apiclient_key.pem"
-apiv3_key_file = "$SB/apiv3.key"
-trust = ["$SB/wechat/platform_cert.pem"]
-base_url = "$SIM_URL"
-backup_url = ""
+$(wechatpay_toml)
 [dispatcher]
 qps = 5000
 concurrency = 32

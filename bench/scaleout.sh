@@ -11,6 +11,7 @@
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 MAX=${1:-10000}
 RATE_COUNT=${2:-4000}
 SETUPS=${3:-sqlite:1 postgres:1 postgres:2 postgres:3}
@@ -29,7 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
-j() { python3 -c "import json,sys;print(json.load(open('$SB/sandbox.json'))['$1'])"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # PostgreSQL's CPU so far: its live processes, plus the children its postmaster reaped
 pg_ticks() {
@@ -58,14 +58,7 @@ cat > "$WORK/pointsync.toml" <<TOML
 public_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 database = "$WORK/unused.db"
-[wechatpay]
-mchid = "$(j mchid)"
-serial = "$(j merchant_serial)"
-private_key = "$SB/merchant/apiclient_key.pem"
-apiv3_key_file = "$SB/apiv3.key"
-trust = ["$SB/wechat/platform_cert.pem"]
-base_url = "$SIM_URL"
-backup_url = ""
+$(wechatpay_toml)
 [dispatcher]
 qps = 5000
 concurrency = 32

@@ -99,6 +99,35 @@ impl Fleet {
         self.instances[i].child = Some(child);
     }
 
+    async fn start_all(&mut self) {
+        for i in 0..self.instances.len() {
+            self.start(i).await;
+        }
+    }
+
+    /// The simulator pushes `count` payments (and refunds, `refund_share`) at `rate`/s in the
+    /// background.
+    fn generate(
+        &self,
+        count: usize,
+        seed: u64,
+        rate: f64,
+        refund_share: f64,
+    ) -> tokio::task::JoinHandle<
+        Result<Vec<wechatpay_sim::Transaction>, wechatpay_sim::control::ControlError>,
+    > {
+        let shared = self.sim.shared().clone();
+        let spec = GenerateSpec {
+            count,
+            seed,
+            members: 20,
+            rate_per_sec: Some(rate),
+            refund_share,
+            manual_share: 0.0,
+        };
+        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await })
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.instances[i].child.take() {
             c.kill().unwrap();
@@ -141,9 +170,7 @@ async fn three_instances_on_one_postgresql_share_the_work_and_survive_kill_9() {
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
-    for i in 0..3 {
-        fleet.start(i).await;
-    }
+    fleet.start_all().await;
     // a burst: duplicates delivered round-robin, i.e. to other instances, concurrently
     let shared = fleet.sim.shared().clone();
     let spec = GenerateSpec {
@@ -194,9 +221,7 @@ async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
-    for i in 0..3 {
-        fleet.start(i).await;
-    }
+    fleet.start_all().await;
     // slow answers keep syncs in flight on every instance
     fleet.sim.set_faults(wechatpay_sim::FaultConfig {
         rules: vec![wechatpay_sim::FaultRule::rate(
@@ -298,20 +323,8 @@ async fn connections_killed_in_the_middle_of_a_claim_lose_nothing() {
     let Some(mut fleet) = Fleet::new(3).await else {
         return;
     };
-    for i in 0..3 {
-        fleet.start(i).await;
-    }
-    let shared = fleet.sim.shared().clone();
-    let spec = GenerateSpec {
-        count: 200,
-        seed: 14,
-        members: 20,
-        rate_per_sec: Some(100.0),
-        refund_share: 0.1,
-        manual_share: 0.0,
-    };
-    let generator =
-        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    fleet.start_all().await;
+    let generator = fleet.generate(200, 14, 100.0, 0.1);
     let admin = sqlx::PgPool::connect(&fleet.database).await.unwrap();
     let mut killed = 0;
     while !generator.is_finished() {
@@ -368,9 +381,7 @@ async fn the_configured_rate_is_the_total_of_all_instances() {
     };
     const QPS: usize = 20;
     fleet.env = vec![("POINTSYNC__DISPATCHER__QPS", QPS.to_string())];
-    for i in 0..3 {
-        fleet.start(i).await;
-    }
+    fleet.start_all().await;
     let shared = fleet.sim.shared().clone();
     let spec = GenerateSpec {
         count: 150,
@@ -517,20 +528,8 @@ async fn postgresql_stopped_and_restarted_mid_run_loses_nothing_acknowledged() {
     let Some(mut fleet) = Fleet::on(db, 2).await else {
         return;
     };
-    for i in 0..2 {
-        fleet.start(i).await;
-    }
-    let shared = fleet.sim.shared().clone();
-    let spec = GenerateSpec {
-        count: 200,
-        seed: 14,
-        members: 20,
-        rate_per_sec: Some(100.0),
-        refund_share: 0.1,
-        manual_share: 0.0,
-    };
-    let generator =
-        tokio::spawn(async move { wechatpay_sim::control::generate(&shared, spec).await });
+    fleet.start_all().await;
+    let generator = fleet.generate(200, 14, 100.0, 0.1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // whatever happens below, the server is started again for the tests after this one
     struct StartAgain;
