@@ -312,18 +312,19 @@ impl<S: Store> Dispatcher<S> {
                 }
                 continue;
             }
-            if claimed > 0 && claimed == want {
-                // probably more due: claim again as soon as a slot frees
+            if want == 0 || (claimed > 0 && claimed == want) {
+                // every slot busy, or probably more due: claim again as soon as a slot frees
                 tokio::select! {
                     _ = tasks.join_next() => {}
                     _ = stop.changed() => {}
                 }
                 continue;
             }
+            // nothing more is due now: a finished send frees a slot but makes nothing due (a
+            // retry is due later, found by the poll), so only new work or the poll wakes us
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(self.cfg.poll_ms)) => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = stop.changed() => {}
             }
         }

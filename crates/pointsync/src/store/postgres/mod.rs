@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor, Row};
+use sqlx::{Connection, Executor, Row};
 
 use super::{
     Adjusted, Adjustment, Audit, Claimed, Database, InboxView, Incoming, IngestContext, Ingested,
@@ -130,6 +130,18 @@ async fn connect(db: &Database, timeout: Duration, max: u32) -> Result<PgPool, S
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(timeout)
+        // sqlx pings every connection on release; a ping on every acquire as well would be one
+        // more round trip per statement under load: only a connection idle for a while (which a
+        // server restart may have cut) is tested before use
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= Duration::from_secs(1) {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .map_err(|e| classify(&name, "connecting", e))
