@@ -1,6 +1,12 @@
 //! The SQLite store: WAL with `synchronous=FULL`, one writer connection on its own thread with
 //! group commit, a busy timeout, migrations embedded.
 //!
+//! A group holding only lease bookkeeping (claims, completions, renewals, releases, rescues)
+//! commits with `synchronous=NORMAL`: no fsync of its own, durable with the next full commit. A
+//! process crash loses none of it (the WAL is written); a power loss may lose the last of it, which
+//! at worst sends a stored sync again, byte-identical — what an expired lease does anyway. Every
+//! group with anything else (callbacks, adjustments, parkings, authorizations) is `FULL`.
+//!
 //! Writes (callbacks, claims, completions, rescues) are queued to the writer thread, which runs
 //! every queued job in one `BEGIN IMMEDIATE` transaction — each job inside its own savepoint, so a
 //! failing job rolls back alone — commits once (one fsync for the group), and only then answers
@@ -76,6 +82,16 @@ fn latest() -> i64 {
 /// What an ingest job is called (in errors, and to tell callback groups apart).
 const STORING_A_CALLBACK: &str = "storing a callback";
 
+/// Jobs that only keep the outbox's leases: their loss in a power cut re-sends a stored sync, so
+/// their groups commit without an fsync of their own (see the module's header).
+const LEASE_BOOKKEEPING: [&str; 5] = [
+    "claiming syncs",
+    "recording a sync outcome",
+    "renewing a lease",
+    "releasing leases",
+    "rescuing leases",
+];
+
 /// Jobs written in one group at most.
 const MAX_GROUP: usize = 512;
 
@@ -92,6 +108,8 @@ struct Job {
     run: RunJob,
     /// It stores a callback (the kill -9 tests' `before_commit` point is about those).
     callback: bool,
+    /// Its group must be fsynced before anyone is answered (all but lease bookkeeping).
+    durable: bool,
 }
 
 /// Sends a job's answer once its group has committed (or failed to).
@@ -158,6 +176,7 @@ impl SqliteStore {
         let job = Job {
             run,
             callback: what == STORING_A_CALLBACK,
+            durable: !LEASE_BOOKKEEPING.contains(&what),
         };
         self.jobs.send(job).map_err(|_| StoreError::Closed {
             database: self.path.display().to_string(),
@@ -186,6 +205,8 @@ fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &P
     // after a write failed for lack of space (or another I/O error), the WAL is checkpointed and
     // truncated once writes work again, so it does not grow back to fill the space just freed
     let mut truncate_when_healthy = false;
+    // the connection opens with synchronous=FULL
+    let mut full = true;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -194,7 +215,23 @@ fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &P
                 Err(_) => break,
             }
         }
-        match run_group(&mut c, group, path) {
+        let durable = group.iter().any(|j| j.durable);
+        let mut refused = None;
+        if durable != full {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match c.pragma_update(None, "synchronous", mode) {
+                Ok(()) => full = durable,
+                // left at NORMAL, a durable group is refused rather than committed without fsync
+                Err(e) if durable => {
+                    refused = Some(classify(e, path, "cannot set synchronous=FULL"));
+                }
+                // left at FULL: only more durable than asked
+                Err(e) => {
+                    tracing::warn!(database = %path.display(), "cannot set synchronous=NORMAL: {e}")
+                }
+            }
+        }
+        match run_group(&mut c, group, path, refused) {
             Err(StoreError::Io { .. }) => {
                 truncate_when_healthy = true;
                 truncate_wal(&c, path);
@@ -259,10 +296,18 @@ fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>) -> Answe
     })
 }
 
-fn run_group(c: &mut Connection, group: Vec<Job>, path: &Path) -> Result<(), StoreError> {
-    let begun = write::exec(c, "BEGIN IMMEDIATE", [])
-        .map(|_| ())
-        .map_err(|e| classify(e, path, "cannot begin a write transaction"));
+fn run_group(
+    c: &mut Connection,
+    group: Vec<Job>,
+    path: &Path,
+    refused: Option<StoreError>,
+) -> Result<(), StoreError> {
+    let begun = match refused {
+        Some(e) => Err(e),
+        None => write::exec(c, "BEGIN IMMEDIATE", [])
+            .map(|_| ())
+            .map_err(|e| classify(e, path, "cannot begin a write transaction")),
+    };
     let callbacks = group.iter().any(|j| j.callback);
     let answers: Vec<Answer> = group
         .into_iter()
