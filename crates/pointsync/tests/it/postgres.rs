@@ -216,3 +216,50 @@ async fn leases_run_on_the_database_clock_whatever_an_instance_clock_says() {
     );
     pool.close().await;
 }
+
+/// Outcomes recorded concurrently go in batches, each row still fenced on its own: of 40 claimed
+/// rows completed at once, the 10 completed with a stale attempt change nothing and hear `false`.
+#[tokio::test]
+async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::SyncOutcome;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = trusting();
+    for i in 0..40 {
+        s.ingest(&payment(&format!("T{i}"), "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap();
+    }
+    let now = pointsync::clock::now_ms();
+    let claimed = s.claim("A", now, 30_000, 100).await.unwrap();
+    assert_eq!(claimed.len(), 40);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in claimed.iter().enumerate() {
+        let s = s.clone();
+        let mut c = c.clone();
+        if i % 4 == 0 {
+            c.attempt += 1; // an attempt this row never had
+        }
+        tasks.spawn(async move {
+            let ok = s.complete(&c, "A", &SyncOutcome::Done, now).await.unwrap();
+            (i, ok)
+        });
+    }
+    let mut outcomes = vec![false; claimed.len()];
+    while let Some(r) = tasks.join_next().await {
+        let (i, ok) = r.unwrap();
+        outcomes[i] = ok;
+    }
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 30);
+    for (i, ok) in outcomes.iter().enumerate() {
+        assert_eq!(*ok, i % 4 != 0, "row {i}");
+    }
+    let st = s.status().await.unwrap();
+    assert_eq!(
+        (st.syncs.get("done"), st.syncs.get("inflight")),
+        (Some(&30), Some(&10))
+    );
+}

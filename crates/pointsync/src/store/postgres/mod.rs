@@ -9,6 +9,7 @@
 //!
 //! `write.rs` holds the writes (snapshot, plan application, outbox), `read.rs` the queries.
 
+mod completions;
 mod read;
 mod write;
 
@@ -62,6 +63,8 @@ pub struct PgStore {
     read_only: bool,
     /// The outgoing rate shared by all instances (0: not limited here).
     rate_qps: f64,
+    /// Sync outcomes recorded in batches (`None` when read-only).
+    completions: Option<completions::Completions>,
 }
 
 fn code(e: &sqlx::Error) -> Option<String> {
@@ -257,6 +260,10 @@ impl Store for PgStore {
         let database = db.to_string();
         migrate_pool(&pool, &database).await?;
         Ok(Self {
+            completions: Some(completions::Completions::start(
+                pool.clone(),
+                database.clone(),
+            )),
             pool,
             database,
             read_only: false,
@@ -273,6 +280,7 @@ impl Store for PgStore {
             database,
             read_only: true,
             rate_qps: 0.0,
+            completions: None,
         })
     }
 
@@ -327,11 +335,13 @@ impl Store for PgStore {
         outcome: &SyncOutcome,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        retrying!(
-            self,
-            "recording a sync outcome",
-            write::complete(&self.pool, c, owner, outcome, now_ms)
-        )
+        self.writable()?;
+        match &self.completions {
+            Some(batches) => batches.record(c, owner, outcome, now_ms).await,
+            None => Err(StoreError::Closed {
+                database: self.database.clone(),
+            }),
+        }
     }
 
     async fn renew(

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::rules::Authorization;
 use crate::store::{
-    Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, ParkingEnqueued, SyncOutcome,
+    Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, ParkingEnqueued,
 };
 
 type R<T> = Result<T, sqlx::Error>;
@@ -543,36 +543,6 @@ pub(super) async fn claim(
     // RETURNING keeps no order: the oldest due first, as claimed
     out.sort_by_key(|(due, c)| (*due, c.id));
     Ok(out.into_iter().map(|(_, c)| c).collect())
-}
-
-pub(super) async fn complete(
-    pool: &PgPool,
-    cl: &Claimed,
-    owner: &str,
-    outcome: &SyncOutcome,
-    now_ms: i64,
-) -> R<bool> {
-    let (state, due_at, error) = match outcome {
-        SyncOutcome::Done => ("done", None, None),
-        SyncOutcome::Retry { due_at, error } => ("pending", Some(*due_at), Some(error.as_str())),
-        SyncOutcome::Parked { error } => ("parked", None, Some(error.as_str())),
-        SyncOutcome::Dead { error } => ("dead", None, Some(error.as_str())),
-    };
-    let r = sqlx::query(
-        "UPDATE outbox SET state = $1, due_at = COALESCE($2, due_at), last_error = COALESCE($3, last_error),
-             done_at = CASE WHEN $1 = 'done' THEN $4 ELSE done_at END, lease_owner = NULL, lease_until = NULL
-         WHERE id = $5 AND state = 'inflight' AND lease_owner = $6 AND attempts = $7",
-    )
-    .bind(state)
-    .bind(due_at)
-    .bind(error)
-    .bind(now_ms)
-    .bind(cl.id)
-    .bind(owner)
-    .bind(cl.attempt)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
 }
 
 pub(super) async fn adjust(

@@ -1,0 +1,158 @@
+//! Sync outcomes recorded in batches: every outcome queued while one batch is in flight goes in
+//! the next, one `UPDATE … FROM UNNEST(…)` for all of them, so under load a completion costs a
+//! fraction of a round trip. Each row keeps its own fence (state, owner, attempt): an outcome
+//! whose attempt lost its lease changes nothing and its caller hears `false`, as one by one.
+
+use sqlx::postgres::PgPool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{classify, retryable};
+use crate::store::{Claimed, StoreError, SyncOutcome};
+
+/// At most this many outcomes in one statement.
+const MAX_BATCH: usize = 512;
+
+/// One attempt's outcome.
+#[derive(Debug)]
+struct Completion {
+    id: i64,
+    owner: String,
+    attempt: i64,
+    state: &'static str,
+    due_at: Option<i64>,
+    error: Option<String>,
+    now_ms: i64,
+}
+
+type Queued = (Completion, oneshot::Sender<Result<bool, StoreError>>);
+
+/// The queue of outcomes and the task recording them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Completions {
+    queue: mpsc::UnboundedSender<Queued>,
+    database: String,
+}
+
+impl Completions {
+    /// Starts the recording task on the current runtime; it ends when the last clone goes.
+    pub(super) fn start(pool: PgPool, database: String) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(record_batches(pool, database.clone(), rx));
+        Self { queue, database }
+    }
+
+    /// Records an attempt's outcome if that attempt still owns the row; returns whether it did.
+    pub(super) async fn record(
+        &self,
+        c: &Claimed,
+        owner: &str,
+        outcome: &SyncOutcome,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (state, due_at, error) = match outcome {
+            SyncOutcome::Done => ("done", None, None),
+            SyncOutcome::Retry { due_at, error } => ("pending", Some(*due_at), Some(error.clone())),
+            SyncOutcome::Parked { error } => ("parked", None, Some(error.clone())),
+            SyncOutcome::Dead { error } => ("dead", None, Some(error.clone())),
+        };
+        let completion = Completion {
+            id: c.id,
+            owner: owner.to_string(),
+            attempt: c.attempt,
+            state,
+            due_at,
+            error,
+            now_ms,
+        };
+        let closed = || StoreError::Closed {
+            database: self.database.clone(),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((completion, tx)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+async fn record_batches(pool: PgPool, database: String, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                // one row once per statement: a second outcome for it waits for the next batch
+                Ok(q) if batch.iter().any(|(b, _)| b.id == q.0.id) => {
+                    carried = Some(q);
+                    break;
+                }
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        // one lock order for every instance's batches
+        batch.sort_by_key(|(c, _)| c.id);
+        let result = record_batch(&pool, &batch).await;
+        match result {
+            Ok(updated) => {
+                for (c, reply) in batch {
+                    let _ = reply.send(Ok(updated.contains(&c.id)));
+                }
+            }
+            Err(e) => {
+                let e = classify(&database, "recording sync outcomes", e);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The ids whose outcome was recorded.
+async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
+    let column = |f: fn(&Completion) -> i64| batch.iter().map(|(c, _)| f(c)).collect::<Vec<_>>();
+    let (ids, attempts, nows) = (
+        column(|c| c.id),
+        column(|c| c.attempt),
+        column(|c| c.now_ms),
+    );
+    let states: Vec<&str> = batch.iter().map(|(c, _)| c.state).collect();
+    let owners: Vec<&str> = batch.iter().map(|(c, _)| c.owner.as_str()).collect();
+    let dues: Vec<Option<i64>> = batch.iter().map(|(c, _)| c.due_at).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|(c, _)| c.error.as_deref()).collect();
+    let mut attempt = 0;
+    loop {
+        let r = sqlx::query_scalar(
+            "UPDATE outbox o SET state = v.state, due_at = COALESCE(v.due_at, o.due_at),
+                 last_error = COALESCE(v.error, o.last_error),
+                 done_at = CASE WHEN v.state = 'done' THEN v.now_ms ELSE o.done_at END,
+                 lease_owner = NULL, lease_until = NULL
+             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
+                  AS v (id, state, due_at, error, now_ms, owner, attempt)
+             WHERE o.id = v.id AND o.state = 'inflight' AND o.lease_owner = v.owner AND o.attempts = v.attempt
+             RETURNING o.id",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(&dues)
+        .bind(&errors)
+        .bind(&nows)
+        .bind(&owners)
+        .bind(&attempts)
+        .fetch_all(pool)
+        .await;
+        match r {
+            Err(e) if retryable(&e) && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
