@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts (sourced): the [wechatpay] section pointing pointsync at the
-# simulator's sandbox in $SB and at $SIM_URL.
+# Shared by the benchmark scripts (sourced).
+
+# The [wechatpay] section pointing pointsync at the simulator's sandbox in $SB and at $SIM_URL.
 wechatpay_toml() {
   python3 - "$SB/sandbox.json" "$SB" "$SIM_URL" <<'PY'
 import json,sys
@@ -13,4 +14,9 @@ trust = ["{sb}/wechat/platform_cert.pem"]
 base_url = "{url}"
 backup_url = ""''')
 PY
+}
+
+# The dispatcher and rules of the throughput benchmarks: the rate limit out of the way.
+throughput_toml() {
+  printf '%s\n' '[dispatcher]' 'qps = 5000' 'concurrency = 32' 'batch = 128' '[rules]' 'points_per_yuan = 1.0'
 }

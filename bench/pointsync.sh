@@ -28,12 +28,7 @@ public_listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 database = "$WORK/pointsync.db"
 $(wechatpay_toml)
-[dispatcher]
-qps = 5000
-concurrency = 32
-batch = 128
-[rules]
-points_per_yuan = 1.0
+$(throughput_toml)
 TOML
 
 start_service() {

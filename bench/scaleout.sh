@@ -59,12 +59,7 @@ public_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 database = "$WORK/unused.db"
 $(wechatpay_toml)
-[dispatcher]
-qps = 5000
-concurrency = 32
-batch = 128
-[rules]
-points_per_yuan = 1.0
+$(throughput_toml)
 TOML
 
 RESULTS=$WORK/results.jsonl
