@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use pointsync::domain::parking_request;
 use pointsync::rules::{Rules, StoreRule};
 use pointsync::store::{
-    Incoming, IngestContext, Ingested, LearnedAuthorization, NewParking, ParkingEnqueued, Store,
-    SyncOutcome,
+    Incoming, IngestContext, Ingested, LearnedAuthorization, Store, SyncOutcome,
 };
 use wechatpay::notify::{AuthType, Event, MallAuth, MallRefund};
+
+mod leases;
+mod mall_records;
+pub use leases::*;
+pub use mall_records::*;
 
 pub const T0: i64 = 1_700_000_000_000;
 
@@ -285,110 +288,6 @@ pub async fn business_invalid_callbacks_are_stored_as_rejected<B: Backend>() {
     assert!(st.syncs.is_empty(), "no sync for a rejected payment");
 }
 
-/// The lease of these tests: long enough that a stall of the shared machine between a claim and
-/// the check that it is still held does not expire it.
-const LEASE: i64 = 1_500;
-
-/// The wall clock the instance and the database server share on this machine: leases run on the
-/// store's clock (the database server's for a shared store), so these tests wait in real time.
-fn wall_ms() -> i64 {
-    pointsync::clock::now_ms()
-}
-
-async fn sleep_until_wall(t_ms: i64) {
-    let wait = t_ms - wall_ms();
-    if wait > 0 {
-        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-    }
-}
-
-pub async fn leases_fence_completions_and_expire<B: Backend>() {
-    let Some((_d, s)) = B::fresh().await else {
-        return;
-    };
-    let rules = trusting();
-    s.ingest(&payment("T1", "o1", 10_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap();
-    let a = s.claim("A", wall_ms(), LEASE, 10).await.unwrap().remove(0);
-    let claimed = wall_ms();
-    assert!(
-        s.claim("B", wall_ms(), LEASE, 10).await.unwrap().is_empty(),
-        "leased rows are not claimed twice"
-    );
-    assert_eq!(
-        s.rescue(wall_ms()).await.unwrap(),
-        0,
-        "a live lease is kept"
-    );
-    // A's lease expires; the rescuer returns the row; B claims attempt 2
-    sleep_until_wall(claimed + LEASE + 100).await;
-    assert_eq!(s.rescue(wall_ms()).await.unwrap(), 1);
-    let t = wall_ms();
-    let b = s.claim("B", t, LEASE, 10).await.unwrap().remove(0);
-    assert_eq!(
-        (b.attempt, b.payload == a.payload),
-        (2, true),
-        "the resend is byte-identical"
-    );
-    // A's late completion changes nothing (I7); B's counts
-    assert!(
-        !s.complete(&a, "A", &SyncOutcome::Done, t + 100)
-            .await
-            .unwrap()
-    );
-    assert!(
-        s.complete(
-            &b,
-            "B",
-            &SyncOutcome::Retry {
-                due_at: t + 5_000,
-                error: "429".into()
-            },
-            t + 100
-        )
-        .await
-        .unwrap()
-    );
-    // due times are the instance's: no waiting
-    assert!(
-        s.claim("B", t + 4_999, LEASE, 10).await.unwrap().is_empty(),
-        "not due yet"
-    );
-    let c = s.claim("B", t + 5_000, LEASE, 10).await.unwrap().remove(0);
-    assert!(
-        s.complete(
-            &c,
-            "B",
-            &SyncOutcome::Parked {
-                error: "400 PARAM_ERROR".into()
-            },
-            t + 5_100
-        )
-        .await
-        .unwrap()
-    );
-    let st = s.status().await.unwrap();
-    assert_eq!(
-        (st.syncs.get("parked"), st.parked[0].error.as_str()),
-        (Some(&1), "400 PARAM_ERROR")
-    );
-    assert_eq!(s.retry_parked(&[], t + 6_000).await.unwrap(), 1);
-    let d = s.claim("C", t + 6_000, LEASE, 10).await.unwrap().remove(0);
-    assert!(
-        s.complete(&d, "C", &SyncOutcome::Done, t + 6_100)
-            .await
-            .unwrap()
-    );
-    assert_eq!(s.status().await.unwrap().syncs.get("done"), Some(&1));
-    // release returns an owner's in-flight rows
-    s.ingest(&payment("T2", "o1", 10_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap();
-    s.claim("D", t + 7_000, 60_000, 10).await.unwrap();
-    assert_eq!(s.release("D").await.unwrap(), 1);
-}
-
 pub async fn unauthorized_members_are_not_credited_and_daily_caps_hold<B: Backend>() {
     let Some((_d, s)) = B::fresh().await else {
         return;
@@ -559,49 +458,6 @@ pub async fn adjustments_are_idempotent_and_refunds_respect_allow_negative_balan
     }
 }
 
-pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() {
-    let Some((_d, s)) = B::fresh().await else {
-        return;
-    };
-    let rules = trusting();
-    s.ingest(&payment("T1", "o1", 1_000, "S1"), &ctx(&rules))
-        .await
-        .unwrap();
-    let t = wall_ms();
-    let a = s.claim("A", t, LEASE, 10).await.unwrap().remove(0);
-    // A's request is still in flight two thirds into its lease: it renews for another lease
-    sleep_until_wall(t + LEASE * 2 / 3).await;
-    assert!(s.renew(&a, "A", wall_ms(), LEASE).await.unwrap());
-    let renewed = wall_ms();
-    sleep_until_wall(t + LEASE + 200).await;
-    assert_eq!(
-        s.rescue(wall_ms()).await.unwrap(),
-        0,
-        "a renewed lease is kept past the first one's end"
-    );
-    sleep_until_wall(renewed + LEASE + 100).await;
-    assert_eq!(s.rescue(wall_ms()).await.unwrap(), 1, "…until it expires");
-    // B takes over; A's late renewal and completion are both fenced out
-    let b = s.claim("B", wall_ms(), LEASE, 10).await.unwrap().remove(0);
-    assert_eq!(b.attempt, 2);
-    assert!(!s.renew(&a, "A", wall_ms(), LEASE).await.unwrap());
-    assert!(
-        !s.complete(&a, "A", &SyncOutcome::Done, wall_ms())
-            .await
-            .unwrap()
-    );
-    assert!(s.renew(&b, "B", wall_ms(), LEASE).await.unwrap());
-    assert!(
-        s.complete(&b, "B", &SyncOutcome::Done, wall_ms())
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.renew(&b, "B", wall_ms(), LEASE).await.unwrap(),
-        "a done row is not renewed"
-    );
-}
-
 fn manual(p: &Incoming, tag: &str) -> Incoming {
     let Event::MallTransaction(mut t) = p.event.clone() else {
         unreachable!("a payment")
@@ -757,96 +613,4 @@ pub async fn authorizations_learned_by_query_are_kept_with_their_source_and_stal
         Ingested::Payment { points: 0 }
     );
     assert!(s.member_summary("nobody", T0).await.unwrap().is_none());
-}
-
-fn parking(key: &str, state: &str) -> NewParking {
-    NewParking {
-        idempotency_key: key.into(),
-        openid: "o1".into(),
-        plate_number: "粤B888888".into(),
-        state: state.into(),
-        time: "2026-12-01T10:43:39+08:00".into(),
-        appid: "wx1".into(),
-        brandid: 1000,
-        sub_mchid: None,
-    }
-}
-
-pub async fn parkings_are_stored_once_per_key_and_relayed_through_the_outbox<B: Backend>() {
-    let Some((_keep, s)) = B::fresh().await else {
-        return;
-    };
-    let p = parking("k1", "IN");
-    let req = parking_request(&p, T0).unwrap();
-    assert_eq!(
-        s.enqueue_parking(&p, &req).await.unwrap(),
-        ParkingEnqueued::Created(1)
-    );
-    assert_eq!(
-        s.enqueue_parking(&p, &req).await.unwrap(),
-        ParkingEnqueued::Existing(1)
-    );
-    let out = parking("k1", "OUT");
-    let req_out = parking_request(&out, T0).unwrap();
-    assert_eq!(
-        s.enqueue_parking(&out, &req_out).await.unwrap(),
-        ParkingEnqueued::Conflict(1)
-    );
-    let claimed = s.claim("w", T0, 1_000, 10).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(
-        (
-            claimed[0].transaction_id.as_str(),
-            claimed[0].path.as_str(),
-            claimed[0].payload.as_str()
-        ),
-        (
-            "parking:1",
-            "/v3/businesscircle/parkings",
-            req.body.as_str()
-        )
-    );
-    let v = s.parking(1).await.unwrap().unwrap();
-    assert_eq!(
-        (v.relay.as_str(), v.attempts, v.state.as_str()),
-        ("inflight", 1, "IN")
-    );
-    assert!(
-        s.complete(&claimed[0], "w", &SyncOutcome::Done, T0 + 7)
-            .await
-            .unwrap()
-    );
-    let v = s.parking(1).await.unwrap().unwrap();
-    assert_eq!((v.relay.as_str(), v.relayed_at), ("done", Some(T0 + 7)));
-    assert!(s.parking(2).await.unwrap().is_none());
-}
-
-pub async fn the_ledger_pages_newest_first<B: Backend>() {
-    let Some((_keep, s)) = B::fresh().await else {
-        return;
-    };
-    let rules = trusting();
-    for i in 1..=5 {
-        s.ingest(
-            &payment(&format!("T{i}"), "o1", i * 1_000, "S1"),
-            &ctx(&rules),
-        )
-        .await
-        .unwrap();
-    }
-    let first = s.ledger_page("o1", None, 2).await.unwrap();
-    assert_eq!(
-        first
-            .iter()
-            .map(|e| e.reference.as_str())
-            .collect::<Vec<_>>(),
-        ["T5", "T4"]
-    );
-    let next = s.ledger_page("o1", Some(first[1].id), 10).await.unwrap();
-    assert_eq!(
-        next.iter().map(|e| e.points).collect::<Vec<_>>(),
-        [30, 20, 10]
-    );
-    assert_eq!(next[0].rule["reason"], "credited");
-    assert!(s.ledger_page("o2", None, 10).await.unwrap().is_empty());
 }
