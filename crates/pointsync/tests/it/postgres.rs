@@ -263,3 +263,47 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
         (Some(&30), Some(&10))
     );
 }
+
+/// A callback takes its member's lock with BEGIN, the openid written into the statement as an
+/// escaped constant: the key is the same one a bound parameter gives (a holder of that lock holds
+/// the callback back), and quotes or backslashes in an openid are data, never SQL.
+#[tokio::test]
+async fn the_member_lock_taken_with_begin_is_the_bound_key_whatever_the_openid_holds() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let openid = r"o'; DROP TABLE members; --\'\\x";
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("member:{openid}"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let s2 = s.clone();
+    let ingest = tokio::spawn(async move {
+        let rules = trusting();
+        s2.ingest(&payment("T1", openid, 10_000, "S1"), &ctx(&rules))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !ingest.is_finished(),
+        "the callback waits for its member's lock"
+    );
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    ingest.await.unwrap().unwrap();
+    let m = s
+        .member(openid)
+        .await
+        .unwrap()
+        .expect("the member, openid as sent");
+    assert_eq!(m.balance, 100);
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(tables, 1);
+}

@@ -459,11 +459,36 @@ fn event_member(n: &Incoming) -> Option<&str> {
     }
 }
 
-pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>) -> R<Ingested> {
-    let mut tx = pool.begin().await?;
-    if let Some(openid) = event_member(n) {
-        lock_member(&mut tx, openid).await?;
+/// `s` as an escaped string constant (`E'…'`: backslashes and quotes escaped, whatever
+/// `standard_conforming_strings` says), or `None` for text PostgreSQL cannot hold (a NUL).
+fn literal(s: &str) -> Option<String> {
+    if s.contains('\0') {
+        return None;
     }
+    Some(format!(
+        "E'{}'",
+        s.replace('\\', "\\\\").replace('\'', "\\'")
+    ))
+}
+
+pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>) -> R<Ingested> {
+    let key = event_member(n).map(|openid| format!("member:{openid}"));
+    // the member's lock taken with BEGIN, in one round trip
+    let mut tx = match key.as_deref().and_then(literal) {
+        Some(key) => {
+            pool.begin_with(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
+            ))
+            .await?
+        }
+        None => {
+            let mut tx = pool.begin().await?;
+            if let Some(openid) = event_member(n) {
+                lock_member(&mut tx, openid).await?;
+            }
+            tx
+        }
+    };
     let snap = snapshot(&mut tx, &domain::reads(n, ctx.now_ms)).await?;
     let plan = domain::ingest(n, &snap, ctx);
     let outcome = apply(&mut tx, &plan, ctx.now_ms).await?;
