@@ -12,6 +12,8 @@ import sys
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 admin, status_file, parked_id, openid, shots = sys.argv[1:6]
 status = json.load(open(status_file))
@@ -65,7 +67,10 @@ try:
     driver.find_element(By.ID, "adjust-points").send_keys("-5")
     driver.find_element(By.ID, "adjust-reference").send_keys("DESK-BROWSER-1")
     driver.find_element(By.ID, "adjust-reason").send_keys("redeemed at the desk")
+    shown = driver.find_element(By.ID, "balance")
     driver.find_element(By.ID, "adjust-go").click()
+    # the form posts and the member page loads again: read the new page's balance, not the old one
+    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(shown))
     after = int(driver.find_element(By.ID, "balance").text)
     check(after == before - 5, f"the adjustment applies ({before} → {after})")
     check("DESK-BROWSER-1" in driver.find_element(By.ID, "ledger").text, "the ledger shows it")
