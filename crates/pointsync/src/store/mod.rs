@@ -64,6 +64,19 @@ pub enum SyncOutcome {
     },
 }
 
+impl SyncOutcome {
+    /// The outbox row's new `state`, `due_at` (when it changes) and `last_error` (when there is
+    /// one): what every backend writes.
+    pub fn columns(&self) -> (&'static str, Option<i64>, Option<&str>) {
+        match self {
+            Self::Done => ("done", None, None),
+            Self::Retry { due_at, error } => ("pending", Some(*due_at), Some(error)),
+            Self::Parked { error } => ("parked", None, Some(error)),
+            Self::Dead { error } => ("dead", None, Some(error)),
+        }
+    }
+}
+
 /// A parked or dead sync.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParkedSync {

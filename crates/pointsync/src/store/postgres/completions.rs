@@ -49,19 +49,14 @@ impl Completions {
         outcome: &SyncOutcome,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (state, due_at, error) = match outcome {
-            SyncOutcome::Done => ("done", None, None),
-            SyncOutcome::Retry { due_at, error } => ("pending", Some(*due_at), Some(error.clone())),
-            SyncOutcome::Parked { error } => ("parked", None, Some(error.clone())),
-            SyncOutcome::Dead { error } => ("dead", None, Some(error.clone())),
-        };
+        let (state, due_at, error) = outcome.columns();
         let completion = Completion {
             id: c.id,
             owner: owner.to_string(),
             attempt: c.attempt,
             state,
             due_at,
-            error,
+            error: error.map(str::to_string),
             now_ms,
         };
         let closed = || StoreError::Closed {

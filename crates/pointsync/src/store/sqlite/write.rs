@@ -293,12 +293,7 @@ pub(super) fn complete(
     outcome: &SyncOutcome,
     now_ms: i64,
 ) -> rusqlite::Result<bool> {
-    let (state, due_at, error) = match outcome {
-        SyncOutcome::Done => ("done", None, None),
-        SyncOutcome::Retry { due_at, error } => ("pending", Some(*due_at), Some(error.as_str())),
-        SyncOutcome::Parked { error } => ("parked", None, Some(error.as_str())),
-        SyncOutcome::Dead { error } => ("dead", None, Some(error.as_str())),
-    };
+    let (state, due_at, error) = outcome.columns();
     let n = exec(c,
         "UPDATE outbox SET state = ?1, due_at = COALESCE(?2, due_at), last_error = COALESCE(?3, last_error),
              done_at = CASE WHEN ?1 = 'done' THEN ?4 ELSE done_at END, lease_owner = NULL, lease_until = NULL
