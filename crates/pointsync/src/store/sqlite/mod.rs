@@ -84,13 +84,12 @@ const STORING_A_CALLBACK: &str = "storing a callback";
 
 /// Jobs that only keep the outbox's leases: their loss in a power cut re-sends a stored sync, so
 /// their groups commit without an fsync of their own (see the module's header).
-const LEASE_BOOKKEEPING: [&str; 5] = [
-    "claiming syncs",
-    "recording a sync outcome",
-    "renewing a lease",
-    "releasing leases",
-    "rescuing leases",
-];
+const LEASE_BOOKKEEPING: [&str; 5] = [CLAIMING, COMPLETING, RENEWING, RELEASING, RESCUING];
+const CLAIMING: &str = "claiming syncs";
+const COMPLETING: &str = "recording a sync outcome";
+const RENEWING: &str = "renewing a lease";
+const RELEASING: &str = "releasing leases";
+const RESCUING: &str = "rescuing leases";
 
 /// Jobs written in one group at most.
 const MAX_GROUP: usize = 512;
@@ -436,7 +435,7 @@ impl Store for SqliteStore {
         let owner = owner.to_string();
         self.submit(
             move |c| write::claim(c, &owner, now_ms, lease_ms, limit),
-            "claiming syncs",
+            CLAIMING,
         )
         .await
     }
@@ -451,7 +450,7 @@ impl Store for SqliteStore {
         let (cl, owner, outcome) = (cl.clone(), owner.to_string(), outcome.clone());
         self.submit(
             move |c| write::complete(c, &cl, &owner, &outcome, now_ms),
-            "recording a sync outcome",
+            COMPLETING,
         )
         .await
     }
@@ -467,19 +466,19 @@ impl Store for SqliteStore {
         // one machine, one writer: the instance's clock is the store's
         self.submit(
             move |c| write::renew(c, &cl, &owner, now_ms + lease_ms),
-            "renewing a lease",
+            RENEWING,
         )
         .await
     }
 
     async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let owner = owner.to_string();
-        self.submit(move |c| write::release(c, &owner), "releasing leases")
+        self.submit(move |c| write::release(c, &owner), RELEASING)
             .await
     }
 
     async fn rescue(&self, now_ms: i64) -> Result<u64, StoreError> {
-        self.submit(move |c| write::rescue(c, now_ms), "rescuing leases")
+        self.submit(move |c| write::rescue(c, now_ms), RESCUING)
             .await
     }
 
