@@ -20,3 +20,14 @@ PY
 throughput_toml() {
   printf '%s\n' '[dispatcher]' 'qps = 5000' 'concurrency = 32' 'batch = 128' '[rules]' 'points_per_yuan = 1.0'
 }
+
+# RSA-2048 signs and verifies per second on one core into $sign_s and $verify_s: the best of three
+# 2-second `openssl speed` runs, the conservative figure on a noisy shared machine.
+crypto_speed() {
+  sign_s=0; verify_s=0
+  for _ in 1 2 3; do
+    speed=$(openssl speed -seconds 2 rsa2048 2>/dev/null | grep -E '^rsa 2048 bits')
+    sign_s=$(python3 -c "print(max($sign_s, $(echo "$speed" | awk '{print $(NF-1)}')))")
+    verify_s=$(python3 -c "print(max($verify_s, $(echo "$speed" | awk '{print $NF}')))")
+  done
+}

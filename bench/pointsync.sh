@@ -93,12 +93,7 @@ PY
 }
 
 # best of three 2-second runs: the conservative floor on a noisy shared machine
-sign_s=0; verify_s=0
-for _ in 1 2 3; do
-  speed=$(openssl speed -seconds 2 rsa2048 2>/dev/null | grep -E '^rsa 2048 bits')
-  sign_s=$(python3 -c "print(max($sign_s, $(echo "$speed" | awk '{print $(NF-1)}')))")
-  verify_s=$(python3 -c "print(max($verify_s, $(echo "$speed" | awk '{print $NF}')))")
-done
+crypto_speed
 FLOOR=$(python3 -c "print(1e6/$sign_s + 2e6/$verify_s)")
 SIGN_US=$(python3 -c "print(1e6/$sign_s)"); VERIFY_US=$(python3 -c "print(1e6/$verify_s)")
 echo "crypto floor per transaction (1 sign + 2 verifies, openssl speed rsa2048): $(printf %.0f "$FLOOR") µs"

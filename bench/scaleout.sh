@@ -40,12 +40,7 @@ pg_ticks() {
 }
 
 # the crypto floor and ceiling: best of three 2-second openssl runs
-sign_s=0; verify_s=0
-for _ in 1 2 3; do
-  speed=$(openssl speed -seconds 2 rsa2048 2>/dev/null | grep -E '^rsa 2048 bits')
-  sign_s=$(python3 -c "print(max($sign_s, $(echo "$speed" | awk '{print $(NF-1)}')))")
-  verify_s=$(python3 -c "print(max($verify_s, $(echo "$speed" | awk '{print $NF}')))")
-done
+crypto_speed
 CORES=$(nproc)
 FLOOR=$(python3 -c "print(1e6/$sign_s + 2e6/$verify_s)")
 CEILING=$(python3 -c "print($CORES*1e6/(3e6/$sign_s + 3e6/$verify_s))")
