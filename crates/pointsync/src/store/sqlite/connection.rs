@@ -117,6 +117,20 @@ pub(super) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
     Ok(c)
 }
 
+/// The writer's connection. Each job of a group runs in its own savepoint, whose statement
+/// journal SQLite keeps in a temporary file by default: in memory it costs no write calls. The
+/// page cache holds the index pages every callback touches, so they are not read back through
+/// the kernel on every group.
+pub(super) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let c = open_connection(path, busy_timeout, false)?;
+    let named = |e| classify(e, path, "opening");
+    c.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(named)?;
+    c.pragma_update(None, "cache_size", -16_000)
+        .map_err(named)?;
+    Ok(c)
+}
+
 pub(super) fn migrate_connection(
     c: &mut Connection,
     path: &Path,

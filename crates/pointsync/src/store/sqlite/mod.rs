@@ -335,7 +335,7 @@ impl Store for SqliteStore {
         let p2 = path.clone();
         let busy_timeout = opts.busy_timeout;
         let (writer, readers) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let mut w = open_connection(&p2, busy_timeout, false)?;
+            let mut w = connection::open_writer(&p2, busy_timeout)?;
             migrate_connection(&mut w, &p2)?;
             let readers = (0..READERS)
                 .map(|_| open_reader(&p2, busy_timeout))
