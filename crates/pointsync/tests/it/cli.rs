@@ -284,7 +284,7 @@ async fn operator_commands_read_the_live_database() {
     assert_eq!(view.balance, 50);
     let o = pointsync(&["migrate", "--config", &config], &[]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("schema up to date (5 mall api)"),
+        String::from_utf8_lossy(&o.stdout).contains("schema up to date (6 daily cap index)"),
         "{}",
         stderr(&o)
     );
@@ -296,7 +296,7 @@ async fn operator_commands_read_the_live_database() {
     );
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(
-            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health\napplied: 5 mall api\nschema now at version 5 mall api"
+            "applied: 1 init\napplied: 2 adjustments\napplied: 3 outbox requests\napplied: 4 health\napplied: 5 mall api\napplied: 6 daily cap index\nschema now at version 6 daily cap index"
         ),
         "{}",
         stderr(&o)

@@ -160,7 +160,7 @@ async fn a_version_1_database_upgrades_in_place_keeping_its_ledger() {
     let v: i64 = c
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
 }
 
 #[tokio::test]

@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "mall api",
         include_str!("../../../migrations/sqlite/0005_mall_api.sql"),
     ),
+    (
+        6,
+        "daily cap index",
+        include_str!("../../../migrations/sqlite/0006_daily_cap_index.sql"),
+    ),
 ];
 
 /// The schema version the embedded migrations reach.

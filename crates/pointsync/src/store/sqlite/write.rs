@@ -13,6 +13,11 @@ use crate::store::{
     ParkingEnqueued, SyncOutcome,
 };
 
+/// What a member was credited on a day, for the daily cap: answered from the covering index
+/// `ledger_member_day` alone (migration 6), not from one table row per credit.
+const CREDITED_ON_DAY: &str =
+    "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'";
+
 /// `Connection::execute` through the statement cache: hot statements are parsed once.
 pub(super) fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(p)
@@ -101,12 +106,7 @@ fn snapshot(c: &Connection, r: &Reads) -> rusqlite::Result<Snapshot> {
         .or_else(|| snap.payment.as_ref().map(|p| p.openid.clone()));
     if let Some(openid) = openid {
         snap.member = member_snapshot(c, &openid)?;
-        snap.credited_today = one(
-            c,
-            "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'",
-            params![openid, r.day],
-            |x| x.get(0),
-        )?;
+        snap.credited_today = one(c, CREDITED_ON_DAY, params![openid, r.day], |x| x.get(0))?;
     }
     Ok(snap)
 }
@@ -431,4 +431,31 @@ pub(super) fn enqueue_parking(
     )?;
     insert_outbox(c, request, &domain::parking_sync_key(id))?;
     Ok(ParkingEnqueued::Created(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::CREDITED_ON_DAY;
+    use crate::store::sqlite::connection::{migrate_connection, open_writer};
+
+    /// The plan SQLite chooses for `sql` on a migrated database file, one line per step.
+    fn plan(sql: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut c = open_writer(&path, Duration::from_secs(1)).unwrap();
+        migrate_connection(&mut c, &path).unwrap();
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st
+            .query_map(["o1", "20261204"], |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_daily_cap_sum_reads_the_covering_index_alone() {
+        let p = plan(CREDITED_ON_DAY);
+        assert!(p.contains("USING COVERING INDEX ledger_member_day"), "{p}");
+    }
 }
