@@ -9,6 +9,7 @@
 # Usage: bash bench/scaleout.sh [MAX_PAYMENTS] [RATE_PAYMENTS] [SETUPS]
 #   defaults 10000, 4000 and "sqlite:1 postgres:1 postgres:2 postgres:3"
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
+# PS_BIN: the pointsync binary to measure (default the release build), to compare two builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -17,7 +18,7 @@ RATE_COUNT=${2:-4000}
 SETUPS=${3:-sqlite:1 postgres:1 postgres:2 postgres:3}
 PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo build --release -q -p pointsync -p wechatpay-sim
-PS_BIN=./target/release/pointsync
+PS_BIN=${PS_BIN:-./target/release/pointsync}
 SIM_BIN=./target/release/wechatpay-sim
 WORK=$(mktemp -d); SB=$WORK/sandbox
 "$SIM_BIN" init "$SB" >/dev/null
@@ -131,16 +132,19 @@ print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)])")
       lat=$(psql -qAt "$db" -F ' ' -c "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY done_at-created_at), percentile_disc(0.99) WITHIN GROUP (ORDER BY done_at-created_at) FROM outbox WHERE state='done' AND created_at >= $since")
     fi
     ack=$(curl -s "$SIM_URL/sim/ack-latency")
-    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" >> "$RESULTS" <<'PY'
+    local counters; counters=$(curl -s "$SIM_URL/sim/counters")
+    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" >> "$RESULTS" <<'PY'
 import json,sys
 a=sys.argv[1:]
+k=json.loads(a[12])
 tick=1e6/100 # µs per clock tick
 count,wall=int(a[3]),float(a[4])
 svc,sim,pg=(int(x)*tick/count for x in a[5:8])
 lat=a[8].split(); ack=json.loads(a[9]); floor,ceiling=float(a[10]),float(a[11])
 print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,"tps":count/wall,
   "of_ceiling":count/wall/ceiling,"ack_p50":ack["p50_ms"],"ack_p99":ack["p99_ms"],
-  "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg}))
+  "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg,
+  "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1)}))
 PY
     tail -1 "$RESULTS" | python3 -c "
 import json,sys
