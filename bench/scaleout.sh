@@ -150,7 +150,7 @@ PY
 import json,sys
 r=json.load(sys.stdin)
 pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's)\" if r['store']=='postgres' else ''
-print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor; simulator {r['sim_us']:.0f} µs/tx{pg}\")"
+print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor; simulator {r['sim_us']:.0f} µs/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback{pg}\")"
   done
   kill "${svc[@]}" "$sim" 2>/dev/null || true
   wait "${svc[@]}" "$sim" 2>/dev/null || true
