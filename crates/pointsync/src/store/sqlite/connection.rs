@@ -105,6 +105,10 @@ pub(super) fn open_connection(
     Ok(c)
 }
 
+/// The page cache of each serving connection (reader or writer), in KiB (SQLite's negative
+/// `cache_size`): the index pages the hot paths touch stay in it.
+const PAGE_CACHE_KIB: i64 = 16_000;
+
 /// A read connection for serving: memory-mapped (reads copy no pages through the kernel) with a
 /// larger page cache.
 pub(super) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
@@ -112,21 +116,21 @@ pub(super) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
     let named = |e| classify(e, path, "opening");
     c.pragma_update(None, "mmap_size", 1i64 << 30)
         .map_err(named)?;
-    c.pragma_update(None, "cache_size", -16_000)
+    c.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(named)?;
     Ok(c)
 }
 
 /// The writer's connection. Each job of a group runs in its own savepoint, whose statement
-/// journal SQLite keeps in a temporary file by default: in memory it costs no write calls. The
-/// page cache holds the index pages every callback touches, so they are not read back through
-/// the kernel on every group.
+/// journal SQLite keeps in a temporary file by default: in memory it costs no write calls. With
+/// the larger page cache the index pages every callback touches are not read back through the
+/// kernel on every group.
 pub(super) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let c = open_connection(path, busy_timeout, false)?;
     let named = |e| classify(e, path, "opening");
     c.pragma_update(None, "temp_store", "MEMORY")
         .map_err(named)?;
-    c.pragma_update(None, "cache_size", -16_000)
+    c.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(named)?;
     Ok(c)
 }
@@ -174,4 +178,25 @@ pub(super) fn open_existing(path: &Path, read_only: bool) -> Result<Connection, 
         });
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{PAGE_CACHE_KIB, open_writer};
+
+    #[test]
+    fn the_writer_journals_savepoints_in_memory_with_the_serving_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_writer(&dir.path().join("w.db"), Duration::from_secs(1)).unwrap();
+        let temp_store: i64 = c
+            .pragma_query_value(None, "temp_store", |r| r.get(0))
+            .unwrap();
+        let cache: i64 = c
+            .pragma_query_value(None, "cache_size", |r| r.get(0))
+            .unwrap();
+        // temp_store 2 is MEMORY (0 would be the compile-time default: a temporary file)
+        assert_eq!((temp_store, cache), (2, -PAGE_CACHE_KIB));
+    }
 }
