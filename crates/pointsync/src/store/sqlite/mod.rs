@@ -629,3 +629,37 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+/// The plans SQLite chooses for the daily cap's sums: both read the covering index of migration 6
+/// alone, not one table row per credit.
+#[cfg(test)]
+mod query_plans {
+    use std::time::Duration;
+
+    use super::connection::{migrate_connection, open_writer};
+
+    /// The plan of `sql` (parameters: an openid, a day) on a migrated database file.
+    fn plan(sql: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut c = open_writer(&path, Duration::from_secs(1)).unwrap();
+        migrate_connection(&mut c, &path).unwrap();
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = st
+            .query_map(rusqlite::params!["o1", 20261204], |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_payments_daily_cap_sum_reads_the_covering_index_alone() {
+        let p = plan(super::write::CREDITED_ON_DAY);
+        assert!(p.contains("USING COVERING INDEX ledger_member_day"), "{p}");
+    }
+
+    #[test]
+    fn the_member_summarys_credited_today_reads_the_covering_index_alone() {
+        let p = plan(super::read::MEMBER_SUMMARY);
+        assert!(p.contains("USING COVERING INDEX ledger_member_day"), "{p}");
+    }
+}

@@ -192,12 +192,20 @@ pub(super) fn activity(c: &Connection, since_ms: i64) -> rusqlite::Result<Vec<Mi
     Ok(by_minute.into_values().collect())
 }
 
+/// A member's summary in one statement (one read lock, one pass): `?1` the openid, `?2` the day
+/// whose credits count toward the daily cap.
+pub(super) const MEMBER_SUMMARY: &str =
+    "SELECT m.balance, m.authorized, m.auth_state, m.auth_source, m.auth_learned_at,
+            (SELECT COALESCE(SUM(points), 0) FROM ledger l WHERE l.openid = m.openid AND l.day = ?2 AND l.kind = 'credit'),
+            (SELECT COUNT(*) FROM payments p WHERE p.openid = m.openid AND p.not_credited = 1),
+            (SELECT appid FROM payments p WHERE p.openid = m.openid ORDER BY p.created_at DESC LIMIT 1)
+     FROM members m WHERE m.openid = ?1";
+
 pub(super) fn member_summary(
     c: &Connection,
     openid: &str,
     day: i64,
 ) -> rusqlite::Result<Option<MemberSummary>> {
-    // one statement: one read lock, one pass
     type Row = (
         i64,
         Option<i64>,
@@ -208,27 +216,18 @@ pub(super) fn member_summary(
         i64,
         Option<String>,
     );
-    let m: Option<Row> = one(
-        c,
-        "SELECT m.balance, m.authorized, m.auth_state, m.auth_source, m.auth_learned_at,
-                (SELECT COALESCE(SUM(points), 0) FROM ledger l WHERE l.openid = m.openid AND l.day = ?2 AND l.kind = 'credit'),
-                (SELECT COUNT(*) FROM payments p WHERE p.openid = m.openid AND p.not_credited = 1),
-                (SELECT appid FROM payments p WHERE p.openid = m.openid ORDER BY p.created_at DESC LIMIT 1)
-         FROM members m WHERE m.openid = ?1",
-        params![openid, day],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        },
-    )
+    let m: Option<Row> = one(c, MEMBER_SUMMARY, params![openid, day], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ))
+    })
     .optional()?;
     let Some((
         balance,

@@ -15,7 +15,7 @@ use crate::store::{
 
 /// What a member was credited on a day, for the daily cap: answered from the covering index
 /// `ledger_member_day` alone (migration 6), not from one table row per credit.
-const CREDITED_ON_DAY: &str =
+pub(super) const CREDITED_ON_DAY: &str =
     "SELECT COALESCE(SUM(points), 0) FROM ledger WHERE openid = ? AND day = ? AND kind = 'credit'";
 
 /// `Connection::execute` through the statement cache: hot statements are parsed once.
@@ -431,31 +431,4 @@ pub(super) fn enqueue_parking(
     )?;
     insert_outbox(c, request, &domain::parking_sync_key(id))?;
     Ok(ParkingEnqueued::Created(id))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::CREDITED_ON_DAY;
-    use crate::store::sqlite::connection::{migrate_connection, open_writer};
-
-    /// The plan SQLite chooses for `sql` on a migrated database file, one line per step.
-    fn plan(sql: &str) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        let mut c = open_writer(&path, Duration::from_secs(1)).unwrap();
-        migrate_connection(&mut c, &path).unwrap();
-        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let rows = st
-            .query_map(["o1", "20261204"], |r| r.get::<_, String>(3))
-            .unwrap();
-        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
-    }
-
-    #[test]
-    fn the_daily_cap_sum_reads_the_covering_index_alone() {
-        let p = plan(CREDITED_ON_DAY);
-        assert!(p.contains("USING COVERING INDEX ledger_member_day"), "{p}");
-    }
 }
