@@ -5,7 +5,8 @@
 # callback→sync latency, CPU per transaction at a moderate rate) and a phase as fast as the
 # simulator can push (transactions/s beside the machine's crypto ceiling). CPU per transaction is
 # read from /proc for every process: the service (all instances), the simulator, PostgreSQL (its
-# live processes plus what its postmaster reaped). Ends with the scale-out model on paper.
+# live processes plus what its postmaster reaped) — and, on SQLite, the service's writer thread
+# alone (CPU and write calls). Ends with the scale-out model on paper.
 # Usage: bash bench/scaleout.sh [MAX_PAYMENTS] [RATE_PAYMENTS] [SETUPS]
 #   defaults 10000, 4000 and "sqlite:1 postgres:1 postgres:2 postgres:3"
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
@@ -32,6 +33,16 @@ cleanup() {
 trap cleanup EXIT
 port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# SQLite's writer thread of process $1 ("pointsync-writer", which the kernel cuts to 15 characters):
+# its CPU ticks and its write calls
+writer_stats() {
+  local t
+  for t in /proc/$1/task/*; do
+    [ "$(cat "$t/comm")" = pointsync-write ] || continue
+    echo "$(awk '{print $14+$15}' "$t/stat") $(awk '/^syscw/ {print $2}' "$t/io")"; return
+  done
+  echo "0 0"
+}
 # PostgreSQL's CPU so far: its live processes, plus the children its postmaster reaped
 pg_ticks() {
   local pm; pm=$(ps -C postgres -o pid=,ppid= | awk '$2==1 {print $1}' | head -1)
@@ -95,6 +106,7 @@ run_setup() { # STORE INSTANCES
     local c0=0 s0 p0 t0 since
     for p in "${svc[@]}"; do c0=$((c0 + $(ticks "$p"))); done
     s0=$(ticks "$sim"); p0=$(pg_ticks); t0=$(date +%s.%N); since=$(($(date +%s%N)/1000000))
+    local w0; w0=$(writer_stats "${svc[0]}")
     local before=0
     for a in "${adm[@]}"; do
       before=$(python3 -c "print($before + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'))")
@@ -122,6 +134,7 @@ PY
     wall=$(python3 -c "import time;print(time.time()-$t0)")
     for p in "${svc[@]}"; do c1=$((c1 + $(ticks "$p"))); done
     s1=$(ticks "$sim"); p1=$(pg_ticks)
+    local w1; w1=$(writer_stats "${svc[0]}")
     if [ "$store" = sqlite ]; then
       lat=$(python3 -c "
 import sqlite3,sys
@@ -133,10 +146,11 @@ print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)])")
     fi
     ack=$(curl -s "$SIM_URL/sim/ack-latency")
     local counters; counters=$(curl -s "$SIM_URL/sim/counters")
-    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" >> "$RESULTS" <<'PY'
+    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" >> "$RESULTS" <<'PY'
 import json,sys
 a=sys.argv[1:]
 k=json.loads(a[12])
+(wt0,ww0),(wt1,ww1)=(map(int,x.split()) for x in a[13:15])
 tick=1e6/100 # µs per clock tick
 count,wall=int(a[3]),float(a[4])
 svc,sim,pg=(int(x)*tick/count for x in a[5:8])
@@ -144,12 +158,13 @@ lat=a[8].split(); ack=json.loads(a[9]); floor,ceiling=float(a[10]),float(a[11])
 print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,"tps":count/wall,
   "of_ceiling":count/wall/ceiling,"ack_p50":ack["p50_ms"],"ack_p99":ack["p99_ms"],
   "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg,
-  "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1)}))
+  "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1),
+  "writer_us":(wt1-wt0)*tick/count,"writer_writes":(ww1-ww0)/count}))
 PY
     tail -1 "$RESULTS" | python3 -c "
 import json,sys
 r=json.load(sys.stdin)
-pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's)\" if r['store']=='postgres' else ''
+pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's)\" if r['store']=='postgres' else f\"; its SQLite writer thread {r['writer_us']:.0f} µs/tx, {r['writer_writes']:.1f} write calls/tx\"
 print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor; simulator {r['sim_us']:.0f} µs/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback{pg}\")"
   done
   kill "${svc[@]}" "$sim" 2>/dev/null || true
