@@ -214,6 +214,10 @@ pub struct DispatcherConfig {
     pub poll_ms: u64,
     /// How often expired leases are rescued.
     pub rescue_every_ms: u64,
+    /// A payment's sync is leased in the callback's own transaction and sent at once when the
+    /// dispatcher has room (a free in-flight slot, at most half of them this way, and a rate
+    /// token): no separate claim. `false`: every sync waits for the dispatcher's claim.
+    pub lease_on_receipt: bool,
 }
 
 impl Default for DispatcherConfig {
@@ -228,6 +232,7 @@ impl Default for DispatcherConfig {
             max_age_hours: 24 * 29,
             poll_ms: 200,
             rescue_every_ms: 5_000,
+            lease_on_receipt: true,
         }
     }
 }

@@ -13,8 +13,9 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// Verification failures by cause (missing_header, timestamp_window, probe, bad_signature, …).
     pub verification_failures: IntCounterVec,
-    /// Sync attempts by result (done, retry, parked, dead, fenced_out), and rows whose lease
-    /// expired (rescued).
+    /// Sync attempts by result (done, retry, parked, dead, fenced_out), rows whose lease
+    /// expired (rescued), leases renewed in flight (renewed) and syncs leased by their own
+    /// callback's transaction instead of a claim (leased_on_receipt).
     pub syncs: IntCounterVec,
     /// Outbox rows not done (pending, inflight, parked, dead), read from the store at each scrape.
     pub backlog: IntGaugeVec,

@@ -9,7 +9,7 @@ use crate::clock::monotonic;
 #[derive(Debug)]
 pub struct TokenBucket {
     qps: f64,
-    state: tokio::sync::Mutex<(f64, Instant)>,
+    state: std::sync::Mutex<(f64, Instant)>,
 }
 
 impl TokenBucket {
@@ -17,12 +17,17 @@ impl TokenBucket {
     pub fn new(qps: f64) -> Self {
         Self {
             qps,
-            state: tokio::sync::Mutex::new((qps.max(1.0), monotonic())),
+            state: std::sync::Mutex::new((qps.max(1.0), monotonic())),
         }
     }
 
     fn capacity(&self) -> f64 {
         self.qps.max(1.0)
+    }
+
+    /// The state, held for a few arithmetic steps only (never across an await).
+    fn lock(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn refill(&self, s: &mut (f64, Instant)) {
@@ -34,7 +39,7 @@ impl TokenBucket {
     /// Waits for a token and takes it.
     pub async fn acquire(&self) {
         loop {
-            if self.take_up_to(1).await == 1 {
+            if self.take_up_to(1) == 1 {
                 return;
             }
             self.ready().await;
@@ -42,8 +47,8 @@ impl TokenBucket {
     }
 
     /// Takes up to `n` tokens available now, without waiting; returns how many were taken.
-    pub async fn take_up_to(&self, n: usize) -> usize {
-        let mut s = self.state.lock().await;
+    pub fn take_up_to(&self, n: usize) -> usize {
+        let mut s = self.lock();
         self.refill(&mut s);
         let k = (s.0.floor().max(0.0) as usize).min(n);
         s.0 -= k as f64;
@@ -51,9 +56,9 @@ impl TokenBucket {
     }
 
     /// Returns tokens taken but not used.
-    pub async fn give_back(&self, k: usize) {
+    pub fn give_back(&self, k: usize) {
         if k > 0 {
-            let mut s = self.state.lock().await;
+            let mut s = self.lock();
             s.0 = (s.0 + k as f64).min(self.capacity());
         }
     }
@@ -62,7 +67,7 @@ impl TokenBucket {
     pub async fn ready(&self) {
         loop {
             let wait = {
-                let mut s = self.state.lock().await;
+                let mut s = self.lock();
                 self.refill(&mut s);
                 if s.0 >= 1.0 {
                     return;

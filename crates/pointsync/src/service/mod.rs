@@ -122,6 +122,18 @@ pub async fn start_with<S: Store>(
         metrics.clone(),
         clock.clone(),
     ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            store.clone(),
+            client.clone(),
+            config.dispatcher.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .with_clock_watch(clock_watch.clone())
+        .with_unknown_serial(unknown_serial.clone())
+        .with_recent_errors(recent_errors.clone()),
+    );
     let receiver = Arc::new(Receiver {
         store: store.clone(),
         parser,
@@ -139,6 +151,10 @@ pub async fn start_with<S: Store>(
         recent_errors: recent_errors.clone(),
         queries: queries.clone(),
         known_members: KnownMembers::default(),
+        handoff: config
+            .dispatcher
+            .lease_on_receipt
+            .then(|| dispatcher.handoff()),
     });
     let (stop, stopped) = watch::channel(false);
     let public_addr = public.local_addr()?;
@@ -205,18 +221,6 @@ pub async fn start_with<S: Store>(
             stopped.clone(),
         ));
     }
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            store.clone(),
-            client,
-            config.dispatcher.clone(),
-            metrics.clone(),
-            clock.clone(),
-        )
-        .with_clock_watch(clock_watch)
-        .with_unknown_serial(unknown_serial)
-        .with_recent_errors(recent_errors),
-    );
     tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, mall_api = ?mall_addr, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));
     tasks.spawn(rescuer(

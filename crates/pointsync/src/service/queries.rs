@@ -101,7 +101,7 @@ impl Queries {
         req: &R,
         wait: bool,
     ) -> Result<R::Output, String> {
-        if !wait && self.bucket.take_up_to(1).await == 0 {
+        if !wait && self.bucket.take_up_to(1) == 0 {
             self.metrics
                 .queries
                 .with_label_values(&[what, "rate_limited"])

@@ -15,10 +15,11 @@ use http_body_util::LengthLimitError;
 use tokio::sync::Notify;
 use wechatpay::notify::{Event, MallTransaction, NotifyParser, answer};
 
+use super::dispatcher::{Handoff, Slot};
 use crate::clock::{Clock, monotonic};
 use crate::metrics::Metrics;
 use crate::rules::{Rules, UnknownAuthorization};
-use crate::store::{Incoming, IngestContext, Ingested, Store};
+use crate::store::{Incoming, IngestContext, Ingested, Store, StoreError};
 
 /// Shared state of the receiver and admin endpoints.
 #[derive(Debug)]
@@ -56,6 +57,9 @@ pub struct Receiver<S> {
     /// Members whose authorization the store knows (it never becomes unknown again): their
     /// payments need no query.
     pub known_members: KnownMembers,
+    /// Where a payment's sync is leased in its own transaction when the dispatcher has room
+    /// (`dispatcher.lease_on_receipt`); `None`: every sync waits for a claim.
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 /// Members whose authorization is known, so their payments skip the store read before ingest.
@@ -243,18 +247,42 @@ async fn callback<S: Store>(
     {
         learn_authorization(&r, t).await;
     }
-    let ctx = IngestContext {
-        rules: &r.rules,
-        partner_mode: r.partner_mode,
-        now_ms: r.clock.now_ms(),
+    let now_ms = r.clock.now_ms();
+    // a payment's sync is leased in its own transaction when the dispatcher has room now
+    let slot = match (&incoming.event, &r.handoff) {
+        (Event::MallTransaction(_), Some(h)) => h.slot(),
+        _ => None,
     };
     // from here on the handler awaits the store: if WeChat hangs up, the drop is counted
     let abandoned = Abandoned(Some(&r.metrics));
-    let outcome = tokio::time::timeout(r.handler_timeout, r.store.ingest(&incoming, &ctx)).await;
+    let leasing = slot.is_some();
+    let outcome = match slot {
+        None => {
+            let ctx = IngestContext {
+                rules: &r.rules,
+                partner_mode: r.partner_mode,
+                now_ms,
+            };
+            let stored = r.store.ingest(&incoming, &ctx);
+            tokio::time::timeout(r.handler_timeout, stored)
+                .await
+                .map(|res| res.map(|i| (i, false)))
+        }
+        Some(slot) => {
+            // in a task of its own, so a leased sync reaches the dispatcher even if WeChat hangs up
+            let stored = tokio::spawn(ingest_leased(r.clone(), incoming.clone(), now_ms, slot));
+            tokio::time::timeout(r.handler_timeout, stored)
+                .await
+                .map(|joined| joined.unwrap_or_else(|e| Err(unfinished(e))))
+        }
+    };
     let (status, label) = match &outcome {
-        Ok(Ok(i)) => {
-            crate::crash::point("after_commit");
-            if matches!(i, Ingested::Payment { .. } | Ingested::ManualCredit { .. }) {
+        Ok(Ok((i, handed))) => {
+            if !leasing {
+                // (the leasing task passed it before handing its sync over)
+                crate::crash::point("after_commit");
+            }
+            if !handed && matches!(i, Ingested::Payment { .. } | Ingested::ManualCredit { .. }) {
                 r.wake.notify_one();
             }
             if let Ingested::Rejected(why) = i {
@@ -305,6 +333,42 @@ async fn callback<S: Store>(
         answer::success().into_response()
     } else {
         answer::failure(status, "暂时无法处理，请重试").into_response()
+    }
+}
+
+/// Stores a payment with its sync leased under `slot`, and hands the sync to the dispatcher.
+/// Returns what was stored and whether a sync was handed.
+async fn ingest_leased<S: Store>(
+    r: Arc<Receiver<S>>,
+    incoming: Incoming,
+    now_ms: i64,
+    slot: Slot,
+) -> Result<(Ingested, bool), StoreError> {
+    let ctx = IngestContext {
+        rules: &r.rules,
+        partner_mode: r.partner_mode,
+        now_ms,
+    };
+    let stored = r
+        .store
+        .ingest_leased(&incoming, &ctx, &slot.lease())
+        .await?;
+    crate::crash::point("after_commit");
+    match stored {
+        (i, Some(claimed)) => {
+            slot.hand(claimed);
+            Ok((i, true))
+        }
+        (i, None) => Ok((i, false)),
+    }
+}
+
+/// A storing task that did not finish (it panicked, or the runtime is shutting down).
+fn unfinished(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Backend {
+        database: "(the store)".into(),
+        what: "storing a callback did not finish".into(),
+        source: Arc::new(e),
     }
 }
 

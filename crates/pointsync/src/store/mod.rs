@@ -40,6 +40,16 @@ pub struct Claimed {
     pub created_at: i64,
 }
 
+/// Who leases a sync enqueued by a callback, in the callback's own transaction
+/// ([`Store::ingest_leased`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    /// The dispatcher's owner id.
+    pub owner: &'a str,
+    /// Lease length.
+    pub lease_ms: i64,
+}
+
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncOutcome {
@@ -401,6 +411,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         n: &Incoming,
         ctx: &IngestContext<'_>,
     ) -> impl Future<Output = Result<Ingested, StoreError>> + Send;
+    /// [`Store::ingest`], and when the callback enqueues a sync due now, leases it to
+    /// `lease.owner` in the same transaction — its first attempt, leased for `lease.lease_ms` on
+    /// the store's clock (see [`Store::claim`]) — and returns it claimed: the dispatcher sends it
+    /// without claiming it again. `None` when nothing due was enqueued, or when the store
+    /// leaves the sync pending for a claim (a backend may always do so).
+    fn ingest_leased(
+        &self,
+        n: &Incoming,
+        ctx: &IngestContext<'_>,
+        lease: &Lease<'_>,
+    ) -> impl Future<Output = Result<(Ingested, Option<Claimed>), StoreError>> + Send {
+        let _ = lease;
+        async move { Ok((self.ingest(n, ctx).await?, None)) }
+    }
     /// Claims up to `limit` syncs due at `now_ms` (the instance's clock) for `owner`, leased for
     /// `lease_ms` on the store's clock: the instance's own clock for the embedded store, the
     /// database server's clock for a store shared by several instances, so a skewed instance can

@@ -25,6 +25,9 @@ pub type Keep = Box<dyn std::any::Any + Send>;
 pub trait Backend {
     /// The store.
     type S: Store;
+    /// Whether the store leases a callback's new sync in the callback's own transaction
+    /// ([`Store::ingest_leased`]); a backend that does not leaves it pending for a claim.
+    const LEASES_ON_RECEIPT: bool;
     /// A fresh store.
     fn fresh() -> impl std::future::Future<Output = Option<(Keep, Self::S)>> + Send;
 }
@@ -33,7 +36,7 @@ pub trait Backend {
 #[macro_export]
 macro_rules! contract_suite {
     ($backend:ty) => {
-        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance, a_renewed_lease_is_not_rescued_and_renewal_is_fenced, a_payment_not_credited_is_credited_once_on_the_manual_application, authorizations_learned_by_query_are_kept_with_their_source_and_staleness, parkings_are_stored_once_per_key_and_relayed_through_the_outbox, the_ledger_pages_newest_first);
+        $crate::contract_suite!(@ $backend: payments_credit_once_and_enqueue_one_sync_with_the_payload_stored, excluded_store_syncs_zero_points_with_remarks, partial_refunds_deduct_once_each_without_drift_and_early_refunds_wait, refunding_every_payment_brings_the_balance_to_exactly_zero, business_invalid_callbacks_are_stored_as_rejected, leases_fence_completions_and_expire, unauthorized_members_are_not_credited_and_daily_caps_hold, cancelled_callers_never_leave_the_writer_inside_a_transaction, partner_mode_syncs_with_the_malls_sub_mchid, adjustments_are_idempotent_and_refunds_respect_allow_negative_balance, a_renewed_lease_is_not_rescued_and_renewal_is_fenced, a_payment_not_credited_is_credited_once_on_the_manual_application, authorizations_learned_by_query_are_kept_with_their_source_and_staleness, parkings_are_stored_once_per_key_and_relayed_through_the_outbox, the_ledger_pages_newest_first, a_sync_leased_by_its_callback_is_fenced_like_a_claimed_one);
     };
     (@ $backend:ty: $($name:ident),* $(,)?) => {
         $(

@@ -1017,3 +1017,38 @@ async fn a_platform_certificate_not_trusted_yet_is_fetched_checked_and_trusted()
         .unwrap();
     assert!(expiry > 30.0 * 86_400.0, "{expiry}");
 }
+
+/// Payments at a moderate rate: with `dispatcher.lease_on_receipt` (the default) their syncs are
+/// leased in the callbacks' own transactions and sent without a claim; switched off, every sync
+/// waits for the dispatcher's claim. Both end with every payment synced once.
+#[tokio::test]
+async fn syncs_are_leased_on_receipt_unless_switched_off() {
+    for (on, overrides) in [
+        (true, &[][..]),
+        (
+            false,
+            &[("POINTSYNC__DISPATCHER__LEASE_ON_RECEIPT", "false")][..],
+        ),
+    ] {
+        let h = Harness::start(fast_push(), overrides).await;
+        let spec = GenerateSpec {
+            count: 40,
+            seed: 5,
+            members: 8,
+            rate_per_sec: Some(100.0),
+            refund_share: 0.0,
+            manual_share: 0.0,
+        };
+        h.sim.generate(spec).await.unwrap();
+        h.quiet(Duration::from_secs(60)).await;
+        assert_invariants(&h.sim, &h.store).await;
+        assert_eq!(h.metric("pointsync_syncs_total", "done"), 40.0);
+        let leased = h.metric("pointsync_syncs_total", "leased_on_receipt");
+        if on {
+            assert!(leased >= 1.0, "no sync was leased on receipt");
+        } else {
+            assert_eq!(leased, 0.0, "switched off, every sync is claimed");
+        }
+        assert_eq!(h.metric("pointsync_syncs_total", "fenced_out"), 0.0);
+    }
+}

@@ -100,6 +100,7 @@ pub struct Postgres;
 
 impl crate::contract::Backend for Postgres {
     type S = PgStore;
+    const LEASES_ON_RECEIPT: bool = true;
     async fn fresh() -> Option<(Keep, PgStore)> {
         let (guard, db) = fresh_database().await?;
         let s = PgStore::open(
@@ -306,4 +307,77 @@ async fn the_member_lock_taken_with_begin_is_the_bound_key_whatever_the_openid_h
         .await
         .unwrap();
     assert_eq!(tables, 1);
+}
+
+/// A sync leased in its callback's transaction spends a token of the instances' shared rate:
+/// with none left it stays pending for a claim, and a callback never waits for the bucket's row
+/// while another transaction holds it (it leaves the sync to a claim instead).
+#[tokio::test]
+async fn a_sync_leased_on_receipt_spends_the_shared_rate_and_never_waits_for_its_row() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::{IngestContext, Lease};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let opts = OpenOptions {
+        rate_qps: 2.0,
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let rules = trusting();
+    let lease = Lease {
+        owner: "A",
+        lease_ms: 30_000,
+    };
+    let now = || IngestContext {
+        now_ms: pointsync::clock::now_ms(),
+        ..ctx(&rules)
+    };
+    let mut leased = Vec::new();
+    for i in 0..3 {
+        let p = payment(&format!("T{i}"), "o1", 1_000, "S1");
+        let (_, c) = s.ingest_leased(&p, &now(), &lease).await.unwrap();
+        leased.push(c.is_some());
+    }
+    // a full bucket holds one second's worth (2 tokens): the third waits for a claim
+    assert_eq!(leased, [true, true, false]);
+    let backlog = s.backlog().await.unwrap();
+    assert_eq!(
+        (backlog.get("inflight"), backlog.get("pending")),
+        (Some(&2), Some(&1)),
+        "{backlog:?}"
+    );
+    assert!(
+        s.claim("B", pointsync::clock::now_ms(), 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the leases spent the shared rate: nothing left for a claim yet"
+    );
+    // another transaction holds the bucket's row: the callback is stored at once, not leased
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT * FROM rate_limit FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = wechatpay::clock::monotonic();
+    let p = payment("T9", "o1", 1_000, "S1");
+    let stored = tokio::time::timeout(Duration::from_secs(10), s.ingest_leased(&p, &now(), &lease))
+        .await
+        .expect("the callback does not wait for the bucket's row")
+        .unwrap();
+    assert_eq!(stored.1, None, "left to a claim");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    // the token left in the bucket is the claim's
+    let claimed = s
+        .claim("B", pointsync::clock::now_ms(), 30_000, 10)
+        .await
+        .unwrap();
+    assert!(
+        !claimed.is_empty(),
+        "refilled since: the pending syncs are claimed"
+    );
 }

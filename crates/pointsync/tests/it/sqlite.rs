@@ -13,6 +13,7 @@ pub struct Sqlite;
 
 impl Backend for Sqlite {
     type S = SqliteStore;
+    const LEASES_ON_RECEIPT: bool = true;
     async fn fresh() -> Option<(crate::contract::Keep, SqliteStore)> {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open_path(&dir.path().join("p.db"), Duration::from_secs(5))

@@ -22,8 +22,9 @@ use sqlx::{Connection, Executor, Row};
 
 use super::{
     Adjusted, Adjustment, Audit, Claimed, Database, InboxView, Incoming, IngestContext, Ingested,
-    LearnedAuthorization, LedgerItem, MemberSummary, MemberView, Migrated, Minute, NewParking,
-    OpenOptions, ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError, SyncOutcome,
+    LearnedAuthorization, Lease, LedgerItem, MemberSummary, MemberView, Migrated, Minute,
+    NewParking, OpenOptions, ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError,
+    SyncOutcome,
 };
 use crate::domain::OutboxRow;
 
@@ -310,7 +311,26 @@ impl Store for PgStore {
         retrying!(
             self,
             "storing a callback",
-            write::ingest(&self.pool, n, ctx)
+            write::ingest(&self.pool, n, ctx, None)
+        )
+        .map(|(i, _)| i)
+    }
+
+    async fn ingest_leased(
+        &self,
+        n: &Incoming,
+        ctx: &IngestContext<'_>,
+        lease: &Lease<'_>,
+    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
+        let lease = write::PgLease {
+            owner: lease.owner,
+            lease_ms: lease.lease_ms,
+            qps: self.rate_qps,
+        };
+        retrying!(
+            self,
+            "storing a callback",
+            write::ingest(&self.pool, n, ctx, Some(&lease))
         )
     }
 

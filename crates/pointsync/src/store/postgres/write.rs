@@ -234,7 +234,16 @@ fn combinable(plan: &Plan) -> bool {
 /// Applies a [`combinable`] plan in one statement (one round trip): the inbox row claims the
 /// natural key and every other write is conditional on that claim, so a key taken meanwhile
 /// writes nothing (`false`).
-async fn apply_combined(c: &mut PgConnection, plan: &Plan, row: &InboxRow, now_ms: i64) -> R<bool> {
+/// Given `lease`, the sync it enqueues is leased as its first attempt (on the database's clock)
+/// when a rate token is there for it now (the instances' shared bucket, its row skipped if
+/// another transaction holds it), and its id returned; otherwise it stays pending for a claim.
+async fn apply_combined(
+    c: &mut PgConnection,
+    plan: &Plan,
+    row: &InboxRow,
+    now_ms: i64,
+    lease: Option<&PgLease<'_>>,
+) -> R<(bool, Option<i64>)> {
     const CLAIMED: &str = " WHERE EXISTS (SELECT 1 FROM i)";
     let mut q = QueryBuilder::<Postgres>::new(
         "WITH i AS (INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at) VALUES (",
@@ -352,47 +361,126 @@ async fn apply_combined(c: &mut PgConnection, plan: &Plan, row: &InboxRow, now_m
             .push_bind(&u.transaction_id)
             .push(" AND EXISTS (SELECT 1 FROM i))");
     }
+    let leasing = plan
+        .outbox
+        .as_ref()
+        .and(lease)
+        .filter(|_| plan.outbox.as_ref().is_some_and(|o| o.invalid.is_none()));
+    if let Some(l) = leasing {
+        // whether the sync is leased now: always without a shared rate, else if a token is there
+        if l.qps > 0.0 {
+            q.push(format_args!(
+                ", tok AS (UPDATE rate_limit SET tokens = b.available - 1, at_ms = b.now
+                   FROM (SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * "
+            ))
+            .push_bind(l.qps)
+            .push(", GREATEST(")
+            .push_bind(l.qps)
+            .push(format_args!(
+                ", 1.0)) AS available, {DB_NOW_MS} AS now
+                   FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED) AS b
+                   WHERE rate_limit.name = 'wechat' AND b.available >= 1 AND EXISTS (SELECT 1 FROM i)
+                   RETURNING 1)"
+            ));
+        } else {
+            q.push(", tok AS (SELECT 1 WHERE EXISTS (SELECT 1 FROM i))");
+        }
+    }
     if let Some(o) = &plan.outbox {
         q.push(
-            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at) SELECT ",
+            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at, lease_owner, lease_until, attempts) SELECT ",
         );
         let mut v = q.separated(", ");
         v.push_bind(&o.transaction_id)
             .push_bind(&o.method)
             .push_bind(&o.path)
-            .push_bind(&o.body)
-            .push_bind(outbox_state(o))
-            .push_bind(&o.invalid)
-            .push_bind(o.created_at)
-            .push_bind(o.created_at);
-        q.push(CLAIMED).push(OUTBOX_REPLACE).push(")");
+            .push_bind(&o.body);
+        match leasing {
+            Some(l) => {
+                const LEASED: &str = "EXISTS (SELECT 1 FROM tok)";
+                v.push(format_args!(
+                    "CASE WHEN {LEASED} THEN 'inflight' ELSE 'pending' END"
+                ))
+                .push_bind(&o.invalid)
+                .push_bind(o.created_at)
+                .push_bind(o.created_at);
+                v.push(format_args!("CASE WHEN {LEASED} THEN "))
+                    .push_bind_unseparated(l.owner)
+                    .push_unseparated(" END");
+                v.push(format_args!("CASE WHEN {LEASED} THEN {DB_NOW_MS} + "))
+                    .push_bind_unseparated(l.lease_ms)
+                    .push_unseparated(" END");
+                v.push(format_args!("CASE WHEN {LEASED} THEN 1 ELSE 0 END"));
+            }
+            None => {
+                v.push_bind(outbox_state(o))
+                    .push_bind(&o.invalid)
+                    .push_bind(o.created_at)
+                    .push_bind(o.created_at)
+                    .push("NULL")
+                    .push("NULL::BIGINT")
+                    .push("0");
+            }
+        }
+        q.push(CLAIMED)
+            .push(OUTBOX_REPLACE)
+            .push(" RETURNING id, state)");
     }
     if !plan.released.is_empty() {
         q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id = ANY(")
             .push_bind(&plan.released)
             .push(") AND EXISTS (SELECT 1 FROM i))");
     }
-    q.push(" SELECT EXISTS (SELECT 1 FROM i)");
-    q.build_query_scalar::<bool>().fetch_one(c).await
+    q.push(" SELECT EXISTS (SELECT 1 FROM i), ");
+    if plan.outbox.is_some() {
+        q.push("(SELECT id FROM o WHERE state = 'inflight')");
+    } else {
+        q.push("NULL::BIGINT");
+    }
+    q.build_query_as::<(bool, Option<i64>)>().fetch_one(c).await
 }
 
-async fn apply(c: &mut PgConnection, plan: &Plan, now_ms: i64) -> R<Ingested> {
+/// Who leases a callback's sync in its transaction, and the shared rate (0: none).
+pub(super) struct PgLease<'a> {
+    pub owner: &'a str,
+    pub lease_ms: i64,
+    pub qps: f64,
+}
+
+/// Applies a plan; given `lease`, a combinable plan's sync may be leased (see
+/// [`apply_combined`]) and is returned claimed.
+async fn apply(
+    c: &mut PgConnection,
+    plan: &Plan,
+    now_ms: i64,
+    lease: Option<&PgLease<'_>>,
+) -> R<(Ingested, Option<Claimed>)> {
     if let Some(row) = &plan.inbox
         && combinable(plan)
     {
-        if !apply_combined(c, plan, row, now_ms).await? {
+        let (stored, leased) = apply_combined(c, plan, row, now_ms, lease).await?;
+        if !stored {
             count_delivery(c, &plan.key).await?;
-            return Ok(Ingested::Duplicate);
+            return Ok((Ingested::Duplicate, None));
         }
-        return Ok(plan.outcome.clone());
+        let claimed = leased.zip(plan.outbox.as_ref()).map(|(id, o)| Claimed {
+            id,
+            transaction_id: o.transaction_id.clone(),
+            method: o.method.clone(),
+            path: o.path.clone(),
+            payload: o.body.clone(),
+            attempt: 1,
+            created_at: o.created_at,
+        });
+        return Ok((plan.outcome.clone(), claimed));
     }
     let Some(row) = &plan.inbox else {
         count_delivery(c, &plan.key).await?;
-        return Ok(Ingested::Duplicate);
+        return Ok((Ingested::Duplicate, None));
     };
     if !insert_inbox(c, row).await? {
         count_delivery(c, &plan.key).await?;
-        return Ok(Ingested::Duplicate);
+        return Ok((Ingested::Duplicate, None));
     }
     for m in &plan.members {
         write_member(c, m, now_ms).await?;
@@ -449,7 +537,7 @@ async fn apply(c: &mut PgConnection, plan: &Plan, now_ms: i64) -> R<Ingested> {
         .execute(&mut *c)
         .await?;
     }
-    Ok(plan.outcome.clone())
+    Ok((plan.outcome.clone(), None))
 }
 
 fn event_member(n: &Incoming) -> Option<&str> {
@@ -473,7 +561,12 @@ fn literal(s: &str) -> Option<String> {
     ))
 }
 
-pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>) -> R<Ingested> {
+pub(super) async fn ingest(
+    pool: &PgPool,
+    n: &Incoming,
+    ctx: &IngestContext<'_>,
+    lease: Option<&PgLease<'_>>,
+) -> R<(Ingested, Option<Claimed>)> {
     let key = event_member(n).map(|openid| format!("member:{openid}"));
     // the member's lock taken with BEGIN, in one round trip
     let mut tx = match key.as_deref().and_then(literal) {
@@ -493,7 +586,7 @@ pub(super) async fn ingest(pool: &PgPool, n: &Incoming, ctx: &IngestContext<'_>)
     };
     let snap = snapshot(&mut tx, &domain::reads(n, ctx.now_ms)).await?;
     let plan = domain::ingest(n, &snap, ctx);
-    let outcome = apply(&mut tx, &plan, ctx.now_ms).await?;
+    let outcome = apply(&mut tx, &plan, ctx.now_ms, lease).await?;
     tx.commit().await?;
     Ok(outcome)
 }

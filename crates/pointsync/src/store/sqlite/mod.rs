@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Adjusted, Adjustment, Audit, Claimed, Database, Incoming, IngestContext, Ingested,
-    LearnedAuthorization, LedgerItem, MemberSummary, MemberView, Migrated, NewParking, OpenOptions,
-    ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError, SyncOutcome,
+    LearnedAuthorization, Lease, LedgerItem, MemberSummary, MemberView, Migrated, NewParking,
+    OpenOptions, ParkingEnqueued, ParkingView, StaleMember, Status, Store, StoreError, SyncOutcome,
 };
 use crate::domain::OutboxRow;
 
@@ -159,6 +159,34 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Stores a callback; given `lease` (owner, lease expiry), the sync it enqueues is leased.
+    async fn ingest_with(
+        &self,
+        n: &Incoming,
+        ctx: &IngestContext<'_>,
+        lease: Option<(String, i64)>,
+    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
+        self.reserve.check()?;
+        let n = n.clone();
+        let rules = Arc::new(ctx.rules.clone());
+        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
+        self.submit(
+            move |c| {
+                let ctx = IngestContext {
+                    rules: &rules,
+                    partner_mode,
+                    now_ms,
+                };
+                let lease = lease
+                    .as_ref()
+                    .map(|(owner, until)| (owner.as_str(), *until));
+                write::ingest_leased(c, &n, &ctx, lease)
+            },
+            STORING_A_CALLBACK,
+        )
+        .await
     }
 
     async fn submit<T: Send + 'static>(
@@ -412,22 +440,19 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
-        self.reserve.check()?;
-        let n = n.clone();
-        let rules = Arc::new(ctx.rules.clone());
-        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
-        self.submit(
-            move |c| {
-                let ctx = IngestContext {
-                    rules: &rules,
-                    partner_mode,
-                    now_ms,
-                };
-                write::ingest(c, &n, &ctx)
-            },
-            STORING_A_CALLBACK,
-        )
-        .await
+        Ok(self.ingest_with(n, ctx, None).await?.0)
+    }
+
+    async fn ingest_leased(
+        &self,
+        n: &Incoming,
+        ctx: &IngestContext<'_>,
+        lease: &Lease<'_>,
+    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
+        // one machine, one writer: the instance's clock is the store's
+        let until = ctx.now_ms + lease.lease_ms;
+        self.ingest_with(n, ctx, Some((lease.owner.to_string(), until)))
+            .await
     }
 
     async fn claim(

@@ -164,34 +164,73 @@ fn write_member(c: &Connection, m: &MemberWrite, now_ms: i64) -> rusqlite::Resul
 /// Enqueues a request under `key` (unique). A row of the same key left parked or dead is replaced
 /// (a payment whose earn_points=false sync an older version parked, credited on a manual
 /// application).
-fn insert_outbox(c: &Connection, o: &OutboxRow, key: &str) -> rusqlite::Result<()> {
-    let state = if o.invalid.is_some() {
-        "parked"
-    } else {
-        "pending"
+/// Inserts a sync's request (or re-arms a parked or dead one for it): pending and due at once,
+/// parked when it fails WeChat's field rules, or — given `lease` (owner, lease expiry) — leased
+/// as its first attempt and returned claimed.
+fn insert_outbox(
+    c: &Connection,
+    o: &OutboxRow,
+    key: &str,
+    lease: Option<(&str, i64)>,
+) -> rusqlite::Result<Option<Claimed>> {
+    let (state, lease) = match (&o.invalid, lease) {
+        (Some(_), _) => ("parked", None),
+        (None, Some(l)) => ("inflight", Some(l)),
+        (None, None) => ("pending", None),
     };
-    exec(
+    let id = one(
         c,
-        "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at, lease_owner, lease_until, attempts)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
              payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
-             due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
-         WHERE outbox.state IN ('parked', 'dead')",
-        params![key, o.method, o.path, o.body, state, o.invalid, o.created_at, o.created_at],
-    )?;
-    Ok(())
+             due_at = excluded.due_at, attempts = excluded.attempts, created_at = excluded.created_at,
+             lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, done_at = NULL
+         WHERE outbox.state IN ('parked', 'dead')
+         RETURNING id",
+        params![
+            key,
+            o.method,
+            o.path,
+            o.body,
+            state,
+            o.invalid,
+            o.created_at,
+            o.created_at,
+            lease.map(|l| l.0),
+            lease.map(|l| l.1),
+            i64::from(lease.is_some()),
+        ],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?;
+    Ok(id.filter(|_| lease.is_some()).map(|id| Claimed {
+        id,
+        transaction_id: key.to_string(),
+        method: o.method.clone(),
+        path: o.path.clone(),
+        payload: o.body.clone(),
+        attempt: 1,
+        created_at: o.created_at,
+    }))
 }
 
 /// Applies a plan. The inbox row goes first: if its natural key was taken meanwhile, nothing else
 /// is written and the delivery is a duplicate.
-fn apply(c: &Connection, plan: &Plan, now_ms: i64) -> rusqlite::Result<Ingested> {
+/// Given `lease` (owner, lease expiry), the sync it enqueues is leased and returned claimed.
+fn apply(
+    c: &Connection,
+    plan: &Plan,
+    now_ms: i64,
+    lease: Option<(&str, i64)>,
+) -> rusqlite::Result<(Ingested, Option<Claimed>)> {
     let Some(row) = &plan.inbox else {
         count_delivery(c, &plan.key)?;
-        return Ok(Ingested::Duplicate);
+        return Ok((Ingested::Duplicate, None));
     };
     if !insert_inbox(c, row)? {
         count_delivery(c, &plan.key)?;
-        return Ok(Ingested::Duplicate);
+        return Ok((Ingested::Duplicate, None));
     }
     for m in &plan.members {
         write_member(c, m, now_ms)?;
@@ -221,9 +260,10 @@ fn apply(c: &Connection, plan: &Plan, now_ms: i64) -> rusqlite::Result<Ingested>
             params![u.refunded_amount, u.entitled_debit, u.transaction_id],
         )?;
     }
-    if let Some(o) = &plan.outbox {
-        insert_outbox(c, o, &o.transaction_id)?;
-    }
+    let claimed = match &plan.outbox {
+        Some(o) => insert_outbox(c, o, &o.transaction_id, lease)?,
+        None => None,
+    };
     for id in &plan.released {
         exec(
             c,
@@ -231,17 +271,20 @@ fn apply(c: &Connection, plan: &Plan, now_ms: i64) -> rusqlite::Result<Ingested>
             params![id],
         )?;
     }
-    Ok(plan.outcome.clone())
+    Ok((plan.outcome.clone(), claimed))
 }
 
-pub(super) fn ingest(
+/// Stores a callback: reads its snapshot, lets the domain decide, applies the plan; given `lease`
+/// (owner, lease expiry), the sync it enqueues is leased and returned claimed.
+pub(super) fn ingest_leased(
     c: &Connection,
     n: &Incoming,
     ctx: &IngestContext<'_>,
-) -> rusqlite::Result<Ingested> {
+    lease: Option<(&str, i64)>,
+) -> rusqlite::Result<(Ingested, Option<Claimed>)> {
     let snap = snapshot(c, &domain::reads(n, ctx.now_ms))?;
     let plan = domain::ingest(n, &snap, ctx);
-    apply(c, &plan, ctx.now_ms)
+    apply(c, &plan, ctx.now_ms, lease)
 }
 
 pub(super) fn release(c: &Connection, owner: &str) -> rusqlite::Result<u64> {
@@ -429,6 +472,6 @@ pub(super) fn enqueue_parking(
                 request.created_at],
         |r| r.get(0),
     )?;
-    insert_outbox(c, request, &domain::parking_sync_key(id))?;
+    insert_outbox(c, request, &domain::parking_sync_key(id), None)?;
     Ok(ParkingEnqueued::Created(id))
 }

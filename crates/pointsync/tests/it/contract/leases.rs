@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use pointsync::store::{Store, SyncOutcome};
+use pointsync::store::{IngestContext, Ingested, Lease, Store, SyncOutcome};
 
-use super::{Backend, ctx, payment, trusting};
+use super::{Backend, ctx, payment, refund, trusting};
 
 /// The lease of these tests: long enough that a stall of the shared machine between a claim and
 /// the check that it is still held does not expire it.
@@ -152,4 +152,92 @@ pub async fn a_renewed_lease_is_not_rescued_and_renewal_is_fenced<B: Backend>() 
         !s.renew(&b, "B", wall_ms(), LEASE).await.unwrap(),
         "a done row is not renewed"
     );
+}
+
+/// A payment's sync leased in the callback's own transaction is the first attempt, held as a
+/// claimed one is: not claimed twice, not rescued while live, the resend after expiry
+/// byte-identical, the late completion fenced out. Duplicates and refunds lease nothing.
+pub async fn a_sync_leased_by_its_callback_is_fenced_like_a_claimed_one<B: Backend>() {
+    let Some((_d, s)) = B::fresh().await else {
+        return;
+    };
+    let rules = trusting();
+    // the lease runs from now on the store's clock: the callback is stored now
+    let now = IngestContext {
+        now_ms: wall_ms(),
+        ..ctx(&rules)
+    };
+    let lease = Lease {
+        owner: "A",
+        lease_ms: LEASE,
+    };
+    let p = payment("T1", "o1", 10_000, "S1");
+    let (stored, a) = s.ingest_leased(&p, &now, &lease).await.unwrap();
+    let leased = wall_ms();
+    assert_eq!(stored, Ingested::Payment { points: 100 });
+    if !B::LEASES_ON_RECEIPT {
+        assert_eq!(a, None, "this backend leaves the sync to a claim");
+        let c = s.claim("B", wall_ms(), LEASE, 10).await.unwrap();
+        assert_eq!((c.len(), c[0].attempt), (1, 1), "pending, claimed once");
+        return;
+    }
+    let a = a.expect("the payment's sync is leased with it");
+    assert_eq!((a.transaction_id.as_str(), a.attempt), ("T1", 1));
+    assert!(
+        a.payload.contains("\"transaction_id\":\"T1\""),
+        "{}",
+        a.payload
+    );
+    assert!(
+        s.claim("B", wall_ms(), LEASE, 10).await.unwrap().is_empty(),
+        "a leased sync is not claimed again"
+    );
+    assert_eq!(
+        s.rescue(wall_ms()).await.unwrap(),
+        0,
+        "a live lease is kept"
+    );
+    assert_eq!(
+        s.ingest_leased(&p, &now, &lease).await.unwrap(),
+        (Ingested::Duplicate, None),
+        "a duplicate delivery leases nothing"
+    );
+    let (refunded, none) = s
+        .ingest_leased(&refund("T1", "R1", 10_000, 5_000), &now, &lease)
+        .await
+        .unwrap();
+    assert_eq!((refunded, none), (Ingested::Refund { points: 50 }, None));
+    // A's lease expires unrenewed; B takes over attempt 2 with the same bytes
+    sleep_until_wall(leased + LEASE + 100).await;
+    assert_eq!(s.rescue(wall_ms()).await.unwrap(), 1);
+    let b = s.claim("B", wall_ms(), LEASE, 10).await.unwrap().remove(0);
+    assert_eq!((b.id, b.attempt, b.payload == a.payload), (a.id, 2, true));
+    assert!(
+        !s.complete(&a, "A", &SyncOutcome::Done, wall_ms())
+            .await
+            .unwrap(),
+        "the stale first attempt is fenced out"
+    );
+    assert!(
+        s.complete(&b, "B", &SyncOutcome::Done, wall_ms())
+            .await
+            .unwrap()
+    );
+    // a live leased sync completes as its first attempt
+    let now = IngestContext {
+        now_ms: wall_ms(),
+        ..ctx(&rules)
+    };
+    let (_, c) = s
+        .ingest_leased(&payment("T2", "o1", 2_000, "S1"), &now, &lease)
+        .await
+        .unwrap();
+    let c = c.expect("leased");
+    assert!(
+        s.complete(&c, "A", &SyncOutcome::Done, wall_ms())
+            .await
+            .unwrap()
+    );
+    let status = s.status().await.unwrap();
+    assert_eq!(status.syncs.get("done"), Some(&2), "{:?}", status.syncs);
 }
