@@ -365,7 +365,8 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
     let h = Harness::start(fast_push(), &[]).await;
     let m = h.sim.add_member(NewMember::default()).unwrap();
     h.quiet(Duration::from_secs(10)).await;
-    // another process holds the write lock longer than the busy timeout (2 s)
+    // another process holds the write lock longer than the busy timeout (2 s): until the refused
+    // delivery is seen (however many 2 s waits the writer has queued before the callback's)
     let path = h
         .config
         .service
@@ -376,9 +377,10 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
     let mut locker = std::process::Command::new("python3")
         .arg("-c")
         .arg(format!(
-            "import sqlite3,time;c=sqlite3.connect('{}',isolation_level=None);c.execute('BEGIN EXCLUSIVE');print('locked',flush=True);time.sleep(4)",
+            "import sqlite3,sys;c=sqlite3.connect('{}',isolation_level=None);c.execute('BEGIN EXCLUSIVE');print('locked',flush=True);sys.stdin.readline()",
             path.display()
         ))
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -397,7 +399,7 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
             ..NewPayment::default()
         })
         .unwrap();
-    wait_for("a refused delivery", Duration::from_secs(10), || {
+    wait_for("a refused delivery", Duration::from_secs(30), || {
         h.sim
             .delivery(&tx.transaction_id)
             .is_some_and(|d| d.attempts >= 1 && d.last_status >= 500)
@@ -408,6 +410,8 @@ async fn a_locked_database_answers_5xx_and_loses_nothing() {
         !d.delivered && d.last_status >= 500,
         "never 2xx while the database is locked: {d:?}"
     );
+    // the lock goes (the locker's stdin closed), and WeChat's retry lands
+    drop(locker.stdin.take());
     locker.wait().unwrap();
     h.quiet(Duration::from_secs(20)).await;
     assert!(
@@ -468,8 +472,9 @@ async fn graceful_shutdown_mid_dispatch_finishes_or_releases_in_flight_work() {
 
 #[tokio::test]
 async fn a_locked_database_answers_5xx_and_wechats_retry_lands_once() {
-    // The harness's busy timeout is 2 s; another process holds the write lock for 4.5 s while a
-    // member pays (the writer may first spend one busy timeout on a rescuer or dispatcher job).
+    // The harness's busy timeout is 2 s; another connection holds the write lock while a member
+    // pays, until the refusal is seen (the writer may first spend busy timeouts on a rescuer or
+    // dispatcher job).
     // The callback is refused with a 5xx (nothing stored, nothing acknowledged),
     // WeChat retries on its schedule, and the retry after the lock is gone credits once.
     let h = Harness::start(wechat_timeouts(), &[]).await;
@@ -942,7 +947,7 @@ async fn below_the_free_space_reserve_callbacks_are_refused_and_land_once_space_
     };
     assert!(why.contains("min_free_bytes"), "{why}");
     let (m2, tx2) = h.member_pays(2_000);
-    wait_for("a refused delivery", Duration::from_secs(10), || {
+    wait_for("a refused delivery", Duration::from_secs(30), || {
         h.sim
             .delivery(&tx2.transaction_id)
             .is_some_and(|d| d.attempts >= 1 && d.last_status >= 500)

@@ -191,6 +191,7 @@ async fn three_instances_on_one_postgresql_share_the_work_and_survive_kill_9() {
     fleet.start(1).await;
     wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
     assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_no_transaction_left_open(&fleet).await;
     let audit = fleet.store.audit().await.unwrap();
     assert_eq!(audit.credits.len(), 300, "every payment credited once");
     for i in [0, 2] {
@@ -213,6 +214,25 @@ async fn metrics_of(fleet: &Fleet, i: usize) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// No instance's connection is left inside a transaction once the fleet is quiet (a callback
+/// dropped mid-`BEGIN` once left one, its locks stalling every rescuer).
+async fn assert_no_transaction_left_open(fleet: &Fleet) {
+    let admin = sqlx::PgPool::connect(&fleet.database).await.unwrap();
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT left(query, 120) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    assert!(
+        open.is_empty(),
+        "connections left inside a transaction: {open:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,6 +295,7 @@ async fn an_instance_paused_past_its_lease_is_fenced_and_killed_connections_lose
     wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
     // resends were byte-identical (I6) and the resumed instance changed nothing it lost (I7)
     assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_no_transaction_left_open(&fleet).await;
     assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
     let mut rescued = 0.0;
     for i in 1..3 {
@@ -339,6 +360,7 @@ async fn connections_killed_in_the_middle_of_a_claim_lose_nothing() {
     );
     wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
     assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_no_transaction_left_open(&fleet).await;
     assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
     let st = fleet.store.status().await.unwrap();
     assert_eq!(
@@ -396,6 +418,7 @@ async fn the_configured_rate_is_the_total_of_all_instances() {
         .unwrap();
     wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(60)).await;
     assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_no_transaction_left_open(&fleet).await;
     // per second of the simulator's clock, after the start (the bucket may spend its one-second
     // burst at first): about QPS, where three separate buckets would send three times as much
     let mut per_second = std::collections::BTreeMap::<i64, usize>::new();
@@ -576,6 +599,7 @@ async fn postgresql_stopped_and_restarted_mid_run_loses_nothing_acknowledged() {
     }
     wait_quiet(&fleet.sim, &fleet.store, Duration::from_secs(90)).await;
     assert_invariants(&fleet.sim, &fleet.store).await;
+    assert_no_transaction_left_open(&fleet).await;
     assert_eq!(fleet.store.audit().await.unwrap().credits.len(), 200);
     let text = metrics_of(&fleet, 0).await + &metrics_of(&fleet, 1).await;
     let refused = metric(&text, "pointsync_callbacks_total", "db_error")

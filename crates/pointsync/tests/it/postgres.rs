@@ -309,6 +309,73 @@ async fn the_member_lock_taken_with_begin_is_the_bound_key_whatever_the_openid_h
     assert_eq!(tables, 1);
 }
 
+/// A callback whose handler is dropped while its transaction waits for the member's lock (WeChat
+/// hung up, the handler timed out) still commits once the lock is free, and leaves no connection
+/// of the pool inside a transaction. (sqlx returned such a connection to the pool inside the
+/// `BEGIN` it was cancelled in: later statements on it ran uncommitted, holding their locks, and
+/// stalled every instance's rescuer.)
+#[tokio::test]
+async fn a_callback_dropped_while_waiting_for_its_member_commits_and_leaves_no_transaction_open() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = trusting();
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('member:o1', 0))")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let p = payment(&format!("T{i}"), "o1", 10_000, "S1");
+        let c = ctx(&rules);
+        let dropped = tokio::time::timeout(Duration::from_millis(150), s.ingest(&p, &c)).await;
+        assert!(dropped.is_err(), "the callback waits for its member");
+    }
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let deadline = wechatpay::clock::monotonic() + Duration::from_secs(10);
+    loop {
+        let balance = s.member("o1").await.unwrap().map(|m| m.balance);
+        if balance == Some(400) {
+            break;
+        }
+        assert!(
+            wechatpay::clock::monotonic() < deadline,
+            "the dropped callbacks were stored on their own: balance {balance:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // what the pool holds is usable: writes through it commit, nothing is left mid-transaction
+    s.adjust(
+        &pointsync::store::Adjustment {
+            openid: "o1".into(),
+            points: 5,
+            reference: "R1".into(),
+            reason: "check".into(),
+        },
+        false,
+        pointsync::clock::now_ms(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT left(query, 120) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_all(&mut holder)
+    .await
+    .unwrap();
+    assert!(
+        open.is_empty(),
+        "connections left inside a transaction: {open:?}"
+    );
+    assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 405);
+}
+
 /// A sync leased in its callback's transaction spends a token of the instances' shared rate:
 /// with none left it stays pending for a claim, and a callback never waits for the bucket's row
 /// while another transaction holds it (it leaves the sync to a claim instead).

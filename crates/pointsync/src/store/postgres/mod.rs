@@ -222,22 +222,6 @@ async fn migrate_pool(pool: &PgPool, name: &str) -> Result<Vec<String>, StoreErr
     Ok(applied)
 }
 
-impl PgStore {
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::Closed {
-                database: self.database.clone(),
-            });
-        }
-        Ok(())
-    }
-
-    fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-        let what = what.to_string();
-        move |e| classify(&self.database, &what, e)
-    }
-}
-
 /// Runs a write transaction again when PostgreSQL reports a serialization failure or a deadlock.
 macro_rules! retrying {
     ($store:expr, $what:expr, $body:expr) => {{
@@ -253,6 +237,71 @@ macro_rules! retrying {
             }
         }
     }};
+}
+
+impl PgStore {
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Closed {
+                database: self.database.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        let what = what.to_string();
+        move |e| classify(&self.database, &what, e)
+    }
+
+    /// Runs a transactional write in a task of its own, so a caller dropped mid-write (WeChat
+    /// hung up, a handler timed out) never drops sqlx's future inside the transaction: the write
+    /// commits or rolls back by itself, as on SQLite's writer thread. sqlx 0.8 puts a connection
+    /// whose `BEGIN …` was cancelled back in the pool *inside* that transaction (its rollback
+    /// guard counts only a transaction already begun): later statements on it would run
+    /// uncommitted, holding their row and advisory locks.
+    async fn detached<T, F>(&self, what: &str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        tokio::spawn(work).await.unwrap_or_else(|e| {
+            Err(StoreError::Backend {
+                database: self.database.clone(),
+                what: format!("{what} did not finish"),
+                source: Arc::new(e),
+            })
+        })
+    }
+
+    /// Stores a callback (its sync leased under `lease`: owner and length), detached.
+    async fn ingest_detached(
+        &self,
+        n: &Incoming,
+        ctx: &IngestContext<'_>,
+        lease: Option<(String, i64)>,
+    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
+        let (me, n, rules) = (self.clone(), n.clone(), ctx.rules.clone());
+        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
+        self.detached("storing a callback", async move {
+            let ctx = IngestContext {
+                rules: &rules,
+                partner_mode,
+                now_ms,
+            };
+            let lease = lease.as_ref().map(|(owner, lease_ms)| write::PgLease {
+                owner,
+                lease_ms: *lease_ms,
+                qps: me.rate_qps,
+            });
+            retrying!(
+                me,
+                "storing a callback",
+                write::ingest(&me.pool, &n, &ctx, lease.as_ref())
+            )
+        })
+        .await
+    }
 }
 
 impl Store for PgStore {
@@ -308,12 +357,7 @@ impl Store for PgStore {
     }
 
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
-        retrying!(
-            self,
-            "storing a callback",
-            write::ingest(&self.pool, n, ctx, None)
-        )
-        .map(|(i, _)| i)
+        Ok(self.ingest_detached(n, ctx, None).await?.0)
     }
 
     async fn ingest_leased(
@@ -322,16 +366,8 @@ impl Store for PgStore {
         ctx: &IngestContext<'_>,
         lease: &Lease<'_>,
     ) -> Result<(Ingested, Option<Claimed>), StoreError> {
-        let lease = write::PgLease {
-            owner: lease.owner,
-            lease_ms: lease.lease_ms,
-            qps: self.rate_qps,
-        };
-        retrying!(
-            self,
-            "storing a callback",
-            write::ingest(&self.pool, n, ctx, Some(&lease))
-        )
+        self.ingest_detached(n, ctx, Some((lease.owner.to_string(), lease.lease_ms)))
+            .await
     }
 
     async fn claim(
@@ -436,11 +472,15 @@ impl Store for PgStore {
         allow_negative: bool,
         now_ms: i64,
     ) -> Result<Adjusted, StoreError> {
-        retrying!(
-            self,
-            "adjusting a balance",
-            write::adjust(&self.pool, a, allow_negative, now_ms)
-        )
+        let (me, a) = (self.clone(), a.clone());
+        self.detached("adjusting a balance", async move {
+            retrying!(
+                me,
+                "adjusting a balance",
+                write::adjust(&me.pool, &a, allow_negative, now_ms)
+            )
+        })
+        .await
     }
 
     async fn backlog(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
@@ -539,11 +579,15 @@ impl Store for PgStore {
         p: &NewParking,
         request: &OutboxRow,
     ) -> Result<ParkingEnqueued, StoreError> {
-        retrying!(
-            self,
-            "storing a parking event",
-            write::enqueue_parking(&self.pool, p, request)
-        )
+        let (me, p, request) = (self.clone(), p.clone(), request.clone());
+        self.detached("storing a parking event", async move {
+            retrying!(
+                me,
+                "storing a parking event",
+                write::enqueue_parking(&me.pool, &p, &request)
+            )
+        })
+        .await
     }
 
     async fn parking(&self, id: i64) -> Result<Option<ParkingView>, StoreError> {
