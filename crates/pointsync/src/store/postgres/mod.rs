@@ -7,8 +7,10 @@
 //! here (up to five times), never surfaced. Migrations run under a session advisory lock, so two
 //! migrators never race. The URL's password never appears in errors (`Database`'s `Display`).
 //!
-//! `write.rs` holds the writes (snapshot, plan application, outbox), `read.rs` the queries.
+//! `write.rs` holds the writes (snapshot, plan application, outbox), `claim.rs` the claims,
+//! `read.rs` the queries.
 
+mod claim;
 mod completions;
 mod read;
 mod write;
@@ -380,7 +382,7 @@ impl Store for PgStore {
         retrying!(
             self,
             "claiming syncs",
-            write::claim(&self.pool, owner, now_ms, lease_ms, limit, self.rate_qps)
+            claim::claim(&self.pool, owner, now_ms, lease_ms, limit, self.rate_qps)
         )
     }
 

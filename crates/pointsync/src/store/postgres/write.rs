@@ -1,8 +1,5 @@
 //! Writes on PostgreSQL: each one transaction; a callback's and an adjustment's hold their
 //! member's advisory lock.
-
-use std::sync::LazyLock;
-
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use wechatpay::notify::Event;
@@ -589,85 +586,6 @@ pub(super) async fn ingest(
     let outcome = apply(&mut tx, &plan, ctx.now_ms, lease).await?;
     tx.commit().await?;
     Ok(outcome)
-}
-
-/// Leases due rows: due on the instance's clock (a skew only moves a retry a little), leased on
-/// the database's, which every instance shares; at most `limit_sql` rows.
-fn claim_sql(limit_sql: &str) -> String {
-    format!(
-        "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
-                      ORDER BY due_at, id LIMIT {limit_sql} FOR UPDATE SKIP LOCKED)
-         RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at"
-    )
-}
-
-/// The claim without a shared rate ($1 owner, $2 lease, $3 now, $4 limit).
-static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("$4"));
-
-/// The claim taking the shared rate's tokens in the same statement ($5 the rate).
-static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH bucket AS (
-             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * $5,
-                          GREATEST($5, 1.0)) AS available,
-                    {DB_NOW_MS} AS now
-             FROM rate_limit WHERE name = 'wechat' FOR UPDATE
-         ),
-         claimed AS ({}),
-         spent AS (
-             UPDATE rate_limit SET tokens = (SELECT available FROM bucket) - (SELECT COUNT(*) FROM claimed),
-                                   at_ms = (SELECT now FROM bucket)
-             WHERE name = 'wechat'
-         )
-         SELECT * FROM claimed",
-        claim_sql("LEAST($4, GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))")
-    )
-});
-
-/// Claims due rows in one statement (one round trip, no explicit transaction); with a shared rate
-/// (`qps` > 0) only as many as the instances' common token bucket holds now (refilled on the
-/// database's clock, one second's burst at most), taken in the same statement, so all instances
-/// together never exceed `qps`. The bucket row's lock serialises claimers; a row another claimer
-/// took meanwhile fails the re-check of `state = 'pending'` and is skipped.
-pub(super) async fn claim(
-    pool: &PgPool,
-    owner: &str,
-    now_ms: i64,
-    lease_ms: i64,
-    limit: i64,
-    qps: f64,
-) -> R<Vec<Claimed>> {
-    let sql: &str = if qps > 0.0 { &CLAIM_RATED } else { &CLAIM };
-    let mut q = sqlx::query(sql)
-        .bind(owner)
-        .bind(lease_ms)
-        .bind(now_ms)
-        .bind(limit);
-    if qps > 0.0 {
-        q = q.bind(qps);
-    }
-    let rows = q.fetch_all(pool).await?;
-    let mut out = rows
-        .into_iter()
-        .map(|r| {
-            Ok::<_, sqlx::Error>((
-                r.try_get::<i64, _>(7)?,
-                Claimed {
-                    id: r.try_get(0)?,
-                    transaction_id: r.try_get(1)?,
-                    method: r.try_get(2)?,
-                    path: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                    attempt: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    // RETURNING keeps no order: the oldest due first, as claimed
-    out.sort_by_key(|(due, c)| (*due, c.id));
-    Ok(out.into_iter().map(|(_, c)| c).collect())
 }
 
 pub(super) async fn adjust(
