@@ -273,7 +273,15 @@ async fn callback<S: Store>(
             let stored = tokio::spawn(ingest_leased(r.clone(), incoming.clone(), now_ms, slot));
             tokio::time::timeout(r.handler_timeout, stored)
                 .await
-                .map(|joined| joined.unwrap_or_else(|e| Err(unfinished(e))))
+                .map(|joined| {
+                    joined.unwrap_or_else(|e| {
+                        Err(StoreError::unfinished(
+                            "(the store)",
+                            "storing a callback",
+                            e,
+                        ))
+                    })
+                })
         }
     };
     let (status, label) = match &outcome {
@@ -360,15 +368,6 @@ async fn ingest_leased<S: Store>(
             Ok((i, true))
         }
         (i, None) => Ok((i, false)),
-    }
-}
-
-/// A storing task that did not finish (it panicked, or the runtime is shutting down).
-fn unfinished(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Backend {
-        database: "(the store)".into(),
-        what: "storing a callback did not finish".into(),
-        source: Arc::new(e),
     }
 }
 

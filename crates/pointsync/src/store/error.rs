@@ -105,6 +105,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A task doing `what` on `database` did not finish: it panicked, its channel closed, or the
+    /// runtime is shutting down.
+    pub fn unfinished(
+        database: impl Into<String>,
+        what: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            database: database.into(),
+            what: format!("{what} did not finish"),
+            source: Arc::new(e),
+        }
+    }
+
     /// A short stable name of the cause, for metrics labels and logs.
     pub fn cause(&self) -> &'static str {
         match self {

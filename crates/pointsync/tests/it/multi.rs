@@ -216,23 +216,11 @@ async fn metrics_of(fleet: &Fleet, i: usize) -> String {
         .unwrap()
 }
 
-/// No instance's connection is left inside a transaction once the fleet is quiet (a callback
-/// dropped mid-`BEGIN` once left one, its locks stalling every rescuer).
+/// No instance's connection is left inside a transaction once the fleet is quiet.
 async fn assert_no_transaction_left_open(fleet: &Fleet) {
     let admin = sqlx::PgPool::connect(&fleet.database).await.unwrap();
-    let open: Vec<String> = sqlx::query_scalar(
-        "SELECT left(query, 120) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND state LIKE 'idle in transaction%'",
-    )
-    .fetch_all(&admin)
-    .await
-    .unwrap();
+    crate::postgres::assert_no_transaction_left_open(&admin).await;
     admin.close().await;
-    assert!(
-        open.is_empty(),
-        "connections left inside a transaction: {open:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,23 @@ pub async fn fresh_database_unlocked() -> Option<(DropDatabase, Database)> {
     ))
 }
 
+/// No other session of this database is left inside a transaction (a callback dropped mid-`BEGIN`
+/// once left one, its locks stalling every rescuer); `on` is any connection to the database.
+pub async fn assert_no_transaction_left_open(on: impl sqlx::PgExecutor<'_>) {
+    let open: Vec<String> = sqlx::query_scalar(
+        "SELECT left(query, 120) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_all(on)
+    .await
+    .unwrap();
+    assert!(
+        open.is_empty(),
+        "connections left inside a transaction: {open:?}"
+    );
+}
+
 /// Drops the test database when the test ends (and lets go of the server).
 pub struct DropDatabase(String, Option<tokio::sync::OwnedRwLockReadGuard<()>>);
 
@@ -361,18 +378,7 @@ async fn a_callback_dropped_while_waiting_for_its_member_commits_and_leaves_no_t
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let open: Vec<String> = sqlx::query_scalar(
-        "SELECT left(query, 120) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND state LIKE 'idle in transaction%'",
-    )
-    .fetch_all(&mut holder)
-    .await
-    .unwrap();
-    assert!(
-        open.is_empty(),
-        "connections left inside a transaction: {open:?}"
-    );
+    assert_no_transaction_left_open(&mut holder).await;
     assert_eq!(s.member("o1").await.unwrap().unwrap().balance, 405);
 }
 

@@ -267,13 +267,9 @@ impl PgStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        tokio::spawn(work).await.unwrap_or_else(|e| {
-            Err(StoreError::Backend {
-                database: self.database.clone(),
-                what: format!("{what} did not finish"),
-                source: Arc::new(e),
-            })
-        })
+        tokio::spawn(work)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::unfinished(self.database.clone(), what, e)))
     }
 
     /// Stores a callback (its sync leased under `lease`: owner and length), detached.

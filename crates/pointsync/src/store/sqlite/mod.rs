@@ -129,11 +129,7 @@ pub struct SqliteStore {
 }
 
 fn task_failed(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend {
-        database: path.display().to_string(),
-        what: "a database task did not finish".into(),
-        source: Arc::new(e),
-    }
+    StoreError::unfinished(path.display().to_string(), "a database task", e)
 }
 
 fn sqlite_path(db: &Database) -> Result<&Path, StoreError> {
