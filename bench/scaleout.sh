@@ -10,7 +10,8 @@
 # Usage: bash bench/scaleout.sh [MAX_PAYMENTS] [RATE_PAYMENTS] [SETUPS]
 #   defaults 10000, 4000 and "sqlite:1 postgres:1 postgres:2 postgres:3"
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
-# PS_BIN: the pointsync binary to measure (default the release build), to compare two builds.
+# PS_BIN / SIM_BIN: the pointsync / simulator binary to measure (default the release builds), to
+# compare two builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -20,7 +21,7 @@ SETUPS=${3:-sqlite:1 postgres:1 postgres:2 postgres:3}
 PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 cargo build --release -q -p pointsync -p wechatpay-sim
 PS_BIN=${PS_BIN:-./target/release/pointsync}
-SIM_BIN=./target/release/wechatpay-sim
+SIM_BIN=${SIM_BIN:-./target/release/wechatpay-sim}
 WORK=$(mktemp -d); SB=$WORK/sandbox
 "$SIM_BIN" init "$SB" >/dev/null
 PIDS=()
