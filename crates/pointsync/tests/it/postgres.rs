@@ -282,6 +282,91 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
     );
 }
 
+/// Callbacks arriving together are written in groups (one transaction for several), each exactly
+/// as alone: every payment credited once, every duplicate seen as one, balances adding up; a
+/// member another transaction holds stalls only its own callbacks, never the rest of its group
+/// or lane; nothing is left mid-transaction.
+#[tokio::test]
+async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_stalls_only_its_own() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::Ingested;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('member:held', 0))")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    // 12 members × 10 payments, each delivered twice at once; 5 payments of the held member
+    let mut free = tokio::task::JoinSet::new();
+    let mut held = tokio::task::JoinSet::new();
+    for m in 0..12 {
+        for i in 0..10 {
+            for _ in 0..2 {
+                let (s, rules) = (s.clone(), rules.clone());
+                let p = payment(&format!("T{m}-{i}"), &format!("o{m}"), 10_000, "S1");
+                free.spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() });
+            }
+        }
+    }
+    for i in 0..5 {
+        let (s, rules) = (s.clone(), rules.clone());
+        let p = payment(&format!("H{i}"), "held", 10_000, "S1");
+        held.spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() });
+    }
+    let mut outcomes = Vec::new();
+    let all_free = async {
+        while let Some(r) = free.join_next().await {
+            outcomes.push(r.unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all_free)
+        .await
+        .expect("the held member stalled other members' callbacks");
+    let payments = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ingested::Payment { points: 100 }))
+        .count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Ingested::Duplicate)
+        .count();
+    assert_eq!((payments, duplicates), (120, 120), "{outcomes:?}");
+    assert!(
+        !held.is_empty() && held.try_join_next().is_none(),
+        "the held member waits"
+    );
+    // rows one transaction inserted share its id (payments are never updated here)
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE openid <> 'held'",
+    )
+    .fetch_one(&mut holder)
+    .await
+    .unwrap();
+    assert!(
+        (1..100).contains(&transactions),
+        "120 payments were written by {transactions} transactions: not grouped"
+    );
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    while let Some(r) = held.join_next().await {
+        assert_eq!(r.unwrap(), Ingested::Payment { points: 100 });
+    }
+    for m in 0..12 {
+        let member = s.member(&format!("o{m}")).await.unwrap().unwrap();
+        assert_eq!(member.balance, 1_000, "o{m}");
+        assert_eq!(member.entries.len(), 10, "o{m}");
+    }
+    assert_eq!(s.member("held").await.unwrap().unwrap().balance, 500);
+    let st = s.status().await.unwrap();
+    assert_eq!(st.syncs.get("pending"), Some(&125));
+    assert_eq!(st.inbox.get("applied"), Some(&125));
+    assert_no_transaction_left_open(&mut holder).await;
+}
+
 /// A callback takes its member's lock with BEGIN, the openid written into the statement as an
 /// escaped constant: the key is the same one a bound parameter gives (a holder of that lock holds
 /// the callback back), and quotes or backslashes in an openid are data, never SQL.

@@ -1,17 +1,20 @@
 //! The PostgreSQL store (sqlx): the storage contract on a server several instances can share.
 //!
-//! Each write is one transaction. A callback's transaction first takes a transaction-scoped
+//! Each write is one transaction, except that callbacks arriving together under load share one
+//! (`ingests.rs`). A callback's transaction first takes a transaction-scoped
 //! advisory lock on its member, so two instances never compute a balance from the same snapshot;
 //! exactly-once still rests on the unique constraints (the inbox row goes first, `ON CONFLICT DO
 //! NOTHING`). Claims use `FOR UPDATE SKIP LOCKED`. A serialization failure or deadlock is retried
 //! here (up to five times), never surfaced. Migrations run under a session advisory lock, so two
 //! migrators never race. The URL's password never appears in errors (`Database`'s `Display`).
 //!
-//! `write.rs` holds the writes (snapshot, plan application, outbox), `claim.rs` the claims,
-//! `read.rs` the queries.
+//! `ingests.rs` stores callbacks (alone, or grouped in lanes), `write.rs` holds the writes
+//! (snapshot, plan application, outbox), `claim.rs` the claims, `completions.rs` the batched
+//! sync outcomes, `read.rs` the queries.
 
 mod claim;
 mod completions;
+mod ingests;
 mod read;
 mod write;
 
@@ -68,6 +71,8 @@ pub struct PgStore {
     rate_qps: f64,
     /// Sync outcomes recorded in batches (`None` when read-only).
     completions: Option<completions::Completions>,
+    /// Callbacks stored, grouped under load (`None` when read-only).
+    ingests: Option<ingests::Ingests>,
 }
 
 fn code(e: &sqlx::Error) -> Option<String> {
@@ -251,6 +256,14 @@ impl PgStore {
         Ok(())
     }
 
+    /// Where callbacks are stored (a read-only store has none).
+    fn ingests(&self) -> Result<&ingests::Ingests, StoreError> {
+        self.writable()?;
+        self.ingests.as_ref().ok_or_else(|| StoreError::Closed {
+            database: self.database.clone(),
+        })
+    }
+
     fn err(&self, what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         let what = what.to_string();
         move |e| classify(&self.database, &what, e)
@@ -271,35 +284,6 @@ impl PgStore {
             .await
             .unwrap_or_else(|e| Err(StoreError::unfinished(self.database.clone(), what, e)))
     }
-
-    /// Stores a callback (its sync leased under `lease`: owner and length), detached.
-    async fn ingest_detached(
-        &self,
-        n: &Incoming,
-        ctx: &IngestContext<'_>,
-        lease: Option<(String, i64)>,
-    ) -> Result<(Ingested, Option<Claimed>), StoreError> {
-        let (me, n, rules) = (self.clone(), n.clone(), ctx.rules.clone());
-        let (partner_mode, now_ms) = (ctx.partner_mode, ctx.now_ms);
-        self.detached("storing a callback", async move {
-            let ctx = IngestContext {
-                rules: &rules,
-                partner_mode,
-                now_ms,
-            };
-            let lease = lease.as_ref().map(|(owner, lease_ms)| write::PgLease {
-                owner,
-                lease_ms: *lease_ms,
-                qps: me.rate_qps,
-            });
-            retrying!(
-                me,
-                "storing a callback",
-                write::ingest(&me.pool, &n, &ctx, lease.as_ref())
-            )
-        })
-        .await
-    }
 }
 
 impl Store for PgStore {
@@ -311,6 +295,11 @@ impl Store for PgStore {
             completions: Some(completions::Completions::start(
                 pool.clone(),
                 database.clone(),
+            )),
+            ingests: Some(ingests::Ingests::start(
+                pool.clone(),
+                database.clone(),
+                opts.rate_qps,
             )),
             pool,
             database,
@@ -329,6 +318,7 @@ impl Store for PgStore {
             read_only: true,
             rate_qps: 0.0,
             completions: None,
+            ingests: None,
         })
     }
 
@@ -355,7 +345,7 @@ impl Store for PgStore {
     }
 
     async fn ingest(&self, n: &Incoming, ctx: &IngestContext<'_>) -> Result<Ingested, StoreError> {
-        Ok(self.ingest_detached(n, ctx, None).await?.0)
+        Ok(self.ingests()?.store(n, ctx, None).await?.0)
     }
 
     async fn ingest_leased(
@@ -364,7 +354,8 @@ impl Store for PgStore {
         ctx: &IngestContext<'_>,
         lease: &Lease<'_>,
     ) -> Result<(Ingested, Option<Claimed>), StoreError> {
-        self.ingest_detached(n, ctx, Some((lease.owner.to_string(), lease.lease_ms)))
+        self.ingests()?
+            .store(n, ctx, Some((lease.owner.to_string(), lease.lease_ms)))
             .await
     }
 

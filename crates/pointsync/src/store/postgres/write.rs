@@ -1,8 +1,8 @@
-//! Writes on PostgreSQL: each one transaction; a callback's and an adjustment's hold their
-//! member's advisory lock.
+//! Writes on PostgreSQL: a callback's decision and writes, inside a transaction holding its
+//! member's advisory lock (its own or its group's, `ingests.rs`); an adjustment and a parking
+//! event, each one transaction.
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
-use wechatpay::notify::Event;
 
 use super::DB_NOW_MS;
 use crate::domain::{
@@ -16,10 +16,11 @@ use crate::store::{
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// Serialises every write about one member, across instances, until the transaction ends.
-async fn lock_member(c: &mut PgConnection, openid: &str) -> R<()> {
+/// Serialises every write about one member (`member:{openid}`), across instances, until the
+/// transaction ends.
+pub(super) async fn lock_key(c: &mut PgConnection, key: &str) -> R<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("member:{openid}"))
+        .bind(key)
         .execute(c)
         .await
         .map(|_| ())
@@ -537,55 +538,17 @@ async fn apply(
     Ok((plan.outcome.clone(), None))
 }
 
-fn event_member(n: &Incoming) -> Option<&str> {
-    match &n.event {
-        Event::MallTransaction(t) => Some(&t.openid),
-        Event::MallRefund(r) => Some(&r.openid),
-        Event::MallAuth(a) => Some(&a.openid),
-        _ => None,
-    }
-}
-
-/// `s` as an escaped string constant (`E'…'`: backslashes and quotes escaped, whatever
-/// `standard_conforming_strings` says), or `None` for text PostgreSQL cannot hold (a NUL).
-fn literal(s: &str) -> Option<String> {
-    if s.contains('\0') {
-        return None;
-    }
-    Some(format!(
-        "E'{}'",
-        s.replace('\\', "\\\\").replace('\'', "\\'")
-    ))
-}
-
-pub(super) async fn ingest(
-    pool: &PgPool,
+/// Decides and applies one callback inside a transaction that holds its member's lock: the
+/// snapshot (one round trip), the domain's decision, the plan's writes (one, when combinable).
+pub(super) async fn store_locked(
+    c: &mut PgConnection,
     n: &Incoming,
     ctx: &IngestContext<'_>,
     lease: Option<&PgLease<'_>>,
 ) -> R<(Ingested, Option<Claimed>)> {
-    let key = event_member(n).map(|openid| format!("member:{openid}"));
-    // the member's lock taken with BEGIN, in one round trip
-    let mut tx = match key.as_deref().and_then(literal) {
-        Some(key) => {
-            pool.begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
-            ))
-            .await?
-        }
-        None => {
-            let mut tx = pool.begin().await?;
-            if let Some(openid) = event_member(n) {
-                lock_member(&mut tx, openid).await?;
-            }
-            tx
-        }
-    };
-    let snap = snapshot(&mut tx, &domain::reads(n, ctx.now_ms)).await?;
+    let snap = snapshot(c, &domain::reads(n, ctx.now_ms)).await?;
     let plan = domain::ingest(n, &snap, ctx);
-    let outcome = apply(&mut tx, &plan, ctx.now_ms, lease).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    apply(c, &plan, ctx.now_ms, lease).await
 }
 
 pub(super) async fn adjust(
@@ -595,7 +558,7 @@ pub(super) async fn adjust(
     now_ms: i64,
 ) -> R<Adjusted> {
     let mut tx = pool.begin().await?;
-    lock_member(&mut tx, &a.openid).await?;
+    lock_key(&mut tx, &format!("member:{}", a.openid)).await?;
     // the reference too: the same reference for two members is decided once
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("adjust:{}", a.reference))
