@@ -120,7 +120,10 @@ impl Ingests {
             database: self.database.clone(),
         };
         lane.send(job).map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        // the writing task ended without an answer: it panicked or the runtime is stopping
+        answer
+            .await
+            .map_err(|e| StoreError::unfinished(self.database.clone(), "storing a callback", e))?
     }
 }
 
