@@ -27,9 +27,11 @@ use crate::rules::Rules;
 use crate::store::{Claimed, Incoming, IngestContext, Ingested, StoreError};
 
 /// Lanes per instance: how many groups one instance writes at once. Fewer lanes make larger
-/// groups: with two instances at their maximum rate, 2 lanes took 908 µs of PostgreSQL's CPU per
-/// payment, 4 lanes 1,001 and one lane 905, at a fourfold ack latency (BENCHMARKS.md).
-const LANES: usize = 2;
+/// groups but leave a lone instance too few transactions at once: at the maximum rate, 2 lanes
+/// made one instance's acknowledgements so slow that WeChat re-sent most callbacks, 8 lanes
+/// grouped too little to help two instances; 4 did best with one, two and three instances
+/// (BENCHMARKS.md).
+const LANES: usize = 4;
 
 /// At most this many callbacks in one group (and so under one transaction's locks).
 const MAX_GROUP: usize = 16;
