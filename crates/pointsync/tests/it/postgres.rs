@@ -89,6 +89,19 @@ pub async fn assert_no_transaction_left_open(on: impl sqlx::PgExecutor<'_>) {
     );
 }
 
+/// A connection of its own to `db` inside a transaction holding `openid`'s member lock (bound as a
+/// parameter), until it commits or closes.
+async fn hold_member(db: &Database, openid: &str) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("member:{openid}"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
 /// Drops the test database when the test ends (and lets go of the server).
 pub struct DropDatabase(String, Option<tokio::sync::OwnedRwLockReadGuard<()>>);
 
@@ -295,12 +308,7 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     };
     let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
     let rules = std::sync::Arc::new(trusting());
-    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('member:held', 0))")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_member(&db, "held").await;
     // 12 members × 10 payments, each delivered twice at once; 5 payments of the held member
     let mut free = tokio::task::JoinSet::new();
     let mut held = tokio::task::JoinSet::new();
@@ -378,13 +386,7 @@ async fn the_member_lock_taken_with_begin_is_the_bound_key_whatever_the_openid_h
     };
     let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
     let openid = r"o'; DROP TABLE members; --\'\\x";
-    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("member:{openid}"))
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_member(&db, openid).await;
     let s2 = s.clone();
     let ingest = tokio::spawn(async move {
         let rules = trusting();
@@ -424,12 +426,7 @@ async fn a_callback_dropped_while_waiting_for_its_member_commits_and_leaves_no_t
     };
     let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
     let rules = trusting();
-    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('member:o1', 0))")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_member(&db, "o1").await;
     for i in 0..4 {
         let p = payment(&format!("T{i}"), "o1", 10_000, "S1");
         let c = ctx(&rules);
