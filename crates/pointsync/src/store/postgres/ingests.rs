@@ -45,6 +45,8 @@ type Stored = Result<(Ingested, Option<Claimed>), StoreError>;
 #[derive(Debug)]
 struct Job {
     n: Incoming,
+    /// Its member's lock key (`None`: an event about no member).
+    key: Option<String>,
     rules: Rules,
     partner_mode: bool,
     now_ms: i64,
@@ -104,14 +106,14 @@ impl Ingests {
         ctx: &IngestContext<'_>,
         lease: Option<(String, i64)>,
     ) -> Stored {
+        let key = member_key(n);
         let mut h = DefaultHasher::new();
-        member_key(n)
-            .unwrap_or_else(|| n.notification_id.clone())
-            .hash(&mut h);
+        key.as_ref().unwrap_or(&n.notification_id).hash(&mut h);
         let lane = &self.lanes[(h.finish() % self.lanes.len() as u64) as usize];
         let (reply, answer) = oneshot::channel();
         let job = Job {
             n: n.clone(),
+            key,
             rules: ctx.rules.clone(),
             partner_mode: ctx.partner_mode,
             now_ms: ctx.now_ms,
@@ -156,12 +158,10 @@ fn literal(s: &str) -> Option<String> {
 /// trip).
 async fn ingest_alone(
     pool: &PgPool,
-    n: &Incoming,
-    ctx: &IngestContext<'_>,
+    job: &Job,
     lease: Option<&PgLease<'_>>,
 ) -> Result<(Ingested, Option<Claimed>), sqlx::Error> {
-    let key = member_key(n);
-    let mut tx = match key.as_deref().and_then(literal) {
+    let mut tx = match job.key.as_deref().and_then(literal) {
         Some(key) => {
             pool.begin_with(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
@@ -170,13 +170,13 @@ async fn ingest_alone(
         }
         None => {
             let mut tx = pool.begin().await?;
-            if let Some(key) = &key {
+            if let Some(key) = &job.key {
                 write::lock_key(&mut tx, key).await?;
             }
             tx
         }
     };
-    let outcome = write::store_locked(&mut tx, n, ctx, lease).await?;
+    let outcome = write::store_locked(&mut tx, &job.n, &job.ctx(), lease).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -215,7 +215,7 @@ impl Writer {
             });
             let mut attempt = 0;
             let stored = loop {
-                match ingest_alone(&w.pool, &job.n, &job.ctx(), lease.as_ref()).await {
+                match ingest_alone(&w.pool, &job, lease.as_ref()).await {
                     Err(e) if retryable(&e) && attempt < 5 => {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
@@ -230,16 +230,14 @@ impl Writer {
     /// Writes `jobs` in one transaction: those whose member lock is free now; the others, and all
     /// of them if the transaction fails, alone.
     async fn group(&self, jobs: Vec<Job>) {
-        let keys: Vec<Option<String>> = jobs.iter().map(|j| member_key(&j.n)).collect();
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
             Err(_) => return jobs.into_iter().for_each(|j| drop(self.alone(j))),
         };
         // text with a NUL cannot be bound: such a callback fails alone, as it always did
-        let mut wanted: Vec<&str> = keys
+        let mut wanted: Vec<&str> = jobs
             .iter()
-            .flatten()
-            .map(String::as_str)
+            .filter_map(|j| j.key.as_deref())
             .filter(|k| !k.contains('\0'))
             .collect();
         wanted.sort_unstable();
@@ -259,9 +257,9 @@ impl Writer {
             .filter_map(|(k, l)| l.then_some(k))
             .collect();
         let (mut grouped, mut waiting) = (Vec::new(), Vec::new());
-        for (job, key) in jobs.into_iter().zip(keys) {
-            match key {
-                Some(k) if !held.contains(&k) => waiting.push(job),
+        for job in jobs {
+            match &job.key {
+                Some(k) if !held.contains(k) => waiting.push(job),
                 _ => grouped.push(job),
             }
         }
