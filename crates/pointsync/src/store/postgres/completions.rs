@@ -6,7 +6,7 @@
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{classify, retryable};
+use super::{classify, retried};
 use crate::store::{Claimed, StoreError, SyncOutcome};
 
 /// At most this many outcomes in one statement.
@@ -121,9 +121,8 @@ async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx:
     let owners: Vec<&str> = batch.iter().map(|(c, _)| c.owner.as_str()).collect();
     let dues: Vec<Option<i64>> = batch.iter().map(|(c, _)| c.due_at).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|(c, _)| c.error.as_deref()).collect();
-    let mut attempt = 0;
-    loop {
-        let r = sqlx::query_scalar(
+    retried(|| {
+        sqlx::query_scalar(
             "UPDATE outbox o SET state = v.state, due_at = COALESCE(v.due_at, o.due_at),
                  last_error = COALESCE(v.error, o.last_error),
                  done_at = CASE WHEN v.state = 'done' THEN v.now_ms ELSE o.done_at END,
@@ -141,13 +140,6 @@ async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx:
         .bind(&owners)
         .bind(&attempts)
         .fetch_all(pool)
-        .await;
-        match r {
-            Err(e) if retryable(&e) && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            r => return r,
-        }
-    }
+    })
+    .await
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use wechatpay::notify::Event;
 
 use super::write::{self, PgLease};
-use super::{classify, retryable};
+use super::{classify, retried};
 use crate::rules::Rules;
 use crate::store::{Claimed, Incoming, IngestContext, Ingested, StoreError};
 
@@ -213,16 +213,9 @@ impl Writer {
                 lease_ms: *lease_ms,
                 qps: w.rate_qps,
             });
-            let mut attempt = 0;
-            let stored = loop {
-                match ingest_alone(&w.pool, &job, lease.as_ref()).await {
-                    Err(e) if retryable(&e) && attempt < 5 => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-                    }
-                    r => break r.map_err(|e| classify(&w.database, "storing a callback", e)),
-                }
-            };
+            let stored = retried(|| ingest_alone(&w.pool, &job, lease.as_ref()))
+                .await
+                .map_err(|e| classify(&w.database, "storing a callback", e));
             let _ = job.reply.send(stored);
         })
     }

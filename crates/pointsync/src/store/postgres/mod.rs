@@ -229,20 +229,30 @@ async fn migrate_pool(pool: &PgPool, name: &str) -> Result<Vec<String>, StoreErr
     Ok(applied)
 }
 
-/// Runs a write transaction again when PostgreSQL reports a serialization failure or a deadlock.
+/// Runs `write` again (up to five times, 5 ms more each time) while PostgreSQL reports a
+/// serialization failure or a deadlock.
+async fn retried<T, F, Fut>(mut write: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match write().await {
+            Err(e) if retryable(&e) && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A write of the store's, [`retried`], its error named.
 macro_rules! retrying {
     ($store:expr, $what:expr, $body:expr) => {{
         $store.writable()?;
-        let mut attempt = 0;
-        loop {
-            match $body.await {
-                Err(e) if retryable(&e) && attempt < 5 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-                }
-                r => break r.map_err($store.err($what)),
-            }
-        }
+        retried(|| $body).await.map_err($store.err($what))
     }};
 }
 
