@@ -131,7 +131,7 @@ impl Ingests {
     }
 }
 
-/// The advisory lock key of a callback's member (`None`: an event about no member).
+/// The lock key of a callback's member (`None`: an event about no member).
 fn member_key(n: &Incoming) -> Option<String> {
     let openid = match &n.event {
         Event::MallTransaction(t) => &t.openid,
@@ -139,7 +139,7 @@ fn member_key(n: &Incoming) -> Option<String> {
         Event::MallAuth(a) => &a.openid,
         _ => return None,
     };
-    Some(format!("member:{openid}"))
+    Some(write::member_lock(openid))
 }
 
 /// `s` as an escaped string constant (`E'…'`: backslashes and quotes escaped, whatever
@@ -220,12 +220,19 @@ impl Writer {
         })
     }
 
+    /// Writes each of `jobs` [`Writer::alone`].
+    fn all_alone(&self, jobs: Vec<Job>) {
+        for j in jobs {
+            drop(self.alone(j));
+        }
+    }
+
     /// Writes `jobs` in one transaction: those whose member lock is free now; the others, and all
     /// of them if the transaction fails, alone.
     async fn group(&self, jobs: Vec<Job>) {
         let mut tx = match self.pool.begin().await {
             Ok(tx) => tx,
-            Err(_) => return jobs.into_iter().for_each(|j| drop(self.alone(j))),
+            Err(_) => return self.all_alone(jobs),
         };
         // text with a NUL cannot be bound: such a callback fails alone, as it always did
         let mut wanted: Vec<&str> = jobs
@@ -243,7 +250,7 @@ impl Writer {
         .await;
         let Ok(locked) = locked else {
             let _ = tx.rollback().await;
-            return jobs.into_iter().for_each(|j| drop(self.alone(j)));
+            return self.all_alone(jobs);
         };
         let held: HashSet<String> = locked
             .into_iter()
@@ -257,7 +264,7 @@ impl Writer {
             }
         }
         // they wait for their members' locks elsewhere, as they did before grouping
-        waiting.into_iter().for_each(|j| drop(self.alone(j)));
+        self.all_alone(waiting);
         let mut stored = Vec::with_capacity(grouped.len());
         for job in &grouped {
             match write::store_locked(&mut tx, &job.n, &job.ctx(), None).await {
@@ -268,7 +275,7 @@ impl Writer {
                         grouped.len()
                     );
                     let _ = tx.rollback().await;
-                    return grouped.into_iter().for_each(|j| drop(self.alone(j)));
+                    return self.all_alone(grouped);
                 }
             }
         }
@@ -277,7 +284,7 @@ impl Writer {
                 "a group of {} callbacks did not commit, written one by one: {e}",
                 grouped.len()
             );
-            return grouped.into_iter().for_each(|j| drop(self.alone(j)));
+            return self.all_alone(grouped);
         }
         for (job, s) in grouped.into_iter().zip(stored) {
             let _ = job.reply.send(Ok(s));

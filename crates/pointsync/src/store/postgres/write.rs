@@ -16,8 +16,12 @@ use crate::store::{
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// Serialises every write about one member (`member:{openid}`), across instances, until the
-/// transaction ends.
+/// The advisory lock key serialising every write about one member, across instances.
+pub(super) fn member_lock(openid: &str) -> String {
+    format!("member:{openid}")
+}
+
+/// Holds the advisory lock `key` (such as [`member_lock`]'s) until the transaction ends.
 pub(super) async fn lock_key(c: &mut PgConnection, key: &str) -> R<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(key)
@@ -558,7 +562,7 @@ pub(super) async fn adjust(
     now_ms: i64,
 ) -> R<Adjusted> {
     let mut tx = pool.begin().await?;
-    lock_key(&mut tx, &format!("member:{}", a.openid)).await?;
+    lock_key(&mut tx, &member_lock(&a.openid)).await?;
     // the reference too: the same reference for two members is decided once
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("adjust:{}", a.reference))
