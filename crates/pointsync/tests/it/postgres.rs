@@ -375,6 +375,49 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     assert_no_transaction_left_open(&mut holder).await;
 }
 
+/// One callback PostgreSQL refuses (text holding a NUL) among callbacks written at once: it alone
+/// fails; the group it fell in is rolled back and its other callbacks are written one by one.
+#[tokio::test]
+async fn a_callback_the_database_refuses_fails_alone_and_its_group_is_written_one_by_one() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::Ingested;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    let mut good = tokio::task::JoinSet::new();
+    let mut bad = None;
+    for i in 0..6 {
+        for m in 0..8 {
+            let (s2, rules2) = (s.clone(), rules.clone());
+            let p = payment(&format!("T{m}-{i}"), &format!("o{m}"), 10_000, "S1");
+            good.spawn(async move { s2.ingest(&p, &ctx(&rules2)).await.unwrap() });
+            if (i, m) == (3, 3) {
+                let (s2, rules2) = (s.clone(), rules.clone());
+                let mut p = payment("BAD", "o3", 10_000, "S1");
+                p.plaintext.push('\0');
+                bad = Some(tokio::spawn(
+                    async move { s2.ingest(&p, &ctx(&rules2)).await },
+                ));
+            }
+        }
+    }
+    while let Some(r) = good.join_next().await {
+        assert_eq!(r.unwrap(), Ingested::Payment { points: 100 });
+    }
+    let refused = bad.unwrap().await.unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    for m in 0..8 {
+        let member = s.member(&format!("o{m}")).await.unwrap().unwrap();
+        assert_eq!((member.balance, member.entries.len()), (600, 6), "o{m}");
+    }
+    let st = s.status().await.unwrap();
+    assert_eq!(st.inbox.get("applied"), Some(&48));
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    assert_no_transaction_left_open(&mut c).await;
+}
+
 /// A callback takes its member's lock with BEGIN, the openid written into the statement as an
 /// escaped constant: the key is the same one a bound parameter gives (a holder of that lock holds
 /// the callback back), and quotes or backslashes in an openid are data, never SQL.
