@@ -302,7 +302,7 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
 #[tokio::test]
 async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_stalls_only_its_own() {
     use crate::contract::{ctx, payment, trusting};
-    use pointsync::store::Ingested;
+    use pointsync::store::{Ingested, Lease};
     let Some((_guard, db)) = fresh_database().await else {
         return;
     };
@@ -317,7 +317,13 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
             for _ in 0..2 {
                 let (s, rules) = (s.clone(), rules.clone());
                 let p = payment(&format!("T{m}-{i}"), &format!("o{m}"), 10_000, "S1");
-                free.spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() });
+                free.spawn(async move {
+                    let lease = Lease {
+                        owner: "A",
+                        lease_ms: 30_000,
+                    };
+                    s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap()
+                });
             }
         }
     }
@@ -326,10 +332,12 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
         let p = payment(&format!("H{i}"), "held", 10_000, "S1");
         held.spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() });
     }
-    let mut outcomes = Vec::new();
+    let (mut outcomes, mut leased) = (Vec::new(), 0);
     let all_free = async {
         while let Some(r) = free.join_next().await {
-            outcomes.push(r.unwrap());
+            let (stored, claimed) = r.unwrap();
+            leased += usize::from(claimed.is_some());
+            outcomes.push(stored);
         }
     };
     tokio::time::timeout(Duration::from_secs(20), all_free)
@@ -370,7 +378,14 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     }
     assert_eq!(s.member("held").await.unwrap().unwrap().balance, 500);
     let st = s.status().await.unwrap();
-    assert_eq!(st.syncs.get("pending"), Some(&125));
+    // a sync written alone may be leased on receipt, a grouped one waits for a claim: every
+    // sync left inflight is one the caller was handed
+    assert!(leased < 120, "{leased} of 120 syncs leased on receipt");
+    assert_eq!(
+        st.syncs.get("inflight").copied().unwrap_or(0),
+        leased as i64
+    );
+    assert_eq!(st.syncs.get("pending").copied(), Some(125 - leased as i64));
     assert_eq!(st.inbox.get("applied"), Some(&125));
     assert_no_transaction_left_open(&mut holder).await;
 }
