@@ -246,3 +246,75 @@ async fn a_full_disk_refuses_writes_and_once_freed_the_wal_is_truncated_and_writ
     }
     assert!(audit.credits.contains_key("AFTER"));
 }
+
+/// The commits in an SQLite WAL file: the frames of its current generation (their salts are the
+/// header's) that end a transaction (their header gives the database's size after the commit).
+fn wal_commits(db: &std::path::Path) -> usize {
+    let wal = std::fs::read(format!("{}-wal", db.display())).unwrap();
+    let be = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap());
+    let page = be(&wal[8..12]) as usize;
+    let salts = &wal[16..24];
+    wal[32..]
+        .chunks_exact(24 + page)
+        .take_while(|f| &f[8..16] == salts)
+        .filter(|f| be(&f[4..8]) != 0)
+        .count()
+}
+
+#[tokio::test]
+async fn a_finished_sends_outcome_waits_to_share_the_next_callbacks_commit() {
+    use pointsync::store::{Lease, SyncOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let s = SqliteStore::open_path(&path, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let rules = crate::contract::trusting();
+    let lease = Lease {
+        owner: "A",
+        lease_ms: 600_000,
+    };
+    let mut leased = Vec::new();
+    for i in 0..10 {
+        let p = payment(&format!("W{i}"), "o1", 1_000, "S1");
+        let (_, c) = s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap();
+        leased.push(c.expect("leased on receipt"));
+    }
+    let before = wal_commits(&path);
+    for (i, c) in leased.iter().enumerate() {
+        // the outcome is queued; a callback comes a millisecond later, after the writer has
+        // taken the outcome
+        let mut done = std::pin::pin!(s.complete(c, "A", &SyncOutcome::Done, T0 + 1));
+        let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(done.as_mut().poll(cx)));
+        assert!(queued.await.is_pending(), "answered only after a commit");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let p = payment(&format!("X{i}"), "o2", 1_000, "S1");
+        assert_eq!(
+            s.ingest(&p, &ctx(&rules)).await.unwrap(),
+            Ingested::Payment { points: 10 }
+        );
+        assert!(done.await.unwrap(), "the lease was held");
+    }
+    let commits = wal_commits(&path) - before;
+    // without the wait each outcome would commit alone: 20 commits; a slow machine may split a
+    // pair now and then
+    assert!(
+        (10..=12).contains(&commits),
+        "10 outcomes and 10 callbacks took {commits} commits"
+    );
+    // alone, an outcome commits after waiting in vain, and is seen by the readers
+    let p = payment("Y", "o3", 1_000, "S1");
+    let (_, c) = s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap();
+    let before = wal_commits(&path);
+    assert!(
+        s.complete(&c.unwrap(), "A", &SyncOutcome::Done, T0 + 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(wal_commits(&path), before + 1);
+    let status = s.status().await.unwrap();
+    assert_eq!(
+        (status.syncs.get("done"), status.syncs.get("pending")),
+        (Some(&11), Some(&10))
+    );
+}

@@ -13,26 +13,29 @@
 //! each caller. Nothing is acknowledged before it is durable, and a caller that goes away (WeChat
 //! hung up) cannot leave the writer inside a transaction.
 //!
-//! `write.rs` holds the jobs (snapshot reads and plan application), `read.rs` the operator queries,
-//! `connection.rs` opening, migrating and the read connections.
+//! `writer.rs` holds the writer thread (groups, savepoints, answers), `write.rs` the jobs (snapshot
+//! reads and plan application), `read.rs` the operator queries, `connection.rs` opening, migrating
+//! and the read connections.
 
 mod connection;
 mod read;
 mod reserve;
 mod write;
+mod writer;
 
 pub(crate) use connection::classify;
 use connection::{
     READERS, Readers, migrate_connection, open_connection, open_existing, open_reader,
 };
 use reserve::Reserve;
+use writer::{Job, writer_loop};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     Adjusted, Adjustment, Audit, Claimed, Database, Incoming, IngestContext, Ingested,
@@ -90,39 +93,18 @@ const STORING_A_CALLBACK: &str = "storing a callback";
 /// Jobs that only keep the outbox's leases: their loss in a power cut re-sends a stored sync, so
 /// their groups commit without an fsync of their own (see the module's header).
 const LEASE_BOOKKEEPING: [&str; 5] = [CLAIMING, COMPLETING, RENEWING, RELEASING, RESCUING];
+/// Lease bookkeeping that may wait a moment to share the next job's commit (see `writer.rs`):
+/// what a finished send records. A claim or a rescue goes at once; sends wait on them.
+const LINGERING: [&str; 3] = [COMPLETING, RENEWING, RELEASING];
 const CLAIMING: &str = "claiming syncs";
 const COMPLETING: &str = "recording a sync outcome";
 const RENEWING: &str = "renewing a lease";
 const RELEASING: &str = "releasing leases";
 const RESCUING: &str = "rescuing leases";
-
-/// Jobs written in one group at most.
-const MAX_GROUP: usize = 512;
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// A write, run by the writer thread inside the group's transaction.
-type Work<T> = Box<dyn FnOnce(&Connection) -> rusqlite::Result<T> + Send>;
-
-/// A queued job: runs, and returns the answer to send once the group's outcome is known.
-/// Runs a job inside the group (given the group's BEGIN outcome) and returns its answer.
-type RunJob = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
-
-struct Job {
-    run: RunJob,
-    /// It stores a callback (the kill -9 tests' `before_commit` point is about those).
-    callback: bool,
-    /// Its group must be fsynced before anyone is answered (all but lease bookkeeping).
-    durable: bool,
-}
-
-/// Sends a job's answer once its group has committed (or failed to).
-type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
-
 /// SQLite storage. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: std::sync::mpsc::Sender<Job>,
     readers: Arc<Readers>,
     path: PathBuf,
     reserve: Arc<Reserve>,
@@ -191,21 +173,7 @@ impl SqliteStore {
         what: &'static str,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let work: Work<T> = Box::new(work);
-        let run = Box::new(
-            move |c: &Connection, begun: &Result<(), StoreError>, path: &Path| {
-                let r = attempt(c, begun, work).map_err(|e| match e {
-                    Failed::Sql(e) => classify(e, path, what),
-                    Failed::Group(e) => e,
-                });
-                answer(r, tx)
-            },
-        );
-        let job = Job {
-            run,
-            callback: what == STORING_A_CALLBACK,
-            durable: !LEASE_BOOKKEEPING.contains(&what),
-        };
+        let job = Job::new(work, what, tx);
         self.jobs.send(job).map_err(|_| StoreError::Closed {
             database: self.path.display().to_string(),
         })?;
@@ -228,136 +196,6 @@ impl SqliteStore {
     }
 }
 
-/// The writer thread: takes every queued job, runs them in one transaction, commits, answers.
-fn writer_loop(mut c: Connection, mut rx: mpsc::UnboundedReceiver<Job>, path: &Path) {
-    // after a write failed for lack of space (or another I/O error), the WAL is checkpointed and
-    // truncated once writes work again, so it does not grow back to fill the space just freed
-    let mut truncate_when_healthy = false;
-    // the connection opens with synchronous=FULL
-    let mut full = true;
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => group.push(j),
-                Err(_) => break,
-            }
-        }
-        let durable = group.iter().any(|j| j.durable);
-        let mut refused = None;
-        if durable != full {
-            let mode = if durable { "FULL" } else { "NORMAL" };
-            match c.pragma_update(None, "synchronous", mode) {
-                Ok(()) => full = durable,
-                // left at NORMAL, a durable group is refused rather than committed without fsync
-                Err(e) if durable => {
-                    refused = Some(classify(e, path, "cannot set synchronous=FULL"));
-                }
-                // left at FULL: only more durable than asked
-                Err(e) => {
-                    tracing::warn!(database = %path.display(), "cannot set synchronous=NORMAL: {e}")
-                }
-            }
-        }
-        match run_group(&mut c, group, path, refused) {
-            Err(StoreError::Io { .. }) => {
-                truncate_when_healthy = true;
-                truncate_wal(&c, path);
-            }
-            Ok(()) if truncate_when_healthy => {
-                truncate_when_healthy = !truncate_wal(&c, path);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// `PRAGMA wal_checkpoint(TRUNCATE)`: everything into the database file, the WAL emptied.
-/// Returns whether it completed.
-fn truncate_wal(c: &Connection, path: &Path) -> bool {
-    match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
-        Ok(0) => {
-            tracing::info!(database = %path.display(), "WAL checkpointed and truncated");
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!(database = %path.display(), "cannot truncate the WAL yet: {e}");
-            false
-        }
-    }
-}
-
-enum Failed {
-    Sql(rusqlite::Error),
-    Group(StoreError),
-}
-
-/// Runs `f` in its own savepoint, or fails as the group's BEGIN did.
-fn attempt<T>(c: &Connection, begun: &Result<(), StoreError>, f: Work<T>) -> Result<T, Failed> {
-    if let Err(e) = begun {
-        return Err(Failed::Group(e.clone()));
-    }
-    write::exec(c, "SAVEPOINT job", []).map_err(Failed::Sql)?;
-    match f(c) {
-        Ok(v) => {
-            write::exec(c, "RELEASE job", []).map_err(Failed::Sql)?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = c.execute_batch("ROLLBACK TO job; RELEASE job");
-            Err(Failed::Sql(e))
-        }
-    }
-}
-
-/// Holds a job's result until the group's outcome is known: nothing is acknowledged before the
-/// group is durable.
-fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>) -> Answer {
-    Box::new(move |committed| {
-        let _ = reply.send(match committed {
-            Ok(()) => r,
-            Err(e) => Err(e.clone()),
-        });
-    })
-}
-
-fn run_group(
-    c: &mut Connection,
-    group: Vec<Job>,
-    path: &Path,
-    refused: Option<StoreError>,
-) -> Result<(), StoreError> {
-    let begun = match refused {
-        Some(e) => Err(e),
-        None => write::exec(c, "BEGIN IMMEDIATE", [])
-            .map(|_| ())
-            .map_err(|e| classify(e, path, "cannot begin a write transaction")),
-    };
-    let callbacks = group.iter().any(|j| j.callback);
-    let answers: Vec<Answer> = group
-        .into_iter()
-        .map(|job| (job.run)(c, &begun, path))
-        .collect();
-    if callbacks {
-        crate::crash::point("before_commit");
-    }
-    let committed = begun.and_then(|()| {
-        write::exec(c, "COMMIT", [])
-            .map(|_| ())
-            .map_err(|e| classify(e, path, "commit failed"))
-    });
-    if committed.is_err() && !c.is_autocommit() {
-        let _ = c.execute_batch("ROLLBACK");
-    }
-    for a in answers {
-        a(&committed);
-    }
-    committed
-}
-
 impl Store for SqliteStore {
     async fn open(db: &Database, opts: &OpenOptions) -> Result<Self, StoreError> {
         let path = sqlite_path(db)?.to_path_buf();
@@ -373,7 +211,7 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(|e| task_failed(&path, e))??;
-        let (jobs, rx) = mpsc::unbounded_channel();
+        let (jobs, rx) = std::sync::mpsc::channel();
         let p3 = path.clone();
         std::thread::Builder::new()
             .name("pointsync-writer".into())
@@ -396,7 +234,7 @@ impl Store for SqliteStore {
         .await
         .map_err(|e| task_failed(&path, e))??;
         // no writer thread: the receiving end is dropped, so a write is refused at once
-        let (jobs, _) = mpsc::unbounded_channel();
+        let (jobs, _) = std::sync::mpsc::channel();
         Ok(Self {
             jobs,
             readers: Arc::new(Readers::new(vec![reader])),

@@ -1,0 +1,220 @@
+//! The writer thread: takes the queued jobs as one group, runs each in its own savepoint inside one
+//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each job's caller.
+//!
+//! A group made only of a finished send's bookkeeping (recording its outcome, renewing or
+//! releasing a lease) waits up to [`LINGER`] for another job to share its commit. At a moderate
+//! rate a payment's outcome then goes into the next callback's commit, whose pages it shares (the
+//! outbox's last leaf, the `inflight` entries of its index), instead of a commit of its own with
+//! its own write calls and `synchronous` switches. Its caller is answered after that commit, as
+//! before.
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+use wechatpay::clock::monotonic;
+
+use super::{LEASE_BOOKKEEPING, LINGERING, STORING_A_CALLBACK, classify, write};
+use crate::store::StoreError;
+
+/// Jobs written in one group at most.
+const MAX_GROUP: usize = 512;
+
+/// How long a group of lease bookkeeping alone waits for a job to share its commit.
+pub(super) const LINGER: Duration = Duration::from_millis(5);
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write, run by the writer thread inside the group's transaction.
+type Work<T> = Box<dyn FnOnce(&Connection) -> rusqlite::Result<T> + Send>;
+
+/// Runs a job inside the group (given the group's BEGIN outcome) and returns its answer.
+type RunJob = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
+
+/// Sends a job's answer once its group has committed (or failed to).
+type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
+
+/// A queued write.
+pub(super) struct Job {
+    run: RunJob,
+    /// It stores a callback (the kill -9 tests' `before_commit` point is about those).
+    callback: bool,
+    /// Its group must be fsynced before anyone is answered (all but lease bookkeeping).
+    pub(super) durable: bool,
+    /// It may wait [`LINGER`] for company (a finished send's bookkeeping).
+    lingers: bool,
+}
+
+impl Job {
+    /// `work`, called `what`; its result goes to `reply` once its group has committed.
+    pub(super) fn new<T: Send + 'static>(
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        what: &'static str,
+        reply: Reply<T>,
+    ) -> Self {
+        let work: Work<T> = Box::new(work);
+        let run = Box::new(
+            move |c: &Connection, begun: &Result<(), StoreError>, path: &Path| {
+                let r = attempt(c, begun, work).map_err(|e| match e {
+                    Failed::Sql(e) => classify(e, path, what),
+                    Failed::Group(e) => e,
+                });
+                answer(r, reply)
+            },
+        );
+        Self {
+            run,
+            callback: what == STORING_A_CALLBACK,
+            durable: !LEASE_BOOKKEEPING.contains(&what),
+            lingers: LINGERING.contains(&what),
+        }
+    }
+}
+
+/// The next group: every job queued now, and — while they are all bookkeeping that lingers — any
+/// arriving within [`LINGER`] of the first. `None` once every sender is gone.
+fn next_group(rx: &Receiver<Job>) -> Option<Vec<Job>> {
+    let mut group = vec![rx.recv().ok()?];
+    let deadline = monotonic() + LINGER;
+    loop {
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if group.len() >= MAX_GROUP || !group.iter().all(|j| j.lingers) {
+            return Some(group);
+        }
+        match rx.recv_timeout(deadline.saturating_duration_since(monotonic())) {
+            Ok(j) => group.push(j),
+            // nobody came (or the store is closing): write what is there
+            Err(_) => return Some(group),
+        }
+    }
+}
+
+/// The writer thread: takes every queued job, runs them in one transaction, commits, answers.
+pub(super) fn writer_loop(mut c: Connection, rx: Receiver<Job>, path: &Path) {
+    // after a write failed for lack of space (or another I/O error), the WAL is checkpointed and
+    // truncated once writes work again, so it does not grow back to fill the space just freed
+    let mut truncate_when_healthy = false;
+    // the connection opens with synchronous=FULL
+    let mut full = true;
+    while let Some(group) = next_group(&rx) {
+        let durable = group.iter().any(|j| j.durable);
+        let mut refused = None;
+        if durable != full {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match c.pragma_update(None, "synchronous", mode) {
+                Ok(()) => full = durable,
+                // left at NORMAL, a durable group is refused rather than committed without fsync
+                Err(e) if durable => {
+                    refused = Some(classify(e, path, "cannot set synchronous=FULL"));
+                }
+                // left at FULL: only more durable than asked
+                Err(e) => {
+                    tracing::warn!(database = %path.display(), "cannot set synchronous=NORMAL: {e}")
+                }
+            }
+        }
+        match run_group(&mut c, group, path, refused) {
+            Err(StoreError::Io { .. }) => {
+                truncate_when_healthy = true;
+                truncate_wal(&c, path);
+            }
+            Ok(()) if truncate_when_healthy => {
+                truncate_when_healthy = !truncate_wal(&c, path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: everything into the database file, the WAL emptied.
+/// Returns whether it completed.
+fn truncate_wal(c: &Connection, path: &Path) -> bool {
+    match c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {
+            tracing::info!(database = %path.display(), "WAL checkpointed and truncated");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(database = %path.display(), "cannot truncate the WAL yet: {e}");
+            false
+        }
+    }
+}
+
+enum Failed {
+    Sql(rusqlite::Error),
+    Group(StoreError),
+}
+
+/// Runs `f` in its own savepoint, or fails as the group's BEGIN did.
+fn attempt<T>(c: &Connection, begun: &Result<(), StoreError>, f: Work<T>) -> Result<T, Failed> {
+    if let Err(e) = begun {
+        return Err(Failed::Group(e.clone()));
+    }
+    write::exec(c, "SAVEPOINT job", []).map_err(Failed::Sql)?;
+    match f(c) {
+        Ok(v) => {
+            write::exec(c, "RELEASE job", []).map_err(Failed::Sql)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(Failed::Sql(e))
+        }
+    }
+}
+
+/// Holds a job's result until the group's outcome is known: nothing is acknowledged before the
+/// group is durable.
+fn answer<T: Send + 'static>(r: Result<T, StoreError>, reply: Reply<T>) -> Answer {
+    Box::new(move |committed| {
+        let _ = reply.send(match committed {
+            Ok(()) => r,
+            Err(e) => Err(e.clone()),
+        });
+    })
+}
+
+fn run_group(
+    c: &mut Connection,
+    group: Vec<Job>,
+    path: &Path,
+    refused: Option<StoreError>,
+) -> Result<(), StoreError> {
+    let begun = match refused {
+        Some(e) => Err(e),
+        None => write::exec(c, "BEGIN IMMEDIATE", [])
+            .map(|_| ())
+            .map_err(|e| classify(e, path, "cannot begin a write transaction")),
+    };
+    let callbacks = group.iter().any(|j| j.callback);
+    let answers: Vec<Answer> = group
+        .into_iter()
+        .map(|job| (job.run)(c, &begun, path))
+        .collect();
+    if callbacks {
+        crate::crash::point("before_commit");
+    }
+    let committed = begun.and_then(|()| {
+        write::exec(c, "COMMIT", [])
+            .map(|_| ())
+            .map_err(|e| classify(e, path, "commit failed"))
+    });
+    if committed.is_err() && !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    for a in answers {
+        a(&committed);
+    }
+    committed
+}
