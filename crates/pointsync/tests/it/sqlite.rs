@@ -318,3 +318,61 @@ async fn a_finished_sends_outcome_waits_to_share_the_next_callbacks_commit() {
         (Some(&11), Some(&10))
     );
 }
+
+#[tokio::test]
+async fn a_callback_failing_midway_leaves_nothing_alone_or_among_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let s = SqliteStore::open_path(&path, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let rules = crate::contract::trusting();
+    // the outbox refuses one transaction's sync: its callback fails after its payment, ledger and
+    // balance are written
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox WHEN NEW.transaction_id = 'BAD'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .unwrap();
+    let bad = payment("BAD", "o1", 5_000, "S1");
+    // alone: the only job of its group
+    let err = s.ingest(&bad, &ctx(&rules)).await.unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert!(
+        s.member("o1").await.unwrap().is_none(),
+        "nothing of it kept"
+    );
+    // among others written at once: it alone fails
+    let others: Vec<_> = (0..20)
+        .map(|i| payment(&format!("G{i}"), "o1", 1_000, "S1"))
+        .collect();
+    let bad_ctx = ctx(&rules);
+    let (bad_again, stored) = tokio::join!(s.ingest(&bad, &bad_ctx), async {
+        let mut set = tokio::task::JoinSet::new();
+        for p in others {
+            let s = s.clone();
+            let rules = rules.clone();
+            set.spawn(async move { s.ingest(&p, &ctx(&rules)).await });
+        }
+        set.join_all().await
+    });
+    assert!(bad_again.is_err());
+    assert!(
+        stored
+            .iter()
+            .all(|r| matches!(r, Ok(Ingested::Payment { points: 10 })))
+    );
+    let m = s.member("o1").await.unwrap().unwrap();
+    assert_eq!((m.balance, m.entries.len()), (200, 20));
+    let audit = s.audit().await.unwrap();
+    assert!(audit.unbalanced_members.is_empty() && audit.payments_without_sync.is_empty());
+    // the store goes on: the next callback is written
+    assert_eq!(
+        s.ingest(&payment("AFTER", "o2", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap(),
+        Ingested::Payment { points: 10 }
+    );
+}

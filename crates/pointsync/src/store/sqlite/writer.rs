@@ -30,8 +30,9 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A write, run by the writer thread inside the group's transaction.
 type Work<T> = Box<dyn FnOnce(&Connection) -> rusqlite::Result<T> + Send>;
 
-/// Runs a job inside the group (given the group's BEGIN outcome) and returns its answer.
-type RunJob = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, &Path) -> Answer + Send>;
+/// Runs a job inside the group (given the group's BEGIN outcome, and whether it is the group's only
+/// job) and returns its answer.
+type RunJob = Box<dyn FnOnce(&Connection, &Result<(), StoreError>, bool, &Path) -> Answer + Send>;
 
 /// Sends a job's answer once its group has committed (or failed to).
 type Answer = Box<dyn FnOnce(&Result<(), StoreError>) + Send>;
@@ -56,8 +57,8 @@ impl Job {
     ) -> Self {
         let work: Work<T> = Box::new(work);
         let run = Box::new(
-            move |c: &Connection, begun: &Result<(), StoreError>, path: &Path| {
-                let r = attempt(c, begun, work).map_err(|e| match e {
+            move |c: &Connection, begun: &Result<(), StoreError>, alone: bool, path: &Path| {
+                let r = attempt(c, begun, alone, work).map_err(|e| match e {
                     Failed::Sql(e) => classify(e, path, what),
                     Failed::Group(e) => e,
                 });
@@ -156,10 +157,25 @@ enum Failed {
     Group(StoreError),
 }
 
-/// Runs `f` in its own savepoint, or fails as the group's BEGIN did.
-fn attempt<T>(c: &Connection, begun: &Result<(), StoreError>, f: Work<T>) -> Result<T, Failed> {
+/// Runs `f` in its own savepoint, or fails as the group's BEGIN did. The group's only job needs
+/// no savepoint (whose statement journal copies every page before it changes): if it fails, the
+/// whole transaction is rolled back, and there is nothing left to commit.
+fn attempt<T>(
+    c: &Connection,
+    begun: &Result<(), StoreError>,
+    alone: bool,
+    f: Work<T>,
+) -> Result<T, Failed> {
     if let Err(e) = begun {
         return Err(Failed::Group(e.clone()));
+    }
+    if alone {
+        return f(c).map_err(|e| {
+            if !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+            Failed::Sql(e)
+        });
     }
     write::exec(c, "SAVEPOINT job", []).map_err(Failed::Sql)?;
     match f(c) {
@@ -198,14 +214,19 @@ fn run_group(
             .map_err(|e| classify(e, path, "cannot begin a write transaction")),
     };
     let callbacks = group.iter().any(|j| j.callback);
+    let alone = group.len() == 1;
     let answers: Vec<Answer> = group
         .into_iter()
-        .map(|job| (job.run)(c, &begun, path))
+        .map(|job| (job.run)(c, &begun, alone, path))
         .collect();
     if callbacks {
         crate::crash::point("before_commit");
     }
     let committed = begun.and_then(|()| {
+        if c.is_autocommit() {
+            // the only job failed and rolled the transaction back: its answer is its own error
+            return Ok(());
+        }
         write::exec(c, "COMMIT", [])
             .map(|_| ())
             .map_err(|e| classify(e, path, "commit failed"))
