@@ -295,6 +295,47 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
     );
 }
 
+/// Outcomes a few milliseconds apart (a moderate rate) still share a statement: the batch waits
+/// a moment for company. Ten outcomes, one every ~2 ms, are written by a few transactions.
+#[tokio::test]
+async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::SyncOutcome;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = trusting();
+    for i in 0..10 {
+        s.ingest(&payment(&format!("T{i}"), "o1", 1_000, "S1"), &ctx(&rules))
+            .await
+            .unwrap();
+    }
+    let now = pointsync::clock::now_ms();
+    let claimed = s.claim("A", now, 30_000, 100).await.unwrap();
+    assert_eq!(claimed.len(), 10);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in claimed {
+        let s = s.clone();
+        tasks.spawn(async move { s.complete(&c, "A", &SyncOutcome::Done, now).await });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert!(r.unwrap().unwrap(), "each outcome recorded");
+    }
+    // rows one statement updated share its transaction id
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT COUNT(DISTINCT xmin::TEXT) FROM outbox WHERE state = 'done'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(
+        (1..=4).contains(&transactions),
+        "10 outcomes ~2 ms apart were written by {transactions} transactions"
+    );
+}
+
 /// Callbacks arriving together are written in groups (one transaction for several), each exactly
 /// as alone: every payment credited once, every duplicate seen as one, balances adding up; a
 /// member another transaction holds stalls only its own callbacks, never the rest of its group
