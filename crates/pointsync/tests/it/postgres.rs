@@ -248,25 +248,31 @@ async fn leases_run_on_the_database_clock_whatever_an_instance_clock_says() {
     pool.close().await;
 }
 
-/// Outcomes recorded concurrently go in batches, each row still fenced on its own: of 40 claimed
-/// rows completed at once, the 10 completed with a stale attempt change nothing and hear `false`.
-#[tokio::test]
-async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
+/// `n` payments stored and their syncs claimed by owner "A" (a 30 s lease), with the claim's time.
+async fn claimed_payments(s: &PgStore, n: usize) -> (Vec<pointsync::store::Claimed>, i64) {
     use crate::contract::{ctx, payment, trusting};
-    use pointsync::store::SyncOutcome;
-    let Some((_guard, db)) = fresh_database().await else {
-        return;
-    };
-    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
     let rules = trusting();
-    for i in 0..40 {
+    for i in 0..n {
         s.ingest(&payment(&format!("T{i}"), "o1", 1_000, "S1"), &ctx(&rules))
             .await
             .unwrap();
     }
     let now = pointsync::clock::now_ms();
     let claimed = s.claim("A", now, 30_000, 100).await.unwrap();
-    assert_eq!(claimed.len(), 40);
+    assert_eq!(claimed.len(), n);
+    (claimed, now)
+}
+
+/// Outcomes recorded concurrently go in batches, each row still fenced on its own: of 40 claimed
+/// rows completed at once, the 10 completed with a stale attempt change nothing and hear `false`.
+#[tokio::test]
+async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
+    use pointsync::store::SyncOutcome;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let (claimed, now) = claimed_payments(&s, 40).await;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in claimed.iter().enumerate() {
         let s = s.clone();
@@ -299,21 +305,12 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
 /// a moment for company. Ten outcomes, one every ~2 ms, are written by a few transactions.
 #[tokio::test]
 async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
-    use crate::contract::{ctx, payment, trusting};
     use pointsync::store::SyncOutcome;
     let Some((_guard, db)) = fresh_database().await else {
         return;
     };
     let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
-    let rules = trusting();
-    for i in 0..10 {
-        s.ingest(&payment(&format!("T{i}"), "o1", 1_000, "S1"), &ctx(&rules))
-            .await
-            .unwrap();
-    }
-    let now = pointsync::clock::now_ms();
-    let claimed = s.claim("A", now, 30_000, 100).await.unwrap();
-    assert_eq!(claimed.len(), 10);
+    let (claimed, now) = claimed_payments(&s, 10).await;
     let mut tasks = tokio::task::JoinSet::new();
     for c in claimed {
         let s = s.clone();

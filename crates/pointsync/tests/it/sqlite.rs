@@ -27,13 +27,17 @@ mod contract {
     crate::contract_suite!(super::Sqlite);
 }
 
-#[tokio::test]
-async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
+/// A fresh store on a file of its own, with the file's path (and the folder that holds it).
+async fn on_file(busy_timeout: Duration) -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    let s = SqliteStore::open_path(&path, Duration::from_millis(300))
-        .await
-        .unwrap();
+    let s = SqliteStore::open_path(&path, busy_timeout).await.unwrap();
+    (dir, path, s)
+}
+
+#[tokio::test]
+async fn a_lock_held_too_long_names_the_database_and_loses_nothing() {
+    let (_dir, path, s) = on_file(Duration::from_millis(300)).await;
     let rules = crate::contract::trusting();
     assert_eq!(
         s.ingest(&payment("L1", "o1", 1_000, "S1"), &ctx(&rules))
@@ -264,11 +268,7 @@ fn wal_commits(db: &std::path::Path) -> usize {
 #[tokio::test]
 async fn a_finished_sends_outcome_waits_to_share_the_next_callbacks_commit() {
     use pointsync::store::{Lease, SyncOutcome};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
-    let s = SqliteStore::open_path(&path, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (_dir, path, s) = on_file(Duration::from_secs(5)).await;
     let rules = crate::contract::trusting();
     let lease = Lease {
         owner: "A",
@@ -321,11 +321,7 @@ async fn a_finished_sends_outcome_waits_to_share_the_next_callbacks_commit() {
 
 #[tokio::test]
 async fn a_callback_failing_midway_leaves_nothing_alone_or_among_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.db");
-    let s = SqliteStore::open_path(&path, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (_dir, path, s) = on_file(Duration::from_secs(5)).await;
     let rules = crate::contract::trusting();
     // the outbox refuses one transaction's sync: its callback fails after its payment, ledger and
     // balance are written
