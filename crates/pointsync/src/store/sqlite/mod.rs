@@ -28,7 +28,9 @@ use connection::{
     READERS, Readers, migrate_connection, open_connection, open_existing, open_reader,
 };
 use reserve::Reserve;
-use writer::{Job, writer_loop};
+use writer::{
+    CLAIMING, COMPLETING, Job, RELEASING, RENEWING, RESCUING, STORING_A_CALLBACK, writer_loop,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,20 +89,6 @@ fn latest() -> i64 {
     super::latest_of(MIGRATIONS)
 }
 
-/// What an ingest job is called (in errors, and to tell callback groups apart).
-const STORING_A_CALLBACK: &str = "storing a callback";
-
-/// Jobs that only keep the outbox's leases: their loss in a power cut re-sends a stored sync, so
-/// their groups commit without an fsync of their own (see the module's header).
-const LEASE_BOOKKEEPING: [&str; 5] = [CLAIMING, COMPLETING, RENEWING, RELEASING, RESCUING];
-/// Lease bookkeeping that may wait a moment to share the next job's commit (see `writer.rs`):
-/// what a finished send records. A claim or a rescue goes at once; sends wait on them.
-const LINGERING: [&str; 3] = [COMPLETING, RENEWING, RELEASING];
-const CLAIMING: &str = "claiming syncs";
-const COMPLETING: &str = "recording a sync outcome";
-const RENEWING: &str = "renewing a lease";
-const RELEASING: &str = "releasing leases";
-const RESCUING: &str = "rescuing leases";
 /// SQLite storage. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {

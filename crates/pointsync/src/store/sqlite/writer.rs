@@ -16,14 +16,30 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 use wechatpay::clock::monotonic;
 
-use super::{LEASE_BOOKKEEPING, LINGERING, STORING_A_CALLBACK, classify, write};
+use super::connection::classify;
+use super::write;
 use crate::store::StoreError;
+
+/// What an ingest job is called (in errors, and to tell callback groups apart).
+pub(super) const STORING_A_CALLBACK: &str = "storing a callback";
+
+/// Jobs that only keep the outbox's leases: their loss in a power cut re-sends a stored sync, so
+/// their groups commit without an fsync of their own (see the store's module header).
+const LEASE_BOOKKEEPING: [&str; 5] = [CLAIMING, COMPLETING, RENEWING, RELEASING, RESCUING];
+/// Lease bookkeeping that may wait a moment to share the next job's commit (see [`next_group`]):
+/// what a finished send records. A claim or a rescue goes at once; sends wait on them.
+const LINGERING: [&str; 3] = [COMPLETING, RENEWING, RELEASING];
+pub(super) const CLAIMING: &str = "claiming syncs";
+pub(super) const COMPLETING: &str = "recording a sync outcome";
+pub(super) const RENEWING: &str = "renewing a lease";
+pub(super) const RELEASING: &str = "releasing leases";
+pub(super) const RESCUING: &str = "rescuing leases";
 
 /// Jobs written in one group at most.
 const MAX_GROUP: usize = 512;
 
 /// How long a group of lease bookkeeping alone waits for a job to share its commit.
-pub(super) const LINGER: Duration = Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(5);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
