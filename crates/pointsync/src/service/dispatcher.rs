@@ -233,13 +233,18 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
-    async fn send_one(self: Arc<Self>, c: Claimed) {
+    /// Sends `c` in the in-flight slot `permit`, frees the slot once the request is over, then
+    /// records the outcome: a store that batches outcomes (and may wait a moment for company)
+    /// never holds a slot another sync could be sent in.
+    async fn send_one(self: Arc<Self>, c: Claimed, permit: OwnedSemaphorePermit) {
         let outcome = if self.policy.expired(self.clock.now_ms() - c.created_at) {
+            drop(permit);
             self.policy.dead()
         } else {
             crate::crash::point("before_send");
             let started = monotonic();
             let result = self.send(&c).await;
+            drop(permit);
             self.metrics
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -346,10 +351,7 @@ impl<S: Store> Dispatcher<S> {
         permit: OwnedSemaphorePermit,
     ) {
         let me = self.clone();
-        tasks.spawn(async move {
-            me.send_one(c).await;
-            drop(permit);
-        });
+        tasks.spawn(me.send_one(c, permit));
     }
 
     /// Sends a sync its callback leased, in the slot it was leased under.
@@ -450,6 +452,8 @@ impl<S: Store> Dispatcher<S> {
                 // every slot busy, or probably more due: claim again as soon as a slot frees
                 tokio::select! {
                     _ = tasks.join_next() => {}
+                    // a send frees its slot before its outcome is recorded
+                    Ok(_) = permits.acquire(), if permits.available_permits() == 0 => {}
                     Some(h) = handed.recv() => self.spawn_handed(&mut tasks, h),
                     _ = stop.changed() => {}
                 }

@@ -639,6 +639,86 @@ async fn the_injected_clock_decides_expiry_a_sync_past_its_maximum_age_dies_unse
     assert_eq!(s.syncs.get("dead"), Some(&1), "{s:?}");
 }
 
+#[tokio::test]
+async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
+    use std::sync::Arc;
+
+    use pointsync::clock::SystemClock;
+    use pointsync::service::Dispatcher;
+    use pointsync::store::postgres::PgStore;
+    use pointsync::store::{Incoming, IngestContext, OpenOptions};
+    use sqlx::Connection as _;
+
+    let Some((_db_guard, db)) = crate::postgres::fresh_database().await else {
+        return;
+    };
+    let mut h = Harness::start(fast_push(), &[]).await;
+    // no running dispatcher: this test drives one on PostgreSQL, one sync in flight at a time
+    h.running.take().unwrap().shutdown().await;
+    let store = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    // recording an outcome (a row leaving `inflight`) waits for a lock this test holds; claims
+    // (`pending` to `inflight`) do not
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_outcomes() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$;
+         CREATE TRIGGER hold_outcomes BEFORE UPDATE ON outbox FOR EACH ROW
+             WHEN (OLD.state = 'inflight' AND NEW.state <> 'inflight')
+             EXECUTE FUNCTION hold_outcomes();
+         SELECT pg_advisory_lock(4242);",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let ctx = IngestContext {
+        rules: &h.config.rules,
+        partner_mode: false,
+        now_ms: pointsync::clock::now_ms(),
+    };
+    for txid in ["T-SLOT-1", "T-SLOT-2"] {
+        let t = payment(&h, txid, 1_000);
+        let n = Incoming {
+            notification_id: format!("EV-{txid}"),
+            event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
+            plaintext: serde_json::to_string(&t).unwrap(),
+            event: Event::MallTransaction(t),
+        };
+        store.ingest(&n, &ctx).await.unwrap();
+    }
+    let mut cfg = h.config.dispatcher.clone();
+    cfg.concurrency = 1;
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        h.config.client().unwrap(),
+        cfg,
+        pointsync::metrics::Metrics::new(),
+        Arc::new(SystemClock),
+    ));
+    let before = h.sim.counters().requests;
+    let round = tokio::spawn({
+        let d = dispatcher.clone();
+        async move { d.run_once().await }
+    });
+    // the first outcome cannot be recorded, yet the second sync is sent in the one slot
+    wait_for(
+        "the second sync, sent while the first outcome is held",
+        Duration::from_secs(10),
+        || h.sim.counters().requests >= before + 2,
+    )
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(round.await.unwrap().unwrap(), 2);
+    let s = store.status().await.unwrap();
+    assert_eq!(
+        s.syncs.get("inflight"),
+        None,
+        "both outcomes recorded: {s:?}"
+    );
+}
+
 /// Sends of each transaction WeChat received.
 fn sends(h: &Harness) -> std::collections::BTreeMap<String, usize> {
     let mut n = std::collections::BTreeMap::new();
