@@ -451,9 +451,10 @@ impl<S: Store> Dispatcher<S> {
             if want == 0 || (claimed > 0 && claimed == want) {
                 // every slot busy, or probably more due: claim again as soon as a slot frees
                 tokio::select! {
+                    // a send frees its slot before its outcome is recorded, but the claim waits
+                    // for a task to end: outcomes are recorded in batches, so the slots of a
+                    // batch are claimed for in one statement, not one each
                     _ = tasks.join_next() => {}
-                    // a send frees its slot before its outcome is recorded
-                    Ok(_) = permits.acquire(), if permits.available_permits() == 0 => {}
                     Some(h) = handed.recv() => self.spawn_handed(&mut tasks, h),
                     _ = stop.changed() => {}
                 }
