@@ -449,11 +449,10 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             if want == 0 || (claimed > 0 && claimed == want) {
-                // every slot busy, or probably more due: claim again as soon as a slot frees
+                // every slot busy, or probably more due: claim again once a task ends. A send
+                // frees its slot before its outcome is recorded, but outcomes are recorded in
+                // batches, so waiting for the task claims the slots of a batch in one statement
                 tokio::select! {
-                    // a send frees its slot before its outcome is recorded, but the claim waits
-                    // for a task to end: outcomes are recorded in batches, so the slots of a
-                    // batch are claimed for in one statement, not one each
                     _ = tasks.join_next() => {}
                     Some(h) = handed.recv() => self.spawn_handed(&mut tasks, h),
                     _ = stop.changed() => {}

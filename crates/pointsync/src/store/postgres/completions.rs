@@ -1,7 +1,8 @@
 //! Sync outcomes recorded in batches: every outcome queued while one batch is in flight, or
 //! within [`LINGER`] of the batch's first, goes in the next, one `UPDATE … FROM UNNEST(…)` for all
-//! of them, so a completion costs a fraction of a round trip, under load and at moderate rates. Each row keeps its own fence (state, owner, attempt): an outcome
-//! whose attempt lost its lease changes nothing and its caller hears `false`, as one by one.
+//! of them, so a completion costs a fraction of a round trip, under load and at moderate rates.
+//! Each row keeps its own fence (state, owner, attempt): an outcome whose attempt lost its lease
+//! changes nothing and its caller hears `false`, as one by one.
 
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -15,8 +16,8 @@ const MAX_BATCH: usize = 512;
 
 /// How long a batch waits for more outcomes before it is written. Under load the queue fills a
 /// batch on its own; at a moderate rate (200 payments/s: one outcome every 5 ms) each outcome
-/// would otherwise be a statement and a commit of its own. Nothing waits on it but the finished
-/// send's slot: the callback was acknowledged and the sync sent before.
+/// would otherwise be a statement and a commit of its own. Nothing waits on it: the callback was
+/// acknowledged, the sync sent and its in-flight slot freed before (`Dispatcher::send_one`).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// One attempt's outcome.

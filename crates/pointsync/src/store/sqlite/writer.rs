@@ -1,5 +1,6 @@
 //! The writer thread: takes the queued jobs as one group, runs each in its own savepoint inside one
-//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each job's caller.
+//! `BEGIN IMMEDIATE` transaction (a group's only job needs none), commits once, and only then
+//! answers each job's caller.
 //!
 //! A group made only of a finished send's bookkeeping (recording its outcome, renewing or
 //! releasing a lease) waits up to [`LINGER`] for another job to share its commit. At a moderate
@@ -59,7 +60,7 @@ pub(super) struct Job {
     /// It stores a callback (the kill -9 tests' `before_commit` point is about those).
     callback: bool,
     /// Its group must be fsynced before anyone is answered (all but lease bookkeeping).
-    pub(super) durable: bool,
+    durable: bool,
     /// It may wait [`LINGER`] for company (a finished send's bookkeeping).
     lingers: bool,
 }
