@@ -428,6 +428,145 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     assert_no_transaction_left_open(&mut holder).await;
 }
 
+/// A group's callbacks are each decided on what the ones before them wrote, as when written one at
+/// a time: an authorization before its member's payment, a second payment under the daily cap, a
+/// refund of a payment of the same group, a duplicate, a refund whose member (its payment's, not
+/// the one it names) another callback of the group pays, and a refund naming another member than
+/// its payment of the same group. Sent together they make one group,
+/// one transaction; they leave the same outcomes, balances, ledgers and counts as the same
+/// callbacks written one by one on another database.
+#[tokio::test]
+async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
+    use crate::contract::{auth, ctx, incoming, payment, refund};
+    use pointsync::rules::{Rules, UnknownAuthorization};
+    use wechatpay::notify::Event;
+    let (Some((_g1, grouped_db)), Some((_g2, single_db))) =
+        (fresh_database().await, fresh_database().await)
+    else {
+        return;
+    };
+    let rules = std::sync::Arc::new(Rules {
+        daily_cap: Some(150),
+        unknown_authorization: UnknownAuthorization::Hold,
+        ..Rules::default()
+    });
+    // members whose callbacks share a lane (the lane is the member lock key's hash modulo the
+    // 4 lanes), so the whole list makes one group
+    let lane = |openid: &str| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
+        std::hash::Hasher::finish(&h) % 4
+    };
+    let m: Vec<String> = (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|o| lane(o) == lane("o0"))
+        .take(7)
+        .collect();
+    let refund_by = |openid: &str, txid: &str, refund_id: &str, amount: i64| {
+        let mut r = refund(txid, refund_id, 10_000, amount);
+        if let Event::MallRefund(r) = &mut r.event {
+            r.openid = openid.into();
+        }
+        incoming(r.event)
+    };
+    let before = [
+        auth(&m[4], true),
+        payment("T5", &m[4], 10_000, "S1"),
+        auth(&m[5], true),
+    ];
+    let t1 = payment("T1", &m[0], 10_000, "S1");
+    let group = vec![
+        auth(&m[0], true),
+        t1.clone(),
+        payment("T2", &m[0], 10_000, "S1"),
+        refund_by(&m[0], "T1", "R1", 5_000),
+        t1,
+        payment("T3", &m[1], 10_000, "S1"),
+        // names m[3], refunds m[4]'s payment, which the next one pays more to
+        refund_by(&m[3], "T5", "R5", 10_000),
+        payment("T6", &m[4], 10_000, "S1"),
+        payment("T7", &m[2], 10_000, "S1"),
+        auth(&m[1], true),
+        payment("T8", &m[5], 10_000, "S1"),
+        // names m[6], refunds the payment just before it
+        refund_by(&m[6], "T8", "R8", 4_000),
+    ];
+    let (grouped, single) = (
+        PgStore::open(&grouped_db, &OpenOptions::default())
+            .await
+            .unwrap(),
+        PgStore::open(&single_db, &OpenOptions::default())
+            .await
+            .unwrap(),
+    );
+    for s in [&grouped, &single] {
+        for n in &before {
+            s.ingest(n, &ctx(&rules)).await.unwrap();
+        }
+    }
+    let mut one_by_one = Vec::new();
+    for n in &group {
+        one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
+    }
+    // spawned in order on this one thread, they all reach their lane before it takes any
+    let tasks: Vec<_> = group
+        .into_iter()
+        .map(|n| {
+            let (s, rules) = (grouped.clone(), rules.clone());
+            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap());
+    }
+    assert_eq!(together, one_by_one);
+    let mut c = sqlx::PgConnection::connect(&grouped_db.to_string())
+        .await
+        .unwrap();
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox WHERE transaction_id NOT IN ($1, $2, 'T5') OR refund_id = 'R5'",
+    )
+    .bind(&m[4])
+    .bind(&m[5])
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1, "the callbacks were written as one group");
+    for openid in &m {
+        let (g, s) = (
+            grouped.member(openid).await.unwrap(),
+            single.member(openid).await.unwrap(),
+        );
+        assert_eq!(format!("{g:?}"), format!("{s:?}"), "{openid}");
+    }
+    let payer = grouped.member(&m[0]).await.unwrap().unwrap();
+    assert_eq!(
+        payer.entries.iter().map(|e| e.points).collect::<Vec<_>>(),
+        [100, 50, -50]
+    );
+    let refunded = grouped.member(&m[4]).await.unwrap().unwrap();
+    assert_eq!(
+        refunded
+            .entries
+            .iter()
+            .map(|e| (e.points, e.balance_after))
+            .collect::<Vec<_>>(),
+        [(100, 100), (-100, 0), (50, 50)]
+    );
+    let partly = grouped.member(&m[5]).await.unwrap().unwrap();
+    assert_eq!(
+        partly.balance, 60,
+        "T8 credited 100, its refund of 40 % debited 40"
+    );
+    let (g, s) = (
+        grouped.status().await.unwrap(),
+        single.status().await.unwrap(),
+    );
+    assert_eq!((g.syncs, g.inbox), (s.syncs, s.inbox));
+    assert_no_transaction_left_open(&mut c).await;
+}
+
 /// One callback PostgreSQL refuses (text holding a NUL) among callbacks written at once: it alone
 /// fails; the group it fell in is rolled back and its other callbacks are written one by one.
 #[tokio::test]

@@ -265,20 +265,27 @@ impl Writer {
         }
         // they wait for their members' locks elsewhere, as they did before grouping
         self.all_alone(waiting);
-        let mut stored = Vec::with_capacity(grouped.len());
-        for job in &grouped {
-            match write::store_locked(&mut tx, &job.n, &job.ctx(), None).await {
-                Ok(s) => stored.push(s),
-                Err(e) => {
-                    tracing::debug!(
-                        "a group of {} callbacks is written one by one: {e}",
-                        grouped.len()
-                    );
-                    let _ = tx.rollback().await;
-                    return self.all_alone(grouped);
-                }
+        let each: Vec<write::Grouped<'_>> = grouped
+            .iter()
+            .map(|j| write::Grouped {
+                n: &j.n,
+                ctx: j.ctx(),
+                key: j.key.as_deref(),
+            })
+            .collect();
+        let stored = match write::store_group(&mut tx, &each).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(
+                    "a group of {} callbacks is written one by one: {e}",
+                    grouped.len()
+                );
+                drop(each);
+                let _ = tx.rollback().await;
+                return self.all_alone(grouped);
             }
-        }
+        };
+        drop(each);
         if let Err(e) = tx.commit().await {
             tracing::debug!(
                 "a group of {} callbacks did not commit, written one by one: {e}",
