@@ -42,15 +42,15 @@ async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
 
 /// [`snapshot`] for several callbacks in one statement (one round trip), in their order. Each
 /// row's reads see the transaction as it was before the statement: callbacks whose reads another
-/// one's writes could change must not share it (`store_group`). The payment and the member are
-/// read row by row through their keys (`OFFSET 0` keeps the planner from turning a lookup into a
-/// join over the whole table).
+/// one's writes could change must not share it (`store_group`). Every lookup is a lateral
+/// subquery through its key, row by row (`OFFSET 0` keeps the planner from turning it into a join
+/// or a hashed subplan over the whole table: the statement runs on the plan made for the
+/// connection's first execution, when the tables may still be empty).
 async fn snapshots(c: &mut PgConnection, reads: &[&Reads]) -> R<Vec<Snapshot>> {
     let texts = |f: fn(&Reads) -> Option<&str>| reads.iter().map(|r| f(r)).collect::<Vec<_>>();
     let days: Vec<i64> = reads.iter().map(|r| r.day).collect();
     let rows = sqlx::query(
-        "SELECT EXISTS (SELECT 1 FROM inbox i WHERE i.event_type = v.event_type AND i.transaction_id = v.key_id AND i.refund_id = v.refund_id),
-                p.openid, p.amount, p.credited_points, p.refunded_amount, p.entitled_debit, p.not_credited,
+        "SELECT s.seen IS NOT NULL, p.openid, p.amount, p.credited_points, p.refunded_amount, p.entitled_debit, p.not_credited,
                 ARRAY(SELECT id FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
                 ARRAY(SELECT resource FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
                 m.openid IS NOT NULL, m.authorized, COALESCE(m.balance, 0),
@@ -58,6 +58,9 @@ async fn snapshots(c: &mut PgConnection, reads: &[&Reads]) -> R<Vec<Snapshot>> {
                  WHERE openid = w.openid AND day = v.day AND kind = 'credit')
          FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) WITH ORDINALITY
               AS v (event_type, key_id, refund_id, transaction_id, openid, day, n)
+         LEFT JOIN LATERAL (SELECT TRUE AS seen FROM inbox
+                            WHERE event_type = v.event_type AND transaction_id = v.key_id AND refund_id = v.refund_id
+                            OFFSET 0) s ON TRUE
          LEFT JOIN LATERAL (SELECT * FROM payments WHERE transaction_id = v.transaction_id OFFSET 0) p ON TRUE
          CROSS JOIN LATERAL (SELECT COALESCE(v.openid, p.openid) AS openid) AS w
          LEFT JOIN LATERAL (SELECT * FROM members WHERE openid = w.openid OFFSET 0) m ON TRUE
