@@ -486,7 +486,7 @@ async fn the_demo_day_runs_across_three_instances_on_postgresql() {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    assert!(run(&["migrate"]).contains("schema up to date (2 rate limit)"));
+    assert!(run(&["migrate"]).contains("schema up to date (3 outbox vacuum)"));
     let status = run(&["status"]);
     assert!(
         status.contains("syncs:  done 300") && status.contains("oldest pending sync: none"),

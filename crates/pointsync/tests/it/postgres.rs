@@ -167,10 +167,22 @@ async fn the_url_password_never_shows_and_migrate_is_idempotent_under_a_lock() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
         a.applied.len() + b.applied.len(),
-        2,
+        3,
         "every migration applied once: {a:?} {b:?}"
     );
-    assert_eq!(PgStore::check(&db).await.unwrap(), "2 rate limit");
+    assert_eq!(PgStore::check(&db).await.unwrap(), "3 outbox vacuum");
+    // the outbox, a queue, is vacuumed after a fixed number of changes, not a fifth of its rows
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let options: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(reloptions) FROM pg_class WHERE relname = 'outbox'")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert!(
+        options.contains(&"autovacuum_vacuum_scale_factor=0".to_string())
+            && options.contains(&"autovacuum_vacuum_threshold=10000".to_string()),
+        "{options:?}"
+    );
     let ro = PgStore::open_read_only(&db).await.unwrap();
     assert!(matches!(
         ro.probe_write(0).await,

@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rate limit",
         include_str!("../../../migrations/postgres/0002_rate_limit.sql"),
     ),
+    (
+        3,
+        "outbox vacuum",
+        include_str!("../../../migrations/postgres/0003_outbox_vacuum.sql"),
+    ),
 ];
 
 /// The session advisory lock migrators hold ("pointsyn").
