@@ -579,6 +579,76 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     assert_no_transaction_left_open(&mut c).await;
 }
 
+/// Callbacks written in groups look rows up through their keys: no statement of theirs scans a
+/// whole table on every execution, even on plans made while the tables were empty. (A group's
+/// snapshot statement once hashed the whole inbox each time: one sequential scan per group, its
+/// cost growing with every payment ever stored.) A few scans while the tables are still tiny are
+/// the planner's right choice, until autovacuum's statistics say otherwise.
+#[tokio::test]
+async fn grouped_callbacks_do_not_scan_a_whole_table_per_group() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    // rounds of callbacks sent at once on this one thread, so each lane takes them as groups
+    let round = |r: usize| {
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let (s, rules) = (s.clone(), rules.clone());
+                let p = payment(&format!("T{r}-{i}"), &format!("o{}", i % 12), 1_000, "S1");
+                tokio::spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let scans = async |c: &mut sqlx::PgConnection| {
+        // statistics reach the shared counters a moment after each backend goes idle
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::TEXT, COALESCE(seq_scan, 0) FROM pg_stat_user_tables
+             WHERE relname IN ('inbox', 'payments', 'members', 'ledger') ORDER BY 1",
+        )
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        rows
+    };
+    // the first rounds, on empty tables, make the connections' plans
+    round(0).await;
+    round(1).await;
+    let before = scans(&mut c).await;
+    for r in 2..12 {
+        round(r).await;
+    }
+    let after = scans(&mut c).await;
+    let groups: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id NOT LIKE 'T0-%' AND transaction_id NOT LIKE 'T1-%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(
+        (20..200).contains(&groups),
+        "240 payments in {groups} transactions: not grouped"
+    );
+    for ((table, b), (_, a)) in before.iter().zip(&after) {
+        assert!(
+            (a - b) * 2 < groups,
+            "{table}: {} sequential scans for {groups} groups ({before:?} → {after:?})",
+            a - b
+        );
+    }
+    let st = s.status().await.unwrap();
+    assert_eq!(st.inbox.get("applied"), Some(&288));
+}
+
 /// One callback PostgreSQL refuses (text holding a NUL) among callbacks written at once: it alone
 /// fails; the group it fell in is rolled back and its other callbacks are written one by one.
 #[tokio::test]
