@@ -44,8 +44,8 @@ async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
 /// row's reads see the transaction as it was before the statement: callbacks whose reads another
 /// one's writes could change must not share it (`store_group`). Every lookup is a lateral
 /// subquery through its key, row by row (`OFFSET 0` keeps the planner from turning it into a join
-/// or a hashed subplan over the whole table: the statement runs on the plan made for the
-/// connection's first execution, when the tables may still be empty).
+/// or a hashed subplan over the whole table: the statement runs on a generic plan, which may have
+/// been made while the tables were still empty).
 async fn snapshots(c: &mut PgConnection, reads: &[&Reads]) -> R<Vec<Snapshot>> {
     let texts = |f: fn(&Reads) -> Option<&str>| reads.iter().map(|r| f(r)).collect::<Vec<_>>();
     let days: Vec<i64> = reads.iter().map(|r| r.day).collect();
