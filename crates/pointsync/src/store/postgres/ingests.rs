@@ -4,7 +4,7 @@
 //! callback queued in a lane while the lane writes a group joins the next group: one transaction
 //! for all of them — their members' locks tried at once, the snapshots of those whose reads no
 //! other one's writes can change in one statement, each callback's decision and writes exactly as
-//! alone (`write::store_group`), then one `COMMIT` — so under load a callback costs about one round
+//! alone (`group.rs`), then one `COMMIT` — so under load a callback costs about one round
 //! trip and a share of one commit instead of four round trips and a commit of its own.
 //!
 //! Written alone instead, each in a task of its own as before grouping: a callback that finds its
@@ -22,6 +22,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use wechatpay::notify::Event;
 
+use super::group::{Grouped, store_group};
 use super::write::{self, PgLease};
 use super::{classify, retried};
 use crate::rules::Rules;
@@ -271,27 +272,27 @@ impl Writer {
         }
         // they wait for their members' locks elsewhere, as they did before grouping
         self.all_alone(waiting);
-        let each: Vec<write::Grouped<'_>> = grouped
+        let each: Vec<Grouped<'_>> = grouped
             .iter()
-            .map(|j| write::Grouped {
+            .map(|j| Grouped {
                 n: &j.n,
                 ctx: j.ctx(),
                 key: j.key.as_deref(),
             })
             .collect();
-        let stored = match write::store_group(&mut tx, &each).await {
+        let written = store_group(&mut tx, &each).await;
+        drop(each);
+        let stored = match written {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(
                     "a group of {} callbacks is written one by one: {e}",
                     grouped.len()
                 );
-                drop(each);
                 let _ = tx.rollback().await;
                 return self.all_alone(grouped);
             }
         };
-        drop(each);
         if let Err(e) = tx.commit().await {
             tracing::debug!(
                 "a group of {} callbacks did not commit, written one by one: {e}",

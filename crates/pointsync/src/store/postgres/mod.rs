@@ -14,8 +14,10 @@
 
 mod claim;
 mod completions;
+mod group;
 mod ingests;
 mod read;
+mod snapshot;
 mod write;
 
 use std::str::FromStr;

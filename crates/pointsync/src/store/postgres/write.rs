@@ -1,17 +1,15 @@
 //! Writes on PostgreSQL: a callback's decision and writes, inside a transaction holding its
 //! member's advisory lock (its own or its group's, `ingests.rs`); an adjustment and a parking
-//! event, each one transaction.
-use std::collections::{HashMap, HashSet};
-
-use sqlx::postgres::{PgPool, PgRow};
+//! event, each one transaction. What a decision reads is `snapshot.rs`; the order of a group's
+//! decisions `group.rs`.
+use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::DB_NOW_MS;
+use super::snapshot::snapshot;
 use crate::domain::{
-    self, AdjustSnapshot, HeldRefund, InboxKey, InboxRow, LedgerRow, MemberSnapshot, MemberWrite,
-    NewParking, OutboxRow, PaymentSnapshot, Plan, Reads, Snapshot,
+    self, AdjustSnapshot, InboxKey, InboxRow, LedgerRow, MemberWrite, NewParking, OutboxRow, Plan,
 };
-use crate::rules::Authorization;
 use crate::store::{
     Adjusted, Adjustment, Claimed, Incoming, IngestContext, Ingested, ParkingEnqueued,
 };
@@ -30,102 +28,6 @@ pub(super) async fn lock_key(c: &mut PgConnection, key: &str) -> R<()> {
         .execute(c)
         .await
         .map(|_| ())
-}
-
-/// Everything a callback's decision reads: whether it is stored already, its payment and the
-/// refunds held for it, its member and what they were credited today. Taken after the member's
-/// lock, so the statement's snapshot is current.
-async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
-    let mut one = snapshots(c, &[r]).await?;
-    one.pop().ok_or(sqlx::Error::RowNotFound)
-}
-
-/// [`snapshot`] for several callbacks in one statement (one round trip), in their order. Each
-/// row's reads see the transaction as it was before the statement: callbacks whose reads another
-/// one's writes could change must not share it (`store_group`). Every lookup is a lateral
-/// subquery through its key, row by row (`OFFSET 0` keeps the planner from turning it into a join
-/// or a hashed subplan over the whole table: the statement runs on a generic plan, which may have
-/// been made while the tables were still empty).
-async fn snapshots(c: &mut PgConnection, reads: &[&Reads]) -> R<Vec<Snapshot>> {
-    let texts = |f: fn(&Reads) -> Option<&str>| reads.iter().map(|r| f(r)).collect::<Vec<_>>();
-    let days: Vec<i64> = reads.iter().map(|r| r.day).collect();
-    let rows = sqlx::query(
-        "SELECT s.seen IS NOT NULL, p.openid, p.amount, p.credited_points, p.refunded_amount, p.entitled_debit, p.not_credited,
-                ARRAY(SELECT id FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
-                ARRAY(SELECT resource FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
-                m.openid IS NOT NULL, m.authorized, COALESCE(m.balance, 0),
-                (SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger
-                 WHERE openid = w.openid AND day = v.day AND kind = 'credit')
-         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) WITH ORDINALITY
-              AS v (event_type, key_id, refund_id, transaction_id, openid, day, n)
-         LEFT JOIN LATERAL (SELECT TRUE AS seen FROM inbox
-                            WHERE event_type = v.event_type AND transaction_id = v.key_id AND refund_id = v.refund_id
-                            OFFSET 0) s ON TRUE
-         LEFT JOIN LATERAL (SELECT * FROM payments WHERE transaction_id = v.transaction_id OFFSET 0) p ON TRUE
-         CROSS JOIN LATERAL (SELECT COALESCE(v.openid, p.openid) AS openid) AS w
-         LEFT JOIN LATERAL (SELECT * FROM members WHERE openid = w.openid OFFSET 0) m ON TRUE
-         ORDER BY v.n",
-    )
-    .bind(texts(|r| Some(&r.key.event_type)))
-    .bind(texts(|r| Some(&r.key.transaction_id)))
-    .bind(texts(|r| Some(&r.key.refund_id)))
-    .bind(texts(|r| r.transaction_id.as_deref()))
-    .bind(texts(|r| r.openid.as_deref()))
-    .bind(&days)
-    .fetch_all(&mut *c)
-    .await?;
-    if rows.len() != reads.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "{} snapshots read for {} callbacks",
-            rows.len(),
-            reads.len()
-        )));
-    }
-    rows.iter().map(snapshot_row).collect()
-}
-
-fn snapshot_row(row: &PgRow) -> R<Snapshot> {
-    if row.try_get::<bool, _>(0)? {
-        return Ok(Snapshot {
-            seen: true,
-            ..Snapshot::default()
-        });
-    }
-    let payment = match row.try_get::<Option<String>, _>(1)? {
-        None => None,
-        Some(openid) => Some(PaymentSnapshot {
-            openid,
-            amount: row.try_get(2)?,
-            credited_points: row.try_get(3)?,
-            refunded_amount: row.try_get(4)?,
-            entitled_debit: row.try_get(5)?,
-            not_credited: row.try_get::<i64, _>(6)? == 1,
-        }),
-    };
-    let (ids, resources): (Vec<i64>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
-    let member = if row.try_get::<bool, _>(9)? {
-        MemberSnapshot {
-            authorization: match row.try_get::<Option<i64>, _>(10)? {
-                Some(1) => Authorization::Authorized,
-                Some(_) => Authorization::NotAuthorized,
-                None => Authorization::Unknown,
-            },
-            balance: row.try_get(11)?,
-        }
-    } else {
-        MemberSnapshot::default()
-    };
-    Ok(Snapshot {
-        seen: false,
-        payment,
-        held_refunds: ids
-            .into_iter()
-            .zip(resources)
-            .map(|(inbox_id, resource)| HeldRefund { inbox_id, resource })
-            .collect(),
-        member,
-        credited_today: row.try_get(12)?,
-    })
 }
 
 async fn count_delivery(c: &mut PgConnection, k: &InboxKey) -> R<()> {
@@ -480,7 +382,7 @@ pub(super) struct PgLease<'a> {
 
 /// Applies a plan; given `lease`, a combinable plan's sync may be leased (see
 /// [`apply_combined`]) and is returned claimed.
-async fn apply(
+pub(super) async fn apply(
     c: &mut PgConnection,
     plan: &Plan,
     now_ms: i64,
@@ -582,89 +484,6 @@ pub(super) async fn store_locked(
     let snap = snapshot(c, &domain::reads(n, ctx.now_ms)).await?;
     let plan = domain::ingest(n, &snap, ctx);
     apply(c, &plan, ctx.now_ms, lease).await
-}
-
-/// A callback of a group: what deciding it needs and its member's lock key.
-pub(super) struct Grouped<'a> {
-    pub n: &'a Incoming,
-    pub ctx: IngestContext<'a>,
-    pub key: Option<&'a str>,
-}
-
-/// Decides and applies a group's callbacks inside one transaction that holds all their members'
-/// locks. Those whose reads no other callback of the group can change are read together in one
-/// statement, then decided and written one by one; the others (a second callback about the same
-/// member or payment, a refund whose payment's member another callback is about) afterwards, each
-/// with its own snapshot, in their order of arrival. Every decision so reads what the callbacks
-/// applied before it wrote.
-pub(super) async fn store_group(
-    c: &mut PgConnection,
-    group: &[Grouped<'_>],
-) -> R<Vec<(Ingested, Option<Claimed>)>> {
-    let reads: Vec<Reads> = group
-        .iter()
-        .map(|g| domain::reads(g.n, g.ctx.now_ms))
-        .collect();
-    // what each callback's reads or writes name: its member and its payment. A name's first
-    // callback owns it; a later one naming it waits for a snapshot of its own.
-    let names: Vec<Vec<String>> = group
-        .iter()
-        .zip(&reads)
-        .map(|(g, r)| {
-            g.key
-                .map(str::to_string)
-                .into_iter()
-                .chain(r.openid.as_deref().map(member_lock))
-                .chain(r.transaction_id.iter().map(|t| format!("payment:{t}")))
-                .chain([format!("payment:{}", r.key.transaction_id)])
-                .collect()
-        })
-        .collect();
-    let mut owner: HashMap<String, usize> = HashMap::new();
-    let (mut together, mut after) = (Vec::new(), Vec::new());
-    for (i, names) in names.iter().enumerate() {
-        let mut free = true;
-        for name in names {
-            free &= *owner.entry(name.clone()).or_insert(i) == i;
-        }
-        if free {
-            together.push(i)
-        } else {
-            after.push(i)
-        }
-    }
-    let snaps = snapshots(c, &together.iter().map(|&i| &reads[i]).collect::<Vec<_>>()).await?;
-    let mut out: Vec<Option<(Ingested, Option<Claimed>)>> = group.iter().map(|_| None).collect();
-    // names of callbacks put off: a later callback naming one is put off too, to stay after it
-    let mut postponed: HashSet<String> = HashSet::new();
-    for (&i, snap) in together.iter().zip(snaps) {
-        // a refund's member is its payment's: known only now
-        let member = reads[i]
-            .openid
-            .as_deref()
-            .or(snap.payment.as_ref().map(|p| p.openid.as_str()))
-            .map(member_lock);
-        let clear = names[i].iter().all(|n| !postponed.contains(n))
-            && member.as_ref().is_none_or(|m| {
-                !postponed.contains(m) && *owner.entry(m.clone()).or_insert(i) == i
-            });
-        if !clear {
-            postponed.extend(names[i].iter().cloned().chain(member));
-            after.push(i);
-            continue;
-        }
-        let g = &group[i];
-        let plan = domain::ingest(g.n, &snap, &g.ctx);
-        out[i] = Some(apply(c, &plan, g.ctx.now_ms, None).await?);
-    }
-    after.sort_unstable();
-    for i in after {
-        let g = &group[i];
-        out[i] = Some(store_locked(c, g.n, &g.ctx, None).await?);
-    }
-    out.into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| sqlx::Error::Protocol("a grouped callback was left undecided".into()))
 }
 
 pub(super) async fn adjust(
