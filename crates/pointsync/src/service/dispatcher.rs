@@ -238,13 +238,11 @@ impl<S: Store> Dispatcher<S> {
     /// never holds a slot another sync could be sent in.
     async fn send_one(self: Arc<Self>, c: Claimed, permit: OwnedSemaphorePermit) {
         let outcome = if self.policy.expired(self.clock.now_ms() - c.created_at) {
-            drop(permit);
             self.policy.dead()
         } else {
             crate::crash::point("before_send");
             let started = monotonic();
             let result = self.send(&c).await;
-            drop(permit);
             self.metrics
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -299,6 +297,8 @@ impl<S: Store> Dispatcher<S> {
                 rand::random::<f64>(),
             )
         };
+        // the request is over: the slot is free before the outcome waits to be recorded
+        drop(permit);
         let label = match &outcome {
             SyncOutcome::Done => "done",
             SyncOutcome::Retry { .. } => "retry",
