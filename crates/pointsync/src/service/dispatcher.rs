@@ -42,6 +42,8 @@ pub struct Handoff {
     bucket: Arc<TokenBucket>,
     tx: mpsc::UnboundedSender<Handed>,
     open: AtomicBool,
+    /// Told each time a send frees its slot (before its outcome is recorded).
+    freed: Notify,
 }
 
 impl Handoff {
@@ -152,6 +154,7 @@ impl<S: Store> Dispatcher<S> {
             bucket: bucket.clone(),
             tx,
             open: AtomicBool::new(false),
+            freed: Notify::new(),
         });
         Self {
             store,
@@ -299,6 +302,7 @@ impl<S: Store> Dispatcher<S> {
         };
         // the request is over: the slot is free before the outcome waits to be recorded
         drop(permit);
+        self.handoff.freed.notify_one();
         let label = match &outcome {
             SyncOutcome::Done => "done",
             SyncOutcome::Retry { .. } => "retry",
@@ -329,6 +333,17 @@ impl<S: Store> Dispatcher<S> {
                     "cannot record sync outcome (the lease will expire and the row be retried): {e}"
                 )
             }
+        }
+    }
+
+    /// Returns once at least `n` in-flight slots are free. A send frees its slot before its
+    /// outcome is recorded, and outcomes wait to be recorded in batches (up to 20 ms on
+    /// PostgreSQL): waiting for a send's task to end instead left every slot idle that long.
+    async fn slots_free(&self, n: usize) {
+        while self.handoff.permits.available_permits() < n {
+            // a slot freed between the check and the wait is not missed: `notify_one` keeps
+            // its permit for the next wait
+            self.handoff.freed.notified().await;
         }
     }
 
@@ -412,6 +427,9 @@ impl<S: Store> Dispatcher<S> {
         };
         self.handoff.open.store(true, Ordering::Release);
         let permits = self.handoff.permits.clone();
+        // how many free slots are worth a claim while syncs are in flight
+        let refill = (self.cfg.concurrency / 2)
+            .clamp(1, usize::try_from(self.cfg.batch).unwrap_or(usize::MAX));
         let mut tasks = JoinSet::new();
         loop {
             if *stop.borrow() {
@@ -449,10 +467,10 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             if want == 0 || (claimed > 0 && claimed == want) {
-                // every slot busy, or probably more due: claim again once a task ends. A send
-                // frees its slot before its outcome is recorded, but outcomes are recorded in
-                // batches, so waiting for the task claims the slots of a batch in one statement
+                // every slot busy, or probably more due: claim again once half the slots are
+                // free (one statement claims them all), or a task ends
                 tokio::select! {
+                    _ = self.slots_free(refill) => {}
                     _ = tasks.join_next() => {}
                     Some(h) = handed.recv() => self.spawn_handed(&mut tasks, h),
                     _ = stop.changed() => {}

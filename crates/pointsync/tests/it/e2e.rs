@@ -639,25 +639,24 @@ async fn the_injected_clock_decides_expiry_a_sync_past_its_maximum_age_dies_unse
     assert_eq!(s.syncs.get("dead"), Some(&1), "{s:?}");
 }
 
-#[tokio::test]
-async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
-    use std::sync::Arc;
-
-    use pointsync::clock::SystemClock;
-    use pointsync::service::Dispatcher;
+/// A PostgreSQL store whose recorded outcomes (a row leaving `inflight`) wait for an advisory lock
+/// the returned connection holds; claims (`pending` to `inflight`) do not. `txids` are stored as
+/// due payments. `None` when PostgreSQL is not there (the test is skipped, as `fresh_database`
+/// says).
+async fn store_holding_outcomes(
+    h: &Harness,
+    txids: &[&str],
+) -> Option<(
+    crate::postgres::DropDatabase,
+    pointsync::store::postgres::PgStore,
+    sqlx::PgConnection,
+)> {
     use pointsync::store::postgres::PgStore;
     use pointsync::store::{Incoming, IngestContext, OpenOptions};
     use sqlx::Connection as _;
 
-    let Some((_db_guard, db)) = crate::postgres::fresh_database().await else {
-        return;
-    };
-    let mut h = Harness::start(fast_push(), &[]).await;
-    // no running dispatcher: this test drives one on PostgreSQL, one sync in flight at a time
-    h.running.take().unwrap().shutdown().await;
+    let (guard, db) = crate::postgres::fresh_database().await?;
     let store = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
-    // recording an outcome (a row leaving `inflight`) waits for a lock this test holds; claims
-    // (`pending` to `inflight`) do not
     let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
     sqlx::raw_sql(
         "CREATE FUNCTION hold_outcomes() RETURNS trigger LANGUAGE plpgsql AS
@@ -675,8 +674,8 @@ async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
         partner_mode: false,
         now_ms: pointsync::clock::now_ms(),
     };
-    for txid in ["T-SLOT-1", "T-SLOT-2"] {
-        let t = payment(&h, txid, 1_000);
+    for txid in txids {
+        let t = payment(h, txid, 1_000);
         let n = Incoming {
             notification_id: format!("EV-{txid}"),
             event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
@@ -685,15 +684,37 @@ async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
         };
         store.ingest(&n, &ctx).await.unwrap();
     }
+    Some((guard, store, holder))
+}
+
+/// A dispatcher on `store` with `concurrency` in-flight slots.
+fn dispatcher_on<S: Store>(
+    h: &Harness,
+    store: S,
+    concurrency: usize,
+) -> std::sync::Arc<pointsync::service::Dispatcher<S>> {
     let mut cfg = h.config.dispatcher.clone();
-    cfg.concurrency = 1;
-    let dispatcher = Arc::new(Dispatcher::new(
-        store.clone(),
+    cfg.concurrency = concurrency;
+    std::sync::Arc::new(pointsync::service::Dispatcher::new(
+        store,
         h.config.client().unwrap(),
         cfg,
         pointsync::metrics::Metrics::new(),
-        Arc::new(SystemClock),
-    ));
+        std::sync::Arc::new(pointsync::clock::SystemClock),
+    ))
+}
+
+#[tokio::test]
+async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
+    let mut h = Harness::start(fast_push(), &[]).await;
+    // no running dispatcher: this test drives one on PostgreSQL, one sync in flight at a time
+    h.running.take().unwrap().shutdown().await;
+    let Some((_db_guard, store, mut holder)) =
+        store_holding_outcomes(&h, &["T-SLOT-1", "T-SLOT-2"]).await
+    else {
+        return;
+    };
+    let dispatcher = dispatcher_on(&h, store.clone(), 1);
     let before = h.sim.counters().requests;
     let round = tokio::spawn({
         let d = dispatcher.clone();
@@ -717,6 +738,52 @@ async fn a_sent_sync_frees_its_slot_before_its_outcome_is_recorded() {
         None,
         "both outcomes recorded: {s:?}"
     );
+}
+
+#[tokio::test]
+async fn a_running_dispatcher_claims_again_as_slots_free_not_as_outcomes_are_recorded() {
+    // outcomes are recorded in batches that wait for company (20 ms on PostgreSQL, 5 ms on
+    // SQLite): a dispatcher that claimed again only once a send's task ended, outcome recorded,
+    // left every slot idle that long whenever all were busy
+    let mut h = Harness::start(fast_push(), &[]).await;
+    h.running.take().unwrap().shutdown().await;
+    let txids = [
+        "T-FREE-1", "T-FREE-2", "T-FREE-3", "T-FREE-4", "T-FREE-5", "T-FREE-6",
+    ];
+    let Some((_db_guard, store, mut holder)) = store_holding_outcomes(&h, &txids).await else {
+        return;
+    };
+    let dispatcher = dispatcher_on(&h, store.clone(), 2);
+    let before = h.sim.counters().requests;
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.clone().run(wake, stopped));
+    // two slots, six due syncs, no outcome recorded: every sync is sent all the same
+    wait_for(
+        "all six syncs, sent while every outcome is held",
+        Duration::from_secs(10),
+        || h.sim.counters().requests >= before + 6,
+    )
+    .await;
+    let s = store.status().await.unwrap();
+    assert_eq!(
+        s.syncs.get("inflight"),
+        Some(&6),
+        "sent, outcomes not yet recorded: {s:?}"
+    );
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    // stopping lets every send's task end, its outcome recorded
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    // the simulator made none of these payments, so each outcome is a parked 404: recorded all
+    // the same, each once
+    let s = store.status().await.unwrap();
+    assert_eq!(s.syncs.get("inflight"), None, "{s:?}");
+    assert_eq!(s.syncs.get("parked"), Some(&6), "{s:?}");
+    assert_eq!(h.sim.counters().requests, before + 6, "each sent once");
 }
 
 /// Sends of each transaction WeChat received.
