@@ -429,7 +429,8 @@ impl<S: Store> Dispatcher<S> {
         let permits = self.handoff.permits.clone();
         // how many free slots are worth a claim while syncs are in flight
         let refill = (self.cfg.concurrency / 2)
-            .clamp(1, usize::try_from(self.cfg.batch).unwrap_or(usize::MAX));
+            .min(usize::try_from(self.cfg.batch).unwrap_or(0))
+            .max(1);
         let mut tasks = JoinSet::new();
         loop {
             if *stop.borrow() {
