@@ -55,8 +55,8 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpLi
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // one worker thread per core, or `TOKIO_WORKER_THREADS` (signing a sync runs on a worker)
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
     {
