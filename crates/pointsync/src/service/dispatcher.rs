@@ -100,8 +100,11 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.permit.is_some() {
+        if let Some(permit) = self.permit.take() {
             self.handoff.bucket.give_back(1);
+            drop(permit);
+            // a dispatcher whose every slot was taken waits for one
+            self.handoff.freed.notify_one();
         }
     }
 }
@@ -440,16 +443,21 @@ impl<S: Store> Dispatcher<S> {
             while let Ok(h) = handed.try_recv() {
                 self.spawn_handed(&mut tasks, h);
             }
-            let free = permits.available_permits() as i64;
-            let want = free.min(self.cfg.batch);
+            // the slots first, then as many rows: a claimed row never waits for a slot. (Waiting
+            // for one here, the loop stopped reading what callbacks hand over; with one slot, a
+            // callback that took it between a claim's count and its send stalled every sync.)
+            let mut slots: Vec<OwnedSemaphorePermit> = (0..self.cfg.batch)
+                .map_while(|_| permits.clone().try_acquire_owned().ok())
+                .collect();
+            let want = slots.len() as i64;
             let (mut claimed, mut starved) = (0, false);
             if want > 0 {
                 match self.claim(want).await {
                     Ok((rows, rate_limited)) => {
                         claimed = rows.len() as i64;
                         starved = rate_limited;
-                        for c in rows {
-                            self.spawn_send(&mut tasks, c).await;
+                        for (c, slot) in rows.into_iter().zip(slots.drain(..)) {
+                            self.spawn_with(&mut tasks, c, slot);
                         }
                     }
                     Err(e) => {
@@ -458,6 +466,8 @@ impl<S: Store> Dispatcher<S> {
                     }
                 }
             }
+            // the slots no row was claimed for
+            drop(slots);
             if starved {
                 // more may be due than the rate allows now: claim again when a token is there
                 tokio::select! {
@@ -472,7 +482,7 @@ impl<S: Store> Dispatcher<S> {
                 // free (one statement claims them all), or a task ends
                 tokio::select! {
                     _ = self.slots_free(refill) => {}
-                    _ = tasks.join_next() => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                     Some(h) = handed.recv() => self.spawn_handed(&mut tasks, h),
                     _ = stop.changed() => {}
                 }

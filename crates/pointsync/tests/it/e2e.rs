@@ -786,6 +786,28 @@ async fn a_running_dispatcher_claims_again_as_slots_free_not_as_outcomes_are_rec
     assert_eq!(h.sim.counters().requests, before + 6, "each sent once");
 }
 
+#[tokio::test]
+async fn one_in_flight_slot_syncs_every_payment_while_callbacks_take_it() {
+    // with one slot, a callback that leased it while the dispatcher was claiming left the claimed
+    // row waiting for the slot and the leased sync, holding it, waiting for the dispatcher: every
+    // sync stalled (seen at 200 payments/s after 73-186 payments)
+    let h = Harness::start(fast_push(), &[("POINTSYNC__DISPATCHER__CONCURRENCY", "1")]).await;
+    assert_eq!(h.config.dispatcher.concurrency, 1);
+    let spec = GenerateSpec {
+        count: 400,
+        seed: 7,
+        members: 20,
+        rate_per_sec: Some(200.0),
+        refund_share: 0.0,
+        manual_share: 0.0,
+    };
+    h.sim.generate(spec).await.unwrap();
+    h.quiet(Duration::from_secs(60)).await;
+    assert_invariants(&h.sim, &h.store).await;
+    assert_eq!(h.store.audit().await.unwrap().credits.len(), 400);
+    assert_eq!(sends(&h).len(), 400, "every payment synced");
+}
+
 /// Sends of each transaction WeChat received.
 fn sends(h: &Harness) -> std::collections::BTreeMap<String, usize> {
     let mut n = std::collections::BTreeMap::new();
