@@ -808,6 +808,54 @@ async fn one_in_flight_slot_syncs_every_payment_while_callbacks_take_it() {
     assert_eq!(sends(&h).len(), 400, "every payment synced");
 }
 
+#[tokio::test]
+async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
+    use pointsync::store::{Incoming, IngestContext};
+
+    let mut h = Harness::start(fast_push(), &[]).await;
+    h.running.take().unwrap().shutdown().await;
+    let dispatcher = dispatcher_on(&h, h.store.clone(), 1);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.clone().run(wake, stopped));
+    let handoff = dispatcher.handoff();
+    // a callback takes the only slot (as a duplicate delivery does before it is found out)
+    let slot = loop {
+        if let Some(s) = handoff.slot() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // meanwhile another payment's sync is stored due, and the dispatcher finds no slot for it
+    let t = payment(&h, "T-UNUSED-SLOT", 1_000);
+    let n = Incoming {
+        notification_id: "EV-T-UNUSED-SLOT".into(),
+        event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
+        plaintext: serde_json::to_string(&t).unwrap(),
+        event: Event::MallTransaction(t),
+    };
+    let ctx = IngestContext {
+        rules: &h.config.rules,
+        partner_mode: false,
+        now_ms: pointsync::clock::now_ms(),
+    };
+    h.store.ingest(&n, &ctx).await.unwrap();
+    let before = h.sim.counters().requests;
+    // past a poll: the dispatcher has looked for the sync, found every slot taken, and waits
+    tokio::time::sleep(Duration::from_millis(2 * h.config.dispatcher.poll_ms)).await;
+    assert_eq!(h.sim.counters().requests, before, "no slot, nothing sent");
+    // the callback gives the slot back unused: the waiting dispatcher sends the due sync in it
+    drop(slot);
+    wait_for(
+        "the due sync, sent in the slot given back",
+        Duration::from_secs(5),
+        || h.sim.counters().requests > before,
+    )
+    .await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
 /// Sends of each transaction WeChat received.
 fn sends(h: &Harness) -> std::collections::BTreeMap<String, usize> {
     let mut n = std::collections::BTreeMap::new();
