@@ -28,6 +28,8 @@ pub struct Metrics {
     pub certificates: IntCounterVec,
     /// Seconds until the first trusted platform certificate expires.
     pub certificate_expiry: prometheus::IntGauge,
+    /// The runtime's worker threads (one per core unless `TOKIO_WORKER_THREADS` says otherwise).
+    pub workers: prometheus::IntGauge,
     /// Public connections closed by the service: header_timeout, body_timeout, at_limit.
     pub connections: IntCounterVec,
     /// Callback handling time (verify + durable commit), seconds.
@@ -104,7 +106,16 @@ impl Metrics {
         registry
             .register(Box::new(certificate_expiry.clone()))
             .expect("unique metric");
+        let workers = prometheus::IntGauge::new(
+            "pointsync_runtime_workers",
+            "Worker threads serving HTTP and signing syncs",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(workers.clone()))
+            .expect("unique metric");
         Self {
+            workers,
             queries: labelled(
                 "pointsync_wechat_queries_total",
                 "WeChat queries by API and outcome",

@@ -221,7 +221,11 @@ pub async fn start_with<S: Store>(
             stopped.clone(),
         ));
     }
-    tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, mall_api = ?mall_addr, "pointsync started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics
+        .workers
+        .set(i64::try_from(workers).unwrap_or(i64::MAX));
+    tracing::info!(owner = dispatcher.owner(), %public_addr, %admin_addr, mall_api = ?mall_addr, workers, "pointsync started");
     tasks.spawn(dispatcher.run(wake, stopped.clone()));
     tasks.spawn(rescuer(
         store,

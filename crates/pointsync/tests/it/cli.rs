@@ -689,6 +689,33 @@ fn with_json_logs_every_line_is_json() {
     }
 }
 
+#[tokio::test]
+async fn serve_runs_the_worker_threads_it_is_given() {
+    // one per core by default; `TOKIO_WORKER_THREADS` (README) sets another number
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let port = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (public, admin) = (port(), port());
+    let env = [("TOKIO_WORKER_THREADS".to_string(), "3".to_string())];
+    let (mut child, _) =
+        crate::harness::spawn_serve(Path::new(&config), &public, &admin, &env).await;
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "pointsync_runtime_workers 3"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn the_deployment_config_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pointsync.toml");
