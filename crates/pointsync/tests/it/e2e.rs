@@ -591,24 +591,18 @@ async fn the_injected_clock_decides_expiry_a_sync_past_its_maximum_age_dies_unse
 
     use pointsync::clock::ManualClock;
     use pointsync::service::Dispatcher;
-    use pointsync::store::{Incoming, IngestContext, Ingested};
+    use pointsync::store::{IngestContext, Ingested};
 
     let mut h = Harness::start(fast_push(), &[]).await;
     // no running dispatcher: this test drives one on its own clock
     h.running.take().unwrap().shutdown().await;
     let t0 = 1_700_000_000_000;
-    let incoming = |t: MallTransaction| Incoming {
-        notification_id: format!("EV-{}", t.transaction_id),
-        event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
-        plaintext: serde_json::to_string(&t).unwrap(),
-        event: Event::MallTransaction(t),
-    };
     let ctx = IngestContext {
         rules: &h.config.rules,
         partner_mode: false,
         now_ms: t0,
     };
-    let old = incoming(payment(&h, "T-OLD", 1_000));
+    let old = incoming_payment(payment(&h, "T-OLD", 1_000));
     assert_eq!(
         h.store.ingest(&old, &ctx).await.unwrap(),
         Ingested::Payment { points: 10 }
@@ -630,13 +624,23 @@ async fn the_injected_clock_decides_expiry_a_sync_past_its_maximum_age_dies_unse
     assert_eq!(h.sim.counters().requests, before, "nothing was sent");
 
     // the same age minus a millisecond on the injected clock: sent
-    let young = incoming(payment(&h, "T-YOUNG", 1_000));
+    let young = incoming_payment(payment(&h, "T-YOUNG", 1_000));
     h.store.ingest(&young, &ctx).await.unwrap();
     clock.set(t0 + max_age);
     assert_eq!(dispatcher.run_once().await.unwrap(), 1);
     assert_eq!(h.sim.counters().requests, before + 1, "sent once");
     let s = h.store.status().await.unwrap();
     assert_eq!(s.syncs.get("dead"), Some(&1), "{s:?}");
+}
+
+/// A payment callback as the receiver hands it to the store, its notification id `EV-<txid>`.
+fn incoming_payment(t: MallTransaction) -> pointsync::store::Incoming {
+    pointsync::store::Incoming {
+        notification_id: format!("EV-{}", t.transaction_id),
+        event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
+        plaintext: serde_json::to_string(&t).unwrap(),
+        event: Event::MallTransaction(t),
+    }
 }
 
 /// A PostgreSQL store whose recorded outcomes (a row leaving `inflight`) wait for an advisory lock
@@ -652,7 +656,7 @@ async fn store_holding_outcomes(
     sqlx::PgConnection,
 )> {
     use pointsync::store::postgres::PgStore;
-    use pointsync::store::{Incoming, IngestContext, OpenOptions};
+    use pointsync::store::{IngestContext, OpenOptions};
     use sqlx::Connection as _;
 
     let (guard, db) = crate::postgres::fresh_database().await?;
@@ -675,13 +679,7 @@ async fn store_holding_outcomes(
         now_ms: pointsync::clock::now_ms(),
     };
     for txid in txids {
-        let t = payment(h, txid, 1_000);
-        let n = Incoming {
-            notification_id: format!("EV-{txid}"),
-            event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
-            plaintext: serde_json::to_string(&t).unwrap(),
-            event: Event::MallTransaction(t),
-        };
+        let n = incoming_payment(payment(h, txid, 1_000));
         store.ingest(&n, &ctx).await.unwrap();
     }
     Some((guard, store, holder))
@@ -793,24 +791,14 @@ async fn one_in_flight_slot_syncs_every_payment_while_callbacks_take_it() {
     // sync stalled (seen at 200 payments/s after 73-186 payments)
     let h = Harness::start(fast_push(), &[("POINTSYNC__DISPATCHER__CONCURRENCY", "1")]).await;
     assert_eq!(h.config.dispatcher.concurrency, 1);
-    let spec = GenerateSpec {
-        count: 400,
-        seed: 7,
-        members: 20,
-        rate_per_sec: Some(200.0),
-        refund_share: 0.0,
-        manual_share: 0.0,
-    };
-    h.sim.generate(spec).await.unwrap();
-    h.quiet(Duration::from_secs(60)).await;
-    assert_invariants(&h.sim, &h.store).await;
+    payments_at_a_rate(&h, 400, 7, 20, 200.0).await;
     assert_eq!(h.store.audit().await.unwrap().credits.len(), 400);
     assert_eq!(sends(&h).len(), 400, "every payment synced");
 }
 
 #[tokio::test]
 async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
-    use pointsync::store::{Incoming, IngestContext};
+    use pointsync::store::IngestContext;
 
     let mut h = Harness::start(fast_push(), &[]).await;
     h.running.take().unwrap().shutdown().await;
@@ -827,13 +815,7 @@ async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     // meanwhile another payment's sync is stored due, and the dispatcher finds no slot for it
-    let t = payment(&h, "T-UNUSED-SLOT", 1_000);
-    let n = Incoming {
-        notification_id: "EV-T-UNUSED-SLOT".into(),
-        event_type: wechatpay::notify::MALL_TRANSACTION_SUCCESS.into(),
-        plaintext: serde_json::to_string(&t).unwrap(),
-        event: Event::MallTransaction(t),
-    };
+    let n = incoming_payment(payment(&h, "T-UNUSED-SLOT", 1_000));
     let ctx = IngestContext {
         rules: &h.config.rules,
         partner_mode: false,
@@ -854,6 +836,22 @@ async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
     .await;
     stop.send(true).unwrap();
     running.await.unwrap();
+}
+
+/// `count` payments (no refunds, no manual applications) by `members` members at `rate` per
+/// second, pushed by the simulator and left to settle; the invariants hold after.
+async fn payments_at_a_rate(h: &Harness, count: usize, seed: u64, members: usize, rate: f64) {
+    let spec = GenerateSpec {
+        count,
+        seed,
+        members,
+        rate_per_sec: Some(rate),
+        refund_share: 0.0,
+        manual_share: 0.0,
+    };
+    h.sim.generate(spec).await.unwrap();
+    h.quiet(Duration::from_secs(60)).await;
+    assert_invariants(&h.sim, &h.store).await;
 }
 
 /// Sends of each transaction WeChat received.
@@ -1253,17 +1251,7 @@ async fn syncs_are_leased_on_receipt_unless_switched_off() {
         ),
     ] {
         let h = Harness::start(fast_push(), overrides).await;
-        let spec = GenerateSpec {
-            count: 40,
-            seed: 5,
-            members: 8,
-            rate_per_sec: Some(100.0),
-            refund_share: 0.0,
-            manual_share: 0.0,
-        };
-        h.sim.generate(spec).await.unwrap();
-        h.quiet(Duration::from_secs(60)).await;
-        assert_invariants(&h.sim, &h.store).await;
+        payments_at_a_rate(&h, 40, 5, 8, 100.0).await;
         assert_eq!(h.metric("pointsync_syncs_total", "done"), 40.0);
         let leased = h.metric("pointsync_syncs_total", "leased_on_receipt");
         if on {
