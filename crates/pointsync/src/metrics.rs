@@ -77,6 +77,13 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
         let backlog = IntGaugeVec::new(
             Opts::new("pointsync_sync_backlog", "Outbox rows by state"),
             &["state"],
@@ -90,30 +97,18 @@ impl Metrics {
             "Store failures by operation and cause",
             &["op", "cause"],
         );
-        let clock_skew = prometheus::IntGauge::new(
+        let clock_skew = gauge(
             "pointsync_clock_skew_seconds",
             "WeChat's clock minus this machine's (callback timestamps, Date of answers)",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(clock_skew.clone()))
-            .expect("unique metric");
-        let certificate_expiry = prometheus::IntGauge::new(
+        );
+        let certificate_expiry = gauge(
             "pointsync_platform_certificate_expires_in_seconds",
             "Seconds until the first trusted WeChat Pay platform certificate expires",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(certificate_expiry.clone()))
-            .expect("unique metric");
-        let workers = prometheus::IntGauge::new(
+        );
+        let workers = gauge(
             "pointsync_runtime_workers",
             "Worker threads serving HTTP and signing syncs",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(workers.clone()))
-            .expect("unique metric");
+        );
         Self {
             workers,
             queries: labelled(
