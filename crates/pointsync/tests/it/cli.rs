@@ -187,12 +187,7 @@ async fn operator_commands_read_the_live_database() {
     let (m2, tx2) = h.member_pays(500);
     h.sim.set_authorization(&m2.openid, false, false).unwrap();
     h.quiet(Duration::from_secs(10)).await;
-    let text = reqwest::get(format!("http://{}/metrics", h.running().admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::harness::scrape(h.running().admin_addr).await;
     assert_eq!(
         crate::harness::metric(&text, "pointsync_sync_backlog", "parked"),
         1.0,
@@ -327,12 +322,7 @@ async fn the_admin_listener_is_separate_from_the_callback_listener() {
             "{path} is not public"
         );
     }
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::scrape(h.running().admin_addr).await;
     assert!(metrics.contains("pointsync_sync_backlog"), "{metrics}");
 }
 
@@ -702,12 +692,7 @@ async fn serve_runs_the_worker_threads_it_is_given() {
     let env = [("TOKIO_WORKER_THREADS".to_string(), "3".to_string())];
     let (mut child, _) =
         crate::harness::spawn_serve(Path::new(&config), &public, &admin, &env).await;
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::scrape(&admin).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(

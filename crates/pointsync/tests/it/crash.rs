@@ -151,12 +151,7 @@ async fn kill_9_at_each_named_moment() {
         }
         if matches!(point, "before_send" | "after_204") {
             // the killed process's lease expired and the new process's rescuer returned the row
-            let text = reqwest::get(format!("http://{}/metrics", rig.admin))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = crate::harness::scrape(&rig.admin).await;
             assert!(
                 crate::harness::metric(&text, "pointsync_syncs_total", "rescued") >= 1.0,
                 "{point}: {text}"

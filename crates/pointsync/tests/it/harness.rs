@@ -198,6 +198,16 @@ pub async fn wait_quiet<S: Store>(sim: &Simulator, store: &S, timeout: Duration)
     }
 }
 
+/// The `/metrics` text of the admin listener at `admin` (`host:port`).
+pub async fn scrape(admin: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A value from a Prometheus text exposition: `name{…="label"} value`.
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
     text.lines()

@@ -136,12 +136,7 @@ impl Fleet {
     }
 
     async fn callbacks_handled(&self, i: usize) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.instances[i].admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = crate::harness::scrape(&self.instances[i].admin).await;
         [
             "payment",
             "refund",
@@ -208,12 +203,7 @@ async fn three_instances_on_one_postgresql_share_the_work_and_survive_kill_9() {
 }
 
 async fn metrics_of(fleet: &Fleet, i: usize) -> String {
-    reqwest::get(format!("http://{}/metrics", fleet.instances[i].admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    crate::harness::scrape(&fleet.instances[i].admin).await
 }
 
 /// No instance's connection is left inside a transaction once the fleet is quiet.
