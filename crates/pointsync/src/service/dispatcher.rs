@@ -57,12 +57,22 @@ impl Handoff {
         }
         let permit = self.permits.clone().try_acquire_owned().ok()?;
         if self.bucket.take_up_to(1) == 0 {
+            self.free(permit);
             return None;
         }
         Some(Slot {
             handoff: self.clone(),
             permit: Some(permit),
         })
+    }
+
+    /// Gives an in-flight slot back and tells the dispatcher, which may be waiting for one with
+    /// every slot taken: a finished send, a callback's slot given back unused, and a slot taken
+    /// for a callback when no rate token was there all go through here (only the dispatcher's own
+    /// loop returns the slots it took and claimed no row for without telling itself).
+    fn free(&self, permit: OwnedSemaphorePermit) {
+        drop(permit);
+        self.freed.notify_one();
     }
 }
 
@@ -102,9 +112,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.handoff.bucket.give_back(1);
-            drop(permit);
-            // a dispatcher whose every slot was taken waits for one
-            self.handoff.freed.notify_one();
+            self.handoff.free(permit);
         }
     }
 }
@@ -304,8 +312,7 @@ impl<S: Store> Dispatcher<S> {
             )
         };
         // the request is over: the slot is free before the outcome waits to be recorded
-        drop(permit);
-        self.handoff.freed.notify_one();
+        self.handoff.free(permit);
         let label = match &outcome {
             SyncOutcome::Done => "done",
             SyncOutcome::Retry { .. } => "retry",
