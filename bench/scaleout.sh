@@ -14,6 +14,9 @@
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
 # PS_BIN / SIM_BIN: the pointsync / simulator binary to measure (default the release builds), to
 # compare two builds.
+# MAX_RATE: what the simulator offers in the maximum phase, payments/s (default 5000: an open loop
+# well past capacity). MEMBERS: how many members the generated payments are spread over (default
+# 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -104,7 +107,7 @@ run_setup() { # STORE INSTANCES
     [ -n "$up" ] || { echo "pointsync instance $i did not start"; cat "$WORK/pointsync-$i.log"; exit 1; }
   done
   local admins; admins=$(printf 'http://127.0.0.1:%s/metrics ' "${adm[@]}")
-  for ph in "200/s $RATE_COUNT 200 2" "max $MAX 5000 3"; do
+  for ph in "200/s $RATE_COUNT 200 2" "max $MAX ${MAX_RATE:-5000} 3"; do
     set -- $ph
     local name=$1 count=$2 rate=$3 seed=$4
     curl -s -X POST "$SIM_URL/sim/reset" >/dev/null
@@ -117,7 +120,7 @@ run_setup() { # STORE INSTANCES
       before=$(python3 -c "print($before + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'))")
     done
     curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
-      -d "{\"count\":$count,\"seed\":$seed$n,\"members\":200,\"rate_per_sec\":$rate}" >/dev/null
+      -d "{\"count\":$count,\"seed\":$seed$n,\"members\":${MEMBERS:-200},\"rate_per_sec\":$rate}" >/dev/null
     # one long-lived poller: the simulator's accepted syncs until they are all there (a scrape of
     # /metrics counts the backlog in the database: at 10 Hz on every instance that was ~8 % of
     # PostgreSQL's CPU per payment), then done across the instances and the shared backlog empty
