@@ -61,6 +61,12 @@ pub struct ServiceConfig {
     pub min_free_bytes: u64,
     /// SQLite busy timeout.
     pub busy_timeout_ms: u64,
+    /// SQLite: while callbacks arrive closer together than this, a callback's write waits up to
+    /// this long for the next ones, so they share one commit (and one fsync) instead of one each:
+    /// less CPU per payment at moderate rates, at most this much more time to the
+    /// acknowledgement. Slower than that nothing waits. 0: every callback commits as soon as the
+    /// writer is free. (PostgreSQL groups the callbacks already queued, without waiting.)
+    pub commit_wait_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,
     /// The callback URL as registered at WeChat (HTTPS), for `pointsync doctor`.
@@ -83,6 +89,7 @@ impl Default for ServiceConfig {
             max_connections: 1024,
             min_free_bytes: 64 * 1024 * 1024,
             busy_timeout_ms: 5000,
+            commit_wait_ms: 20,
             log_format: "text".into(),
             public_url: None,
             admin_token_file: None,
@@ -118,6 +125,7 @@ impl ServiceConfig {
             busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
             min_free_bytes: self.min_free_bytes,
             rate_qps: 0.0,
+            commit_wait: std::time::Duration::from_millis(self.commit_wait_ms),
         }
     }
 }
@@ -439,6 +447,15 @@ impl Config {
                         `service.max_connections` must be positive"
                     .into(),
             );
+        }
+        // the wait comes out of the handler's deadline, before WeChat's 5 s
+        if sv.commit_wait_ms.saturating_mul(4) > sv.handler_timeout_ms {
+            return Err(format!(
+                "key `service.commit_wait_ms` ({} ms) must be at most a quarter of \
+                 `service.handler_timeout_ms` ({} ms): a callback waiting for company must still \
+                 be acknowledged in time",
+                sv.commit_wait_ms, sv.handler_timeout_ms
+            ));
         }
         if !self.service.callback_path.starts_with('/') {
             return Err(format!(

@@ -103,6 +103,9 @@ pub struct OpenOptions {
     /// The outgoing rate (`dispatcher.qps`) a shared store enforces across all instances
     /// (PostgreSQL); 0: none (SQLite serves one process, whose own bucket limits it).
     pub rate_qps: f64,
+    /// SQLite: how long a callback's write may wait for the next callbacks to share its commit,
+    /// while they arrive closer together than this (`service.commit_wait_ms`; zero: never).
+    pub commit_wait: Duration,
 }
 
 impl Default for OpenOptions {
@@ -111,6 +114,7 @@ impl Default for OpenOptions {
             busy_timeout: Duration::from_secs(5),
             min_free_bytes: 0,
             rate_qps: 0.0,
+            commit_wait: Duration::from_millis(20),
         }
     }
 }

@@ -102,6 +102,11 @@ fn bad_config_names_the_key_and_the_file() {
             format!("[service]\nadmin_listen = \"0.0.0.0:9090\"\n{MINIMAL}"),
             "service.admin_token_file",
         ),
+        // a callback waiting for company must still be acknowledged in time
+        (
+            format!("[service]\ncommit_wait_ms = 1000\n{MINIMAL}"),
+            "service.commit_wait_ms",
+        ),
         // a listener wants IP:PORT and says so
         (
             format!("[service]\npublic_listen = \"localhost:8080\"\n{MINIMAL}"),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pointsync::store::sqlite::SqliteStore;
-use pointsync::store::{Ingested, Store};
+use pointsync::store::{Database, Ingested, OpenOptions, Store};
 
 use crate::contract::{Backend, T0, ctx, payment};
 
@@ -33,6 +33,81 @@ async fn on_file(busy_timeout: Duration) -> (tempfile::TempDir, std::path::PathB
     let path = dir.path().join("p.db");
     let s = SqliteStore::open_path(&path, busy_timeout).await.unwrap();
     (dir, path, s)
+}
+
+/// Stores `count` payments of different members, one every `gap`, each in a task of its own;
+/// returns what each store call answered and how long it took.
+async fn paced_payments(
+    s: &SqliteStore,
+    prefix: &str,
+    count: usize,
+    gap: Duration,
+) -> Vec<(Ingested, Duration)> {
+    let rules = crate::contract::trusting();
+    let mut tick = tokio::time::interval(gap);
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tick.tick().await;
+        let (s, rules) = (s.clone(), rules.clone());
+        let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
+        tasks.push(tokio::spawn(async move {
+            let start = wechatpay::clock::monotonic();
+            let stored = s.ingest(&p, &ctx(&rules)).await.unwrap();
+            (stored, start.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Callbacks arriving closer together than the commit wait share commits (one fsync for several
+/// at a moderate rate), each stored and answered after its commit; callbacks arriving further
+/// apart — the first ones after a burst too — commit one by one at once, none waiting for company
+/// that is not coming.
+#[tokio::test]
+async fn brisk_callbacks_share_commits_and_slow_ones_commit_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let wait = Duration::from_millis(500);
+    let opts = OpenOptions {
+        commit_wait: wait,
+        ..OpenOptions::default()
+    };
+    let s = SqliteStore::open(&Database::Sqlite(dir.path().join("p.db")), &opts)
+        .await
+        .unwrap();
+    let brisk = paced_payments(&s, "B", 60, Duration::from_millis(2)).await;
+    assert!(
+        brisk
+            .iter()
+            .all(|(i, _)| *i == Ingested::Payment { points: 10 }),
+        "{brisk:?}"
+    );
+    let shared = s.commits();
+    assert!(
+        shared * 3 <= 60,
+        "60 callbacks 2 ms apart took {shared} commits: fewer than three shared each"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let slow = paced_payments(&s, "S", 3, Duration::from_millis(700)).await;
+    for (stored, took) in &slow {
+        assert_eq!(*stored, Ingested::Payment { points: 10 });
+        assert!(
+            *took < wait,
+            "a callback 700 ms after the last waited {took:?} for company"
+        );
+    }
+    assert_eq!(
+        s.commits() - shared,
+        3,
+        "3 callbacks 700 ms apart, one commit each"
+    );
+    // every one of them is stored, with its sync
+    let status = s.status().await.unwrap();
+    assert_eq!(status.inbox.get("applied"), Some(&63), "{status:?}");
+    assert_eq!(status.syncs.values().sum::<i64>(), 63, "{status:?}");
 }
 
 #[tokio::test]

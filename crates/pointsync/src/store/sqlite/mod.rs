@@ -34,6 +34,7 @@ use writer::{
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -96,6 +97,8 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     path: PathBuf,
     reserve: Arc<Reserve>,
+    /// Write transactions committed since it opened.
+    commits: Arc<AtomicU64>,
 }
 
 fn task_failed(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -125,6 +128,12 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Write transactions committed since it opened: stored callbacks ÷ commits is how many
+    /// shared one (group commit).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Stores a callback; given `lease` (owner, lease expiry), the sync it enqueues is leased.
@@ -201,15 +210,19 @@ impl Store for SqliteStore {
         .map_err(|e| task_failed(&path, e))??;
         let (jobs, rx) = std::sync::mpsc::channel();
         let p3 = path.clone();
+        let wait = opts.commit_wait;
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
         std::thread::Builder::new()
             .name("pointsync-writer".into())
-            .spawn(move || writer_loop(writer, rx, &p3))
+            .spawn(move || writer_loop(writer, rx, &p3, wait, &counted))
             .map_err(|e| task_failed(&path, e))?;
         Ok(Self {
             jobs,
             readers: Arc::new(Readers::new(readers)),
             reserve: Arc::new(Reserve::new(&path, opts.min_free_bytes)),
             path,
+            commits,
         })
     }
 
@@ -228,6 +241,7 @@ impl Store for SqliteStore {
             readers: Arc::new(Readers::new(vec![reader])),
             reserve: Arc::new(Reserve::new(&path, 0)),
             path,
+            commits: Arc::default(),
         })
     }
 
