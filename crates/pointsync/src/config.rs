@@ -61,11 +61,11 @@ pub struct ServiceConfig {
     pub min_free_bytes: u64,
     /// SQLite busy timeout.
     pub busy_timeout_ms: u64,
-    /// SQLite: while callbacks arrive closer together than this, a callback's write waits up to
-    /// this long for the next ones, so they share one commit (and one fsync) instead of one each:
-    /// less CPU per payment at moderate rates, at most this much more time to the
-    /// acknowledgement. Slower than that nothing waits. 0: every callback commits as soon as the
-    /// writer is free. (PostgreSQL groups the callbacks already queued, without waiting.)
+    /// While callbacks arrive closer together than this, a callback's write waits up to this long
+    /// for the next ones, so they share one commit (and fsync) instead of one each: less CPU per
+    /// payment at moderate rates (on PostgreSQL, for the database too), at most this much more
+    /// time to the acknowledgement. Slower than that nothing waits. 0: every callback commits as
+    /// soon as it can. (Under load callbacks queue and share commits without waiting.)
     pub commit_wait_ms: u64,
     /// `text` or `json` logs.
     pub log_format: String,

@@ -103,8 +103,8 @@ pub struct OpenOptions {
     /// The outgoing rate (`dispatcher.qps`) a shared store enforces across all instances
     /// (PostgreSQL); 0: none (SQLite serves one process, whose own bucket limits it).
     pub rate_qps: f64,
-    /// SQLite: how long a callback's write may wait for the next callbacks to share its commit,
-    /// while they arrive closer together than this (`service.commit_wait_ms`; zero: never).
+    /// How long a callback's write may wait for the next callbacks to share its commit, while
+    /// they arrive closer together than this (`service.commit_wait_ms`; zero: never).
     pub commit_wait: Duration,
 }
 

@@ -15,6 +15,7 @@ pub use crate::domain::{Adjusted, Adjustment, Incoming, IngestContext, Ingested,
 
 mod database;
 mod error;
+mod pace;
 pub mod postgres;
 pub mod sqlite;
 

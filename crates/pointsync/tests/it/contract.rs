@@ -57,6 +57,34 @@ pub fn incoming(event: Event) -> Incoming {
     }
 }
 
+/// Stores `count` payments of different members, one every `gap`, each in a task of its own;
+/// returns what each store call answered and how long it took.
+pub async fn paced_payments<S: Store>(
+    s: &S,
+    prefix: &str,
+    count: usize,
+    gap: Duration,
+) -> Vec<(Ingested, Duration)> {
+    let rules = trusting();
+    let mut tick = tokio::time::interval(gap);
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tick.tick().await;
+        let (s, rules) = (s.clone(), rules.clone());
+        let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
+        tasks.push(tokio::spawn(async move {
+            let start = wechatpay::clock::monotonic();
+            let stored = s.ingest(&p, &ctx(&rules)).await.unwrap();
+            (stored, start.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 pub fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
     let mut t = wechatpay::testing::example_transaction();
     t.transaction_id = txid.into();

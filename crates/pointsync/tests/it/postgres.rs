@@ -345,6 +345,57 @@ async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
     );
 }
 
+/// At a moderate rate (here one callback every 6 ms) callbacks arriving closer together than the
+/// commit wait are gathered in one lane and share transactions; further apart — the first ones
+/// after a burst too — each is written at once in a transaction of its own.
+#[tokio::test]
+async fn callbacks_at_a_moderate_rate_share_transactions_and_slow_ones_are_written_at_once() {
+    use crate::contract::paced_payments;
+    use pointsync::store::Ingested;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let wait = Duration::from_millis(500);
+    let opts = OpenOptions {
+        commit_wait: wait,
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let brisk = paced_payments(&s, "B", 40, Duration::from_millis(6)).await;
+    assert!(
+        brisk
+            .iter()
+            .all(|(i, _)| *i == Ingested::Payment { points: 10 }),
+        "{brisk:?}"
+    );
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    // rows one transaction inserted share its id (payments are never updated here)
+    let transactions = |prefix: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id LIKE $1",
+        )
+        .bind(format!("{prefix}%"))
+    };
+    let shared = transactions("B").fetch_one(&mut c).await.unwrap();
+    assert!(
+        shared * 3 <= 40,
+        "40 callbacks 6 ms apart took {shared} transactions: fewer than three shared each"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let slow = paced_payments(&s, "S", 3, Duration::from_millis(700)).await;
+    for (stored, took) in &slow {
+        assert_eq!(*stored, Ingested::Payment { points: 10 });
+        assert!(
+            *took < wait,
+            "a callback 700 ms after the last waited {took:?} for company"
+        );
+    }
+    assert_eq!(transactions("S").fetch_one(&mut c).await.unwrap(), 3);
+    let st = s.status().await.unwrap();
+    assert_eq!(st.inbox.get("applied"), Some(&43), "{st:?}");
+    assert_eq!(st.syncs.values().sum::<i64>(), 43, "{st:?}");
+}
+
 /// Callbacks arriving together are written in groups (one transaction for several), each exactly
 /// as alone: every payment credited once, every duplicate seen as one, balances adding up; a
 /// member another transaction holds stalls only its own callbacks, never the rest of its group
@@ -503,10 +554,14 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
         // names m[6], refunds the payment just before it
         refund_by(&m[6], "T8", "R8", 4_000),
     ];
+    // no commit wait: the lanes stay those of the members' hashes, whatever the pace of the
+    // callbacks before (a moderate pace would gather them in one lane, waiting for company)
+    let by_member = OpenOptions {
+        commit_wait: Duration::ZERO,
+        ..OpenOptions::default()
+    };
     let (grouped, single) = (
-        PgStore::open(&grouped_db, &OpenOptions::default())
-            .await
-            .unwrap(),
+        PgStore::open(&grouped_db, &by_member).await.unwrap(),
         PgStore::open(&single_db, &OpenOptions::default())
             .await
             .unwrap(),

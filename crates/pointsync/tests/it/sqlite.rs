@@ -6,7 +6,7 @@ use std::time::Duration;
 use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Database, Ingested, OpenOptions, Store};
 
-use crate::contract::{Backend, T0, ctx, payment};
+use crate::contract::{Backend, T0, ctx, paced_payments, payment};
 
 /// Fresh SQLite files in a temporary folder.
 pub struct Sqlite;
@@ -33,34 +33,6 @@ async fn on_file(busy_timeout: Duration) -> (tempfile::TempDir, std::path::PathB
     let path = dir.path().join("p.db");
     let s = SqliteStore::open_path(&path, busy_timeout).await.unwrap();
     (dir, path, s)
-}
-
-/// Stores `count` payments of different members, one every `gap`, each in a task of its own;
-/// returns what each store call answered and how long it took.
-async fn paced_payments(
-    s: &SqliteStore,
-    prefix: &str,
-    count: usize,
-    gap: Duration,
-) -> Vec<(Ingested, Duration)> {
-    let rules = crate::contract::trusting();
-    let mut tick = tokio::time::interval(gap);
-    let mut tasks = Vec::new();
-    for i in 0..count {
-        tick.tick().await;
-        let (s, rules) = (s.clone(), rules.clone());
-        let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
-        tasks.push(tokio::spawn(async move {
-            let start = wechatpay::clock::monotonic();
-            let stored = s.ingest(&p, &ctx(&rules)).await.unwrap();
-            (stored, start.elapsed())
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }
 
 /// Callbacks arriving closer together than the commit wait share commits (one fsync for several

@@ -317,6 +317,7 @@ impl Store for PgStore {
                 pool.clone(),
                 database.clone(),
                 opts.rate_qps,
+                opts.commit_wait,
             )),
             pool,
             database,

@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -28,6 +28,7 @@ use wechatpay::clock::monotonic;
 use super::connection::classify;
 use super::write;
 use crate::store::StoreError;
+use crate::store::pace::Pace;
 
 /// What an ingest job is called (in errors, and to tell callback groups apart).
 pub(super) const STORING_A_CALLBACK: &str = "storing a callback";
@@ -99,36 +100,10 @@ impl Job {
     }
 }
 
-/// How fast callbacks have been arriving: the smoothed gap between two of them, and the last.
-#[derive(Debug, Default)]
-struct Pace {
-    last: Option<Instant>,
-    /// `None` until two have arrived.
-    gap: Option<Duration>,
-    /// Between the last two.
-    last_gap: Option<Duration>,
-}
-
-impl Pace {
-    /// Notes `job`'s arrival if it stores a callback.
-    fn note(&mut self, job: &Job) {
-        if !job.callback {
-            return;
-        }
-        let now = monotonic();
-        if let Some(last) = self.last {
-            let g = now.saturating_duration_since(last);
-            // an eighth of each new gap: the pace of the last few callbacks
-            self.gap = Some(self.gap.map_or(g, |avg| (avg * 7 + g) / 8));
-            self.last_gap = Some(g);
-        }
-        self.last = Some(now);
-    }
-
-    /// Whether callbacks come closer together than `wait`, so another is likely within it: on
-    /// average, and the last one too (after a pause the first callbacks never wait).
-    fn brisk(&self, wait: Duration) -> bool {
-        self.gap.is_some_and(|g| g < wait) && self.last_gap.is_some_and(|g| g < wait)
+/// Notes `job`'s arrival in `pace` if it stores a callback.
+fn note(pace: &mut Pace, job: &Job) {
+    if job.callback {
+        pace.arrived(monotonic());
     }
 }
 
@@ -138,14 +113,14 @@ impl Pace {
 /// one fsync. `None` once every sender is gone.
 fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
-    pace.note(&first);
+    note(pace, &first);
     let start = monotonic();
     let mut group = vec![first];
     loop {
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(j) => {
-                    pace.note(&j);
+                    note(pace, &j);
                     group.push(j);
                 }
                 Err(_) => break,
@@ -163,7 +138,7 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
         };
         match rx.recv_timeout(deadline.saturating_duration_since(monotonic())) {
             Ok(j) => {
-                pace.note(&j);
+                note(pace, &j);
                 group.push(j);
             }
             // nobody came (or the store is closing): write what is there
