@@ -85,6 +85,20 @@ pub async fn paced_payments<S: Store>(
     out
 }
 
+/// After a pause, 3 payments 700 ms apart (transaction ids `prefix`0..2): each is stored and
+/// answered in less than the commit `wait` — none waits for company that is not coming.
+pub async fn slow_payments_wait_for_no_one<S: Store>(s: &S, prefix: &str, wait: Duration) {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let slow = paced_payments(s, prefix, 3, Duration::from_millis(700)).await;
+    for (stored, took) in &slow {
+        assert_eq!(*stored, Ingested::Payment { points: 10 });
+        assert!(
+            *took < wait,
+            "a callback 700 ms after the last waited {took:?} for company"
+        );
+    }
+}
+
 pub fn payment(txid: &str, openid: &str, amount: i64, shop: &str) -> Incoming {
     let mut t = wechatpay::testing::example_transaction();
     t.transaction_id = txid.into();
