@@ -100,10 +100,23 @@ impl Job {
     }
 }
 
-/// Notes `job`'s arrival in `pace` if it stores a callback.
-fn note(pace: &mut Pace, job: &Job) {
-    if job.callback {
-        pace.arrived(monotonic());
+/// A group being formed, with what decides how long it may wait: whether every job so far is
+/// lingering bookkeeping, and whether any stores a callback.
+struct Forming {
+    jobs: Vec<Job>,
+    lingering: bool,
+    callbacks: bool,
+}
+
+impl Forming {
+    /// Adds `job`, noting a callback's arrival in `pace`.
+    fn push(&mut self, job: Job, pace: &mut Pace) {
+        if job.callback {
+            pace.arrived(monotonic());
+            self.callbacks = true;
+        }
+        self.lingering &= job.lingers;
+        self.jobs.push(job);
     }
 }
 
@@ -113,36 +126,34 @@ fn note(pace: &mut Pace, job: &Job) {
 /// one fsync. `None` once every sender is gone.
 fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
-    note(pace, &first);
     let start = monotonic();
-    let mut group = vec![first];
+    let mut group = Forming {
+        jobs: Vec::new(),
+        lingering: true,
+        callbacks: false,
+    };
+    group.push(first, pace);
     loop {
-        while group.len() < MAX_GROUP {
+        while group.jobs.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(j) => {
-                    note(pace, &j);
-                    group.push(j);
-                }
+                Ok(j) => group.push(j, pace),
                 Err(_) => break,
             }
         }
-        if group.len() >= MAX_GROUP {
-            return Some(group);
+        if group.jobs.len() >= MAX_GROUP {
+            return Some(group.jobs);
         }
-        let deadline = if group.iter().all(|j| j.lingers) {
+        let deadline = if group.lingering {
             start + LINGER
-        } else if group.iter().any(|j| j.callback) && pace.brisk(wait) {
+        } else if group.callbacks && pace.brisk(wait) {
             start + wait
         } else {
-            return Some(group);
+            return Some(group.jobs);
         };
         match rx.recv_timeout(deadline.saturating_duration_since(monotonic())) {
-            Ok(j) => {
-                note(pace, &j);
-                group.push(j);
-            }
+            Ok(j) => group.push(j, pace),
             // nobody came (or the store is closing): write what is there
-            Err(_) => return Some(group),
+            Err(_) => return Some(group.jobs),
         }
     }
 }
