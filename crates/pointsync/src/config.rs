@@ -89,7 +89,7 @@ impl Default for ServiceConfig {
             max_connections: 1024,
             min_free_bytes: 64 * 1024 * 1024,
             busy_timeout_ms: 5000,
-            commit_wait_ms: 20,
+            commit_wait_ms: crate::store::DEFAULT_COMMIT_WAIT.as_millis() as u64,
             log_format: "text".into(),
             public_url: None,
             admin_token_file: None,

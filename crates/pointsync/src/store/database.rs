@@ -93,6 +93,9 @@ impl<'de> Deserialize<'de> for Database {
     }
 }
 
+/// The default of `service.commit_wait_ms` ([`OpenOptions::commit_wait`]).
+pub const DEFAULT_COMMIT_WAIT: Duration = Duration::from_millis(20);
+
 /// How a store is opened for serving.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -114,7 +117,7 @@ impl Default for OpenOptions {
             busy_timeout: Duration::from_secs(5),
             min_free_bytes: 0,
             rate_qps: 0.0,
-            commit_wait: Duration::from_millis(20),
+            commit_wait: DEFAULT_COMMIT_WAIT,
         }
     }
 }

@@ -19,7 +19,7 @@ mod pace;
 pub mod postgres;
 pub mod sqlite;
 
-pub use database::{Database, OpenOptions};
+pub use database::{DEFAULT_COMMIT_WAIT, Database, OpenOptions};
 pub use error::{Source, StoreError};
 
 /// A sync claimed by a dispatcher.
