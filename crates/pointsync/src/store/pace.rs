@@ -37,3 +37,42 @@ impl Pace {
         self.gap.is_some_and(|g| g >= gap)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` callbacks `gap` apart, from `start`; returns the last arrival.
+    fn arrive(p: &mut Pace, start: Instant, n: u32, gap: Duration) -> Instant {
+        let mut at = start;
+        for i in 0..n {
+            at = start + gap * i;
+            p.arrived(at);
+        }
+        at
+    }
+
+    #[test]
+    fn brisk_while_they_come_within_the_wait_and_apart_only_at_a_moderate_rate() {
+        let (wait, moderate) = (Duration::from_millis(20), Duration::from_micros(2500));
+        let t0 = wechatpay::clock::monotonic();
+        let mut p = Pace::default();
+        assert!(!p.brisk(wait) && !p.apart(moderate), "nothing known yet");
+        // 200/s: brisk, and far enough apart for one lane
+        let last = arrive(&mut p, t0, 20, Duration::from_millis(5));
+        assert!(p.brisk(wait) && p.apart(moderate));
+        // a burst 0.1 ms apart: still brisk, no longer a moderate rate once it has lasted
+        let last = arrive(&mut p, last, 40, Duration::from_micros(100));
+        assert!(p.brisk(wait) && !p.apart(moderate));
+        // one callback after a 100 ms pause waits for no one, though the average is still brisk
+        p.arrived(last + Duration::from_millis(100));
+        assert!(p.gap.is_some_and(|g| g < wait), "{p:?}");
+        assert!(!p.brisk(wait));
+        // 10/s: never brisk
+        let mut slow = Pace::default();
+        arrive(&mut slow, t0, 20, Duration::from_millis(100));
+        assert!(!slow.brisk(wait) && slow.apart(moderate));
+        // a zero wait never waits
+        assert!(!p.brisk(Duration::ZERO));
+    }
+}
