@@ -15,11 +15,16 @@
 //! shared pages (the tables' last leaves) and its thread wake-ups. Each is answered after that
 //! commit, as before: nothing is acknowledged before it is durable. Slower than that, a callback
 //! commits at once, as it always did.
+//!
+//! A waiting group sleeps until its deadline and then takes everything queued meanwhile, instead of
+//! waking for each job as it arrives: one wake-up of this thread per group, not one per job, and a
+//! sender finds no sleeping receiver to wake (no futex call on its side either). Each job carries
+//! the time it was queued, so the pace is measured from arrivals, not from when they were taken.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -72,6 +77,8 @@ pub(super) struct Job {
     durable: bool,
     /// It may wait [`LINGER`] for company (a finished send's bookkeeping).
     lingers: bool,
+    /// When it was queued (a callback's arrival, for the pace).
+    queued: Instant,
 }
 
 impl Job {
@@ -96,6 +103,7 @@ impl Job {
             callback: what == STORING_A_CALLBACK,
             durable: !LEASE_BOOKKEEPING.contains(&what),
             lingers: LINGERING.contains(&what),
+            queued: monotonic(),
         }
     }
 }
@@ -112,7 +120,7 @@ impl Forming {
     /// Adds `job`, noting a callback's arrival in `pace`.
     fn push(&mut self, job: Job, pace: &mut Pace) {
         if job.callback {
-            pace.arrived(monotonic());
+            pace.arrived(job.queued);
             self.callbacks = true;
         }
         self.lingering &= job.lingers;
@@ -123,7 +131,8 @@ impl Forming {
 /// The next group: every job queued now; while they are all bookkeeping that lingers, any
 /// arriving within [`LINGER`] of the first; and, while callbacks arrive closer together than
 /// `wait`, any arriving within `wait` of the first, so the group's callbacks share one commit and
-/// one fsync. `None` once every sender is gone.
+/// one fsync. A group that waits sleeps until its deadline, then takes what queued meanwhile (up
+/// to [`MAX_GROUP`]; the rest starts the next group). `None` once every sender is gone.
 fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
     let start = monotonic();
@@ -150,11 +159,13 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
         } else {
             return Some(group.jobs);
         };
-        match rx.recv_timeout(deadline.saturating_duration_since(monotonic())) {
-            Ok(j) => group.push(j, pace),
-            // nobody came (or the store is closing): write what is there
-            Err(_) => return Some(group.jobs),
+        let left = deadline.saturating_duration_since(monotonic());
+        if left.is_zero() {
+            return Some(group.jobs);
         }
+        // jobs queue without waking this thread; those queued by the deadline join the group (a
+        // callback joining bookkeeping that lingered may extend it to the commit wait)
+        std::thread::sleep(left);
     }
 }
 
@@ -311,4 +322,63 @@ fn run_group(
         a(&committed);
     }
     committed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This thread's voluntary context switches so far (Linux: each time it slept and was woken).
+    fn my_switches() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .expect("/proc/thread-self/status")
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    }
+
+    fn callback_job() -> Job {
+        let (tx, _rx) = oneshot::channel::<Result<(), StoreError>>();
+        Job::new(|_| Ok(()), STORING_A_CALLBACK, tx)
+    }
+
+    #[test]
+    fn a_waiting_group_takes_what_queued_by_its_deadline_without_waking_for_each_job() {
+        let wait = Duration::from_millis(500);
+        let mut pace = Pace::default();
+        // callbacks have been coming 2 ms apart: brisk
+        let t0 = monotonic();
+        for i in 0..10 {
+            pace.arrived(t0 + Duration::from_millis(2 * i));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(callback_job()).unwrap();
+        let sender = std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(2));
+                tx.send(callback_job()).unwrap();
+            }
+            tx
+        });
+        let before = my_switches();
+        let group = next_group(&rx, &mut pace, wait).expect("a group");
+        let woken = my_switches() - before;
+        let tx = sender.join().unwrap();
+        assert_eq!(
+            group.len(),
+            21,
+            "every job queued within the wait joins the group"
+        );
+        // one sleep until the deadline; waking for each arrival would be ~20
+        assert!(
+            woken <= 3,
+            "the writer was woken {woken} times for one group"
+        );
+        // the pace saw the arrivals ~2 ms apart, as they were queued, not all at once when taken
+        assert!(pace.apart(Duration::from_millis(1)), "{pace:?}");
+        // once every sender is gone, the writer's loop ends
+        drop(tx);
+        assert!(next_group(&rx, &mut pace, wait).is_none());
+    }
 }
