@@ -388,6 +388,120 @@ async fn callbacks_at_a_moderate_rate_share_transactions_and_slow_ones_are_writt
     assert_eq!(st.syncs.values().sum::<i64>(), 43, "{st:?}");
 }
 
+/// Payments grouped at a moderate rate lease their syncs on receipt as one written alone does:
+/// each caller is handed its sync, as many as the shared rate has tokens for, in transactions that
+/// still group several; while another transaction holds the rate's row, a group takes no token
+/// and does not wait for it: its syncs stay pending for a claim.
+#[tokio::test]
+async fn grouped_payments_lease_their_syncs_on_receipt_within_the_shared_rate() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::{Ingested, Lease};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let opts = OpenOptions {
+        commit_wait: Duration::from_millis(500),
+        rate_qps: 5.0,
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    // `count` payments 6 ms apart (a moderate rate: they group), each asking for a lease
+    let paced = |prefix: &'static str, count: usize| {
+        let (s, rules) = (s.clone(), rules.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(6));
+            let mut tasks = Vec::new();
+            for i in 0..count {
+                tick.tick().await;
+                let (s, rules) = (s.clone(), rules.clone());
+                let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
+                tasks.push(tokio::spawn(async move {
+                    let lease = Lease {
+                        owner: "A",
+                        lease_ms: 30_000,
+                    };
+                    s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap()
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    let start = wechatpay::clock::monotonic();
+    let stored = paced("L", 40).await;
+    let took = start.elapsed().as_secs_f64();
+    assert!(
+        stored
+            .iter()
+            .all(|(i, _)| *i == Ingested::Payment { points: 10 }),
+        "{stored:?}"
+    );
+    // a full bucket holds one second's worth (5), refilled at 5/s: as many are leased, each to
+    // its own caller, the rest left for a claim
+    let handed: Vec<&str> = stored
+        .iter()
+        .filter_map(|(_, c)| c.as_ref().map(|c| c.transaction_id.as_str()))
+        .collect();
+    let most = 5.0 + took * 5.0 + 1.0;
+    assert!(
+        handed.len() >= 5 && handed.len() as f64 <= most,
+        "{} of 40 leased in {took:.2} s (at most {most:.0}): {handed:?}",
+        handed.len()
+    );
+    for (i, (_, c)) in stored.iter().enumerate() {
+        if let Some(c) = c {
+            assert_eq!(c.transaction_id, format!("L{i}"), "handed another's sync");
+            assert_eq!(c.attempt, 1);
+        }
+    }
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let leased: Vec<String> = sqlx::query_scalar(
+        "SELECT transaction_id FROM outbox WHERE state = 'inflight' AND lease_owner = 'A' ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let mut sorted: Vec<&str> = handed.clone();
+    sorted.sort_by_key(|t| t[1..].parse::<u32>().unwrap());
+    assert_eq!(leased, sorted, "the rows leased are those handed");
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id LIKE 'L%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(
+        transactions * 3 <= 40,
+        "40 callbacks 6 ms apart took {transactions} transactions: not grouped"
+    );
+    // another transaction holds the rate's row: the next group neither waits nor leases
+    sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+    sqlx::query("SELECT tokens FROM rate_limit WHERE name = 'wechat' FOR UPDATE")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), paced("H", 10))
+        .await
+        .expect("a group waited for the rate's row");
+    assert!(
+        held.iter()
+            .all(|(i, c)| *i == Ingested::Payment { points: 10 } && c.is_none()),
+        "{held:?}"
+    );
+    sqlx::query("COMMIT").execute(&mut c).await.unwrap();
+    let backlog = s.backlog().await.unwrap();
+    let n = handed.len() as i64;
+    assert_eq!(
+        (backlog.get("inflight"), backlog.get("pending")),
+        (Some(&n), Some(&(50 - n))),
+        "{backlog:?}"
+    );
+}
+
 /// Callbacks arriving together are written in groups (one transaction for several), each exactly
 /// as alone: every payment credited once, every duplicate seen as one, balances adding up; a
 /// member another transaction holds stalls only its own callbacks, never the rest of its group
@@ -471,9 +585,9 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     }
     assert_eq!(s.member("held").await.unwrap().unwrap().balance, 500);
     let st = s.status().await.unwrap();
-    // a sync written alone may be leased on receipt, a grouped one waits for a claim: every
-    // sync left inflight is one the caller was handed
-    assert!(leased < 120, "{leased} of 120 syncs leased on receipt");
+    // written alone or in a group, a new payment's sync is leased on receipt (no shared rate
+    // here), once: every sync left inflight is one a caller was handed
+    assert_eq!(leased, 120, "{leased} of 120 syncs leased on receipt");
     assert_eq!(
         st.syncs.get("inflight").copied().unwrap_or(0),
         leased as i64

@@ -1,10 +1,12 @@
 //! Claims on PostgreSQL: due outbox rows leased in one statement, with the instances' shared
-//! rate's tokens taken in the same statement.
+//! rate's tokens taken in the same statement; and the same for the syncs a group of callbacks
+//! just enqueued, inside the group's transaction.
 
 use std::sync::LazyLock;
 
 use sqlx::Row;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Executor, Postgres};
 
 use super::DB_NOW_MS;
 use crate::store::Claimed;
@@ -45,6 +47,93 @@ static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Leases the pending syncs of transactions `$3` as their callbacks' group commits ($1 owner, $2
+/// lease); the rated form takes the shared rate's tokens for them ($4 the rate), but never waits
+/// for its row: held by another transaction, no token is taken and the syncs stay pending.
+fn group_lease_sql(limit_sql: &str) -> String {
+    format!(
+        "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
+         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND transaction_id = ANY($3)
+                      ORDER BY id LIMIT {limit_sql})
+         RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at"
+    )
+}
+
+static GROUP_LEASE: LazyLock<String> = LazyLock::new(|| group_lease_sql("cardinality($3)"));
+
+static GROUP_LEASE_RATED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH bucket AS (
+             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * $4,
+                          GREATEST($4, 1.0)) AS available,
+                    {DB_NOW_MS} AS now
+             FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED
+         ),
+         claimed AS ({}),
+         spent AS (
+             UPDATE rate_limit SET tokens = (SELECT available FROM bucket) - (SELECT COUNT(*) FROM claimed),
+                                   at_ms = (SELECT now FROM bucket)
+             WHERE name = 'wechat' AND EXISTS (SELECT 1 FROM bucket)
+         )
+         SELECT * FROM claimed",
+        group_lease_sql(
+            "LEAST(cardinality($3), GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))"
+        )
+    )
+});
+
+/// Leases, in the transaction `c` of the group that just enqueued them, the pending syncs of
+/// `transaction_ids` (as many as the shared rate has tokens for now when `qps` > 0), as a
+/// callback written alone leases its own: one statement for the group, the rate's row held from
+/// here to the group's `COMMIT` only. Returns them claimed, by transaction id.
+pub(super) async fn lease_group<'c, E>(
+    c: E,
+    owner: &str,
+    lease_ms: i64,
+    transaction_ids: &[String],
+    qps: f64,
+) -> R<Vec<Claimed>>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    if transaction_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql: &str = if qps > 0.0 {
+        &GROUP_LEASE_RATED
+    } else {
+        &GROUP_LEASE
+    };
+    let mut q = sqlx::query(sql)
+        .bind(owner)
+        .bind(lease_ms)
+        .bind(transaction_ids);
+    if qps > 0.0 {
+        q = q.bind(qps);
+    }
+    let rows = q.fetch_all(c).await?;
+    rows.into_iter()
+        .map(|r| claimed(&r).map(|(_, c)| c))
+        .collect()
+}
+
+/// A claimed row (`RETURNING id, transaction_id, method, path, payload, attempts, created_at,
+/// due_at`) and its due time.
+fn claimed(r: &PgRow) -> R<(i64, Claimed)> {
+    Ok((
+        r.try_get::<i64, _>(7)?,
+        Claimed {
+            id: r.try_get(0)?,
+            transaction_id: r.try_get(1)?,
+            method: r.try_get(2)?,
+            path: r.try_get(3)?,
+            payload: r.try_get(4)?,
+            attempt: r.try_get(5)?,
+            created_at: r.try_get(6)?,
+        },
+    ))
+}
+
 /// Claims due rows in one statement (one round trip, no explicit transaction); with a shared rate
 /// (`qps` > 0) only as many as the instances' common token bucket holds now (refilled on the
 /// database's clock, one second's burst at most), taken in the same statement, so all instances
@@ -68,23 +157,7 @@ pub(super) async fn claim(
         q = q.bind(qps);
     }
     let rows = q.fetch_all(pool).await?;
-    let mut out = rows
-        .into_iter()
-        .map(|r| {
-            Ok::<_, sqlx::Error>((
-                r.try_get::<i64, _>(7)?,
-                Claimed {
-                    id: r.try_get(0)?,
-                    transaction_id: r.try_get(1)?,
-                    method: r.try_get(2)?,
-                    path: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                    attempt: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
     // RETURNING keeps no order: the oldest due first, as claimed
     out.sort_by_key(|(due, c)| (*due, c.id));
     Ok(out.into_iter().map(|(_, c)| c).collect())

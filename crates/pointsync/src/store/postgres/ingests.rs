@@ -11,8 +11,10 @@
 //! lane idle (it keeps its lease on receipt), one whose member another transaction holds (it waits
 //! for the lock; a held member never stalls a lane), and every callback of a group that fails (one
 //! bad callback never fails another; a group cut short mid-`COMMIT` is written again, and what had
-//! committed is then a duplicate). A grouped sync is not leased on receipt — the shared rate's row
-//! would stay locked for the whole group — it waits for the dispatcher's claim.
+//! committed is then a duplicate). A group leases its new payments' syncs on receipt too, in one
+//! statement at its end (`claim.rs`, `lease_group`), so the shared rate's row is held only from
+//! there to the `COMMIT`, as by a callback written alone; those it has no token for wait for the
+//! dispatcher's claim.
 //!
 //! At a moderate rate nothing queues, so nothing would group: four lanes at 200 callbacks/s each
 //! see one every 20 ms. There, while callbacks come closer together than the commit wait
@@ -32,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use wechatpay::clock::monotonic;
 use wechatpay::notify::Event;
 
+use super::claim::lease_group;
 use super::group::{Grouped, store_group};
 use super::write::{self, PgLease};
 use super::{classify, retried};
@@ -131,8 +134,8 @@ impl Ingests {
         }
     }
 
-    /// Stores a callback, its sync leased under `lease` (owner, length) when written alone and a
-    /// rate token is there for it; returns what was stored and the leased sync.
+    /// Stores a callback, its sync leased under `lease` (owner, length) when a rate token is there
+    /// for it (written alone or in a group); returns what was stored and the leased sync.
     pub(super) async fn store(
         &self,
         n: &Incoming,
@@ -284,6 +287,43 @@ impl Writer {
         }
     }
 
+    /// Leases, at the end of the group's transaction, the syncs its new payments enqueued, for
+    /// the jobs that asked (as many as the shared rate has tokens for), in one statement: each
+    /// such payment then answers with its sync claimed, as it would written alone.
+    async fn lease(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        jobs: &[Job],
+        mut stored: Vec<(Ingested, Option<Claimed>)>,
+    ) -> Result<Vec<(Ingested, Option<Claimed>)>, sqlx::Error> {
+        let Some((owner, lease_ms)) = jobs.iter().find_map(|j| j.lease.clone()) else {
+            return Ok(stored);
+        };
+        let wanted: Vec<String> = jobs
+            .iter()
+            .zip(&stored)
+            .filter_map(|(j, (i, c))| match &j.n.event {
+                Event::MallTransaction(t)
+                    if j.lease.is_some() && c.is_none() && *i != Ingested::Duplicate =>
+                {
+                    Some(t.transaction_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let claimed = lease_group(&mut *tx, &owner, lease_ms, &wanted, self.rate_qps).await?;
+        for c in claimed {
+            let at = jobs.iter().zip(&stored).position(|(j, (_, held))| {
+                held.is_none()
+                    && matches!(&j.n.event, Event::MallTransaction(t) if t.transaction_id == c.transaction_id)
+            });
+            if let Some(at) = at {
+                stored[at].1 = Some(c);
+            }
+        }
+        Ok(stored)
+    }
+
     /// Writes `jobs` in one transaction: those whose member lock is free now; the others, and all
     /// of them if the transaction fails, alone.
     async fn group(&self, jobs: Vec<Job>) {
@@ -332,7 +372,11 @@ impl Writer {
             .collect();
         let written = store_group(&mut tx, &each).await;
         drop(each);
-        let stored = match written {
+        let leased = match written {
+            Ok(stored) => self.lease(&mut tx, &grouped, stored).await,
+            Err(e) => Err(e),
+        };
+        let stored = match leased {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(
