@@ -313,10 +313,13 @@ impl Writer {
             .collect();
         let claimed = lease_group(&mut *tx, &owner, lease_ms, &wanted, self.rate_qps).await?;
         for c in claimed {
-            let at = jobs.iter().zip(&stored).position(|(j, (_, held))| {
+            // the payment that enqueued it (a second delivery of it in the group is a duplicate)
+            let at = jobs.iter().zip(&stored).position(|(j, (i, held))| {
                 held.is_none()
+                    && *i != Ingested::Duplicate
                     && matches!(&j.n.event, Event::MallTransaction(t) if t.transaction_id == c.transaction_id)
             });
+            // (always found; were it not, the lease would expire and the rescuer free the sync)
             if let Some(at) = at {
                 stored[at].1 = Some(c);
             }
