@@ -13,61 +13,28 @@ use crate::store::Claimed;
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// Leases due rows: due on the instance's clock (a skew only moves a retry a little), leased on
-/// the database's, which every instance shares; at most `limit_sql` rows.
-fn claim_sql(limit_sql: &str) -> String {
+/// Leases at most `limit_sql` pending rows matching `which`, oldest due first, on the database's
+/// clock, which every instance shares.
+fn lease_sql(which: &str, limit_sql: &str) -> String {
     format!(
         "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $3
+         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND {which}
                       ORDER BY due_at, id LIMIT {limit_sql} FOR UPDATE SKIP LOCKED)
          RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at"
     )
 }
 
-/// The claim without a shared rate ($1 owner, $2 lease, $3 now, $4 limit).
-static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("$4"));
-
-/// The claim taking the shared rate's tokens in the same statement ($5 the rate).
-static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| {
+/// The lease of `which` (at most `limit` rows) taking the shared rate's tokens in the same
+/// statement: a bucket refilled at `rate` on the database's clock (one second's burst at most),
+/// read from the rate's row locked `lock`, as many rows leased as it holds whole tokens, the rest
+/// written back. A row `SKIP LOCKED` skipped leases nothing and writes nothing back.
+fn rated(which: &str, limit: &str, rate: &str, lock: &str) -> String {
     format!(
         "WITH bucket AS (
-             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * $5,
-                          GREATEST($5, 1.0)) AS available,
+             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * {rate},
+                          GREATEST({rate}, 1.0)) AS available,
                     {DB_NOW_MS} AS now
-             FROM rate_limit WHERE name = 'wechat' FOR UPDATE
-         ),
-         claimed AS ({}),
-         spent AS (
-             UPDATE rate_limit SET tokens = (SELECT available FROM bucket) - (SELECT COUNT(*) FROM claimed),
-                                   at_ms = (SELECT now FROM bucket)
-             WHERE name = 'wechat'
-         )
-         SELECT * FROM claimed",
-        claim_sql("LEAST($4, GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))")
-    )
-});
-
-/// Leases the pending syncs of transactions `$3` as their callbacks' group commits ($1 owner, $2
-/// lease); the rated form takes the shared rate's tokens for them ($4 the rate), but never waits
-/// for its row: held by another transaction, no token is taken and the syncs stay pending.
-fn group_lease_sql(limit_sql: &str) -> String {
-    format!(
-        "UPDATE outbox SET state = 'inflight', lease_owner = $1, lease_until = {DB_NOW_MS} + $2, attempts = attempts + 1
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND transaction_id = ANY($3)
-                      ORDER BY id LIMIT {limit_sql})
-         RETURNING id, transaction_id, method, path, payload, attempts, created_at, due_at"
-    )
-}
-
-static GROUP_LEASE: LazyLock<String> = LazyLock::new(|| group_lease_sql("cardinality($3)"));
-
-static GROUP_LEASE_RATED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH bucket AS (
-             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * $4,
-                          GREATEST($4, 1.0)) AS available,
-                    {DB_NOW_MS} AS now
-             FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED
+             FROM rate_limit WHERE name = 'wechat' {lock}
          ),
          claimed AS ({}),
          spent AS (
@@ -76,11 +43,35 @@ static GROUP_LEASE_RATED: LazyLock<String> = LazyLock::new(|| {
              WHERE name = 'wechat' AND EXISTS (SELECT 1 FROM bucket)
          )
          SELECT * FROM claimed",
-        group_lease_sql(
-            "LEAST(cardinality($3), GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))"
+        lease_sql(
+            which,
+            &format!(
+                "LEAST({limit}, GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))"
+            )
         )
     )
-});
+}
+
+/// Due rows: due on the instance's clock (a skew only moves a retry a little).
+const DUE: &str = "due_at <= $3";
+
+/// The claim without a shared rate ($1 owner, $2 lease, $3 now, $4 limit).
+static CLAIM: LazyLock<String> = LazyLock::new(|| lease_sql(DUE, "$4"));
+
+/// The claim taking the shared rate's tokens in the same statement ($5 the rate); the rate's row
+/// is waited for.
+static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5", "FOR UPDATE"));
+
+/// The syncs of transactions `$3`, just enqueued by a group of callbacks.
+const ENQUEUED: &str = "transaction_id = ANY($3)";
+
+/// A group's lease ($1 owner, $2 lease, $3 the transaction ids).
+static GROUP_LEASE: LazyLock<String> = LazyLock::new(|| lease_sql(ENQUEUED, "cardinality($3)"));
+
+/// A group's lease taking the shared rate's tokens ($4 the rate); it never waits for the rate's
+/// row: held by another transaction, no token is taken and the syncs stay pending.
+static GROUP_LEASE_RATED: LazyLock<String> =
+    LazyLock::new(|| rated(ENQUEUED, "cardinality($3)", "$4", "FOR UPDATE SKIP LOCKED"));
 
 /// Leases, in the transaction `c` of the group that just enqueued them, the pending syncs of
 /// `transaction_ids` (as many as the shared rate has tokens for now when `qps` > 0), as a
