@@ -57,8 +57,37 @@ pub fn incoming(event: Event) -> Incoming {
     }
 }
 
-/// Stores `count` payments of different members, one every `gap`, each in a task of its own;
-/// returns what each store call answered and how long it took.
+/// Stores `count` payments of different members (transaction ids `prefix`0.., members `o`0..),
+/// one every `gap`, each in a task of its own running `store`; returns what each answered, in order.
+pub async fn paced<S, T, F, Fut>(
+    s: &S,
+    prefix: &str,
+    count: usize,
+    gap: Duration,
+    store: F,
+) -> Vec<T>
+where
+    S: Store,
+    T: Send + 'static,
+    F: Fn(S, Incoming) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(gap);
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tick.tick().await;
+        let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
+        tasks.push(tokio::spawn(store(s.clone(), p)));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// [`paced`] payments stored with [`Store::ingest`]; returns what each store call answered and
+/// how long it took.
 pub async fn paced_payments<S: Store>(
     s: &S,
     prefix: &str,
@@ -66,23 +95,15 @@ pub async fn paced_payments<S: Store>(
     gap: Duration,
 ) -> Vec<(Ingested, Duration)> {
     let rules = trusting();
-    let mut tick = tokio::time::interval(gap);
-    let mut tasks = Vec::new();
-    for i in 0..count {
-        tick.tick().await;
-        let (s, rules) = (s.clone(), rules.clone());
-        let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
-        tasks.push(tokio::spawn(async move {
+    paced(s, prefix, count, gap, |s, p| {
+        let rules = rules.clone();
+        async move {
             let start = wechatpay::clock::monotonic();
             let stored = s.ingest(&p, &ctx(&rules)).await.unwrap();
             (stored, start.elapsed())
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+        }
+    })
+    .await
 }
 
 /// After a pause, 3 payments 700 ms apart (transaction ids `prefix`0..2): each is stored and

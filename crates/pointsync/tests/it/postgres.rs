@@ -394,7 +394,7 @@ async fn callbacks_at_a_moderate_rate_share_transactions_and_slow_ones_are_writt
 /// and does not wait for it: its syncs stay pending for a claim.
 #[tokio::test]
 async fn grouped_payments_lease_their_syncs_on_receipt_within_the_shared_rate() {
-    use crate::contract::{ctx, payment, trusting};
+    use crate::contract::{ctx, trusting};
     use pointsync::store::{Ingested, Lease};
     let Some((_guard, db)) = fresh_database().await else {
         return;
@@ -408,28 +408,16 @@ async fn grouped_payments_lease_their_syncs_on_receipt_within_the_shared_rate() 
     let rules = std::sync::Arc::new(trusting());
     // `count` payments 6 ms apart (a moderate rate: they group), each asking for a lease
     let paced = |prefix: &'static str, count: usize| {
-        let (s, rules) = (s.clone(), rules.clone());
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(6));
-            let mut tasks = Vec::new();
-            for i in 0..count {
-                tick.tick().await;
-                let (s, rules) = (s.clone(), rules.clone());
-                let p = payment(&format!("{prefix}{i}"), &format!("o{i}"), 1_000, "S1");
-                tasks.push(tokio::spawn(async move {
-                    let lease = Lease {
-                        owner: "A",
-                        lease_ms: 30_000,
-                    };
-                    s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap()
-                }));
+        crate::contract::paced(&s, prefix, count, Duration::from_millis(6), |s, p| {
+            let rules = rules.clone();
+            async move {
+                let lease = Lease {
+                    owner: "A",
+                    lease_ms: 30_000,
+                };
+                s.ingest_leased(&p, &ctx(&rules), &lease).await.unwrap()
             }
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        }
+        })
     };
     let start = wechatpay::clock::monotonic();
     let stored = paced("L", 40).await;
