@@ -442,6 +442,13 @@ impl<S: Store> Dispatcher<S> {
             .min(usize::try_from(self.cfg.batch).unwrap_or(0))
             .max(1);
         let mut tasks = JoinSet::new();
+        // how many slots the next claim may take (`None`: every free one). After a quiet wait a
+        // claim takes one, then twice as many each time it comes back full: a claim waits for the
+        // store (on SQLite up to the commit wait), and callbacks arriving meanwhile need more
+        // than half the slots free to lease their own syncs. Taking every slot for the few a
+        // callback could not lease left the next callbacks none, each waking one more claim; a
+        // backlog is still found in a few quick rounds.
+        let mut ramp: Option<i64> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -453,7 +460,8 @@ impl<S: Store> Dispatcher<S> {
             // the slots first, then as many rows: a claimed row never waits for a slot. (Waiting
             // for one here, the loop stopped reading what callbacks hand over; with one slot, a
             // callback that took it between a claim's count and its send stalled every sync.)
-            let mut slots: Vec<OwnedSemaphorePermit> = (0..self.cfg.batch)
+            let most = ramp.map_or(self.cfg.batch, |r| r.min(self.cfg.batch));
+            let mut slots: Vec<OwnedSemaphorePermit> = (0..most)
                 .map_while(|_| permits.clone().try_acquire_owned().ok())
                 .collect();
             let want = slots.len() as i64;
@@ -485,6 +493,11 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             if want == 0 || (claimed > 0 && claimed == want) {
+                if claimed > 0 {
+                    ramp = ramp
+                        .map(|r| r.saturating_mul(2))
+                        .filter(|&r| r < self.cfg.batch);
+                }
                 // every slot busy, or probably more due: claim again once half the slots are
                 // free (one statement claims them all), or a task ends
                 tokio::select! {
@@ -498,6 +511,7 @@ impl<S: Store> Dispatcher<S> {
             // nothing more is due now: a finished send frees a slot but makes nothing due (a
             // retry is due later, found by the poll), so only new work or the poll wakes us; a
             // sync leased by its callback is sent without waking the claim
+            ramp = Some(1);
             let poll = tokio::time::sleep(Duration::from_millis(self.cfg.poll_ms));
             tokio::pin!(poll);
             loop {

@@ -1255,7 +1255,10 @@ async fn syncs_are_leased_on_receipt_unless_switched_off() {
         assert_eq!(h.metric("pointsync_syncs_total", "done"), 40.0);
         let leased = h.metric("pointsync_syncs_total", "leased_on_receipt");
         if on {
-            assert!(leased >= 1.0, "no sync was leased on receipt");
+            // (nearly) every one: a claim after a quiet wait (the poll's, or for a sync a callback
+            // could not lease) takes one slot, not all, so callbacks arriving while it waits for
+            // the store still find more than half free (taking them all, 36-38 of 40 leased)
+            assert!(leased >= 39.0, "{leased} of 40 syncs leased on receipt");
         } else {
             assert_eq!(leased, 0.0, "switched off, every sync is claimed");
         }
