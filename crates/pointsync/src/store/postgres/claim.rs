@@ -81,7 +81,7 @@ pub(super) async fn lease_group<'c, E>(
     c: E,
     owner: &str,
     lease_ms: i64,
-    transaction_ids: &[String],
+    transaction_ids: &[&str],
     qps: f64,
 ) -> R<Vec<Claimed>>
 where

@@ -299,28 +299,26 @@ impl Writer {
         let Some((owner, lease_ms)) = jobs.iter().find_map(|j| j.lease.clone()) else {
             return Ok(stored);
         };
-        let wanted: Vec<String> = jobs
+        // the new payments that asked, by place in the group (a second delivery of one in the
+        // group is a duplicate, never handed its sync)
+        let wanted: Vec<(usize, &str)> = jobs
             .iter()
             .zip(&stored)
-            .filter_map(|(j, (i, c))| match &j.n.event {
+            .enumerate()
+            .filter_map(|(at, (j, (i, c)))| match &j.n.event {
                 Event::MallTransaction(t)
                     if j.lease.is_some() && c.is_none() && *i != Ingested::Duplicate =>
                 {
-                    Some(t.transaction_id.clone())
+                    Some((at, t.transaction_id.as_str()))
                 }
                 _ => None,
             })
             .collect();
-        let claimed = lease_group(&mut *tx, &owner, lease_ms, &wanted, self.rate_qps).await?;
+        let ids: Vec<&str> = wanted.iter().map(|&(_, t)| t).collect();
+        let claimed = lease_group(&mut *tx, &owner, lease_ms, &ids, self.rate_qps).await?;
+        // (each is found: the statement leases only the ids asked for)
         for c in claimed {
-            // the payment that enqueued it (a second delivery of it in the group is a duplicate)
-            let at = jobs.iter().zip(&stored).position(|(j, (i, held))| {
-                held.is_none()
-                    && *i != Ingested::Duplicate
-                    && matches!(&j.n.event, Event::MallTransaction(t) if t.transaction_id == c.transaction_id)
-            });
-            // (always found; were it not, the lease would expire and the rescuer free the sync)
-            if let Some(at) = at {
+            if let Some(&(at, _)) = wanted.iter().find(|(_, t)| *t == c.transaction_id) {
                 stored[at].1 = Some(c);
             }
         }
