@@ -334,11 +334,7 @@ async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
     }
     // rows one statement updated share its transaction id
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    let transactions: i64 =
-        sqlx::query_scalar("SELECT COUNT(DISTINCT xmin::TEXT) FROM outbox WHERE state = 'done'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
+    let transactions = transactions_that_wrote(&mut c, "outbox WHERE state = 'done'").await;
     assert!(
         (1..=4).contains(&transactions),
         "10 outcomes ~2 ms apart were written by {transactions} transactions"
@@ -369,20 +365,17 @@ async fn callbacks_at_a_moderate_rate_share_transactions_and_slow_ones_are_writt
         "{brisk:?}"
     );
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    // rows one transaction inserted share its id (payments are never updated here)
-    let transactions = |prefix: &'static str| {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id LIKE $1",
-        )
-        .bind(format!("{prefix}%"))
-    };
-    let shared = transactions("B").fetch_one(&mut c).await.unwrap();
+    // (payments are never updated here)
+    let shared = transactions_that_wrote(&mut c, "payments WHERE transaction_id LIKE 'B%'").await;
     assert!(
         shared * 3 <= 40,
         "40 callbacks 6 ms apart took {shared} transactions: fewer than three shared each"
     );
     slow_payments_wait_for_no_one(&s, "S", wait).await;
-    assert_eq!(transactions("S").fetch_one(&mut c).await.unwrap(), 3);
+    assert_eq!(
+        transactions_that_wrote(&mut c, "payments WHERE transaction_id LIKE 'S%'").await,
+        3
+    );
     let st = s.status().await.unwrap();
     assert_eq!(st.inbox.get("applied"), Some(&43), "{st:?}");
     assert_eq!(st.syncs.values().sum::<i64>(), 43, "{st:?}");
@@ -456,12 +449,8 @@ async fn grouped_payments_lease_their_syncs_on_receipt_within_the_shared_rate() 
     let mut sorted: Vec<&str> = handed.clone();
     sorted.sort_by_key(|t| t[1..].parse::<u32>().unwrap());
     assert_eq!(leased, sorted, "the rows leased are those handed");
-    let transactions: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id LIKE 'L%'",
-    )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
+    let transactions =
+        transactions_that_wrote(&mut c, "payments WHERE transaction_id LIKE 'L%'").await;
     assert!(
         transactions * 3 <= 40,
         "40 callbacks 6 ms apart took {transactions} transactions: not grouped"
@@ -551,13 +540,9 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
         !held.is_empty() && held.try_join_next().is_none(),
         "the held member waits"
     );
-    // rows one transaction inserted share its id (payments are never updated here)
-    let transactions: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE openid <> 'held'",
-    )
-    .fetch_one(&mut holder)
-    .await
-    .unwrap();
+    // (payments are never updated here)
+    let transactions =
+        transactions_that_wrote(&mut holder, "payments WHERE openid <> 'held'").await;
     assert!(
         (1..100).contains(&transactions),
         "120 payments were written by {transactions} transactions: not grouped"
@@ -777,12 +762,11 @@ async fn grouped_callbacks_do_not_scan_a_whole_table_per_group() {
         round(r).await;
     }
     let after = scans(&mut c).await;
-    let groups: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT xmin::TEXT) FROM payments WHERE transaction_id NOT LIKE 'T0-%' AND transaction_id NOT LIKE 'T1-%'",
+    let groups = transactions_that_wrote(
+        &mut c,
+        "payments WHERE transaction_id NOT LIKE 'T0-%' AND transaction_id NOT LIKE 'T1-%'",
     )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
+    .await;
     assert!(
         (20..200).contains(&groups),
         "240 payments in {groups} transactions: not grouped"
@@ -1001,4 +985,13 @@ async fn a_sync_leased_on_receipt_spends_the_shared_rate_and_never_waits_for_its
         !claimed.is_empty(),
         "refilled since: the pending syncs are claimed"
     );
+}
+
+/// How many transactions wrote the rows of `rows` (`table WHERE …`): rows one transaction wrote
+/// last share its id, `xmin`.
+async fn transactions_that_wrote(c: &mut sqlx::PgConnection, rows: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(DISTINCT xmin::TEXT) FROM {rows}"))
+        .fetch_one(c)
+        .await
+        .unwrap()
 }
