@@ -7,7 +7,8 @@
 # read from /proc for every process: the service (all instances), the simulator, PostgreSQL (its
 # live processes plus what its postmaster reaped) — and, on SQLite, the service's writer thread
 # alone (CPU and write calls) — and the context switches per transaction of the service and the
-# simulator (their live threads): the thread hand-offs and wake-ups each payment pays for. Ends with
+# simulator (their live threads): the thread hand-offs and wake-ups each payment pays for — and the
+# share of syncs leased on receipt (the rest each waited for a claim). Ends with
 # the scale-out model on paper.
 # Usage: bash bench/scaleout.sh [MAX_PAYMENTS] [RATE_PAYMENTS] [SETUPS]
 #   defaults 10000, 4000 and "sqlite:1 postgres:1 postgres:2 postgres:3"
@@ -41,6 +42,14 @@ port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));pri
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # context switches (voluntary and not) of process $1's live threads: its thread hand-offs and wake-ups
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {n+=$2} END {print n+0}'; }
+# syncs leased on receipt so far, all instances together (admin ports as arguments)
+leased() {
+  local a n=0
+  for a in "$@"; do
+    n=$((n + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="leased_on_receipt"\}/ {n=$2} END {printf "%d", n+0}')))
+  done
+  echo "$n"
+}
 # SQLite's writer thread of process $1 ("pointsync-writer", which the kernel cuts to 15 characters):
 # its CPU ticks and its write calls
 writer_stats() {
@@ -115,10 +124,11 @@ run_setup() { # STORE INSTANCES
     for p in "${svc[@]}"; do c0=$((c0 + $(ticks "$p"))); x0=$((x0 + $(switches "$p"))); done
     s0=$(ticks "$sim"); y0=$(switches "$sim"); p0=$(pg_ticks); t0=$(date +%s.%N); since=$(($(date +%s%N)/1000000))
     local w0; w0=$(writer_stats "${svc[0]}")
-    local before=0
+    local before=0 leased0
     for a in "${adm[@]}"; do
       before=$(python3 -c "print($before + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'))")
     done
+    leased0=$(leased "${adm[@]}")
     curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
       -d "{\"count\":$count,\"seed\":$seed$n,\"members\":${MEMBERS:-200},\"rate_per_sec\":$rate}" >/dev/null
     # one long-lived poller: the simulator's accepted syncs until they are all there (a scrape of
@@ -147,6 +157,7 @@ PY
     for p in "${svc[@]}"; do c1=$((c1 + $(ticks "$p"))); x1=$((x1 + $(switches "$p"))); done
     s1=$(ticks "$sim"); y1=$(switches "$sim"); p1=$(pg_ticks)
     local w1; w1=$(writer_stats "${svc[0]}")
+    local leased1; leased1=$(leased "${adm[@]}")
     if [ "$store" = sqlite ]; then
       lat=$(python3 -c "
 import sqlite3,sys
@@ -158,7 +169,7 @@ print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)])")
     fi
     ack=$(curl -s "$SIM_URL/sim/ack-latency")
     local counters; counters=$(curl -s "$SIM_URL/sim/counters")
-    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" >> "$RESULTS" <<'PY'
+    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" "$((leased1 - leased0))" >> "$RESULTS" <<'PY'
 import json,sys
 a=sys.argv[1:]
 k=json.loads(a[12])
@@ -172,13 +183,13 @@ print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,
   "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg,
   "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1),
   "writer_us":(wt1-wt0)*tick/count,"writer_writes":(ww1-ww0)/count,
-  "svc_switches":int(a[15])/count,"sim_switches":int(a[16])/count}))
+  "svc_switches":int(a[15])/count,"sim_switches":int(a[16])/count,"leased_on_receipt":int(a[17])/count}))
 PY
     tail -1 "$RESULTS" | python3 -c "
 import json,sys
 r=json.load(sys.stdin)
 pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's)\" if r['store']=='postgres' else f\"; its SQLite writer thread {r['writer_us']:.0f} µs/tx, {r['writer_writes']:.1f} write calls/tx\"
-print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor, {r['svc_switches']:.1f} context switches/tx; simulator {r['sim_us']:.0f} µs/tx, {r['sim_switches']:.1f} switches/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback{pg}\")"
+print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor, {r['svc_switches']:.1f} context switches/tx; simulator {r['sim_us']:.0f} µs/tx, {r['sim_switches']:.1f} switches/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback; {r['leased_on_receipt']:.0%} of syncs leased on receipt{pg}\")"
   done
   kill "${svc[@]}" "$sim" 2>/dev/null || true
   wait "${svc[@]}" "$sim" 2>/dev/null || true
