@@ -785,6 +785,77 @@ async fn a_running_dispatcher_claims_again_as_slots_free_not_as_outcomes_are_rec
 }
 
 #[tokio::test]
+async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_claims_come_back_full()
+{
+    // a claim after a quiet wait takes one slot, not all (callbacks arriving while it waits for
+    // the store then still find slots to lease their own syncs); a backlog found that way is
+    // still claimed in a few rounds, each twice the last
+    use pointsync::store::IngestContext;
+
+    let mut h = Harness::start(fast_push(), &[]).await;
+    h.running.take().unwrap().shutdown().await;
+    let Some((_db_guard, store, mut holder)) = store_holding_outcomes(&h, &[]).await else {
+        return;
+    };
+    let mut cfg = h.config.dispatcher.clone();
+    (cfg.concurrency, cfg.batch, cfg.qps) = (64, 64, 1_000.0);
+    // no poll while the backlog is written: only the wake below finds it
+    cfg.poll_ms = 60_000;
+    let dispatcher = std::sync::Arc::new(pointsync::service::Dispatcher::new(
+        store.clone(),
+        h.config.client().unwrap(),
+        cfg,
+        pointsync::metrics::Metrics::new(),
+        std::sync::Arc::new(pointsync::clock::SystemClock),
+    ));
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(dispatcher.clone().run(wake.clone(), stopped));
+    // its first claim finds nothing due: it waits, quiet
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ctx = IngestContext {
+        rules: &h.config.rules,
+        partner_mode: false,
+        now_ms: pointsync::clock::now_ms(),
+    };
+    for i in 0..63 {
+        let n = incoming_payment(payment(&h, &format!("T-RAMP-{i:02}"), 1_000));
+        store.ingest(&n, &ctx).await.unwrap();
+    }
+    let before = h.sim.counters().requests;
+    wake.notify_one();
+    wait_for(
+        "the 63 syncs of the backlog, sent",
+        Duration::from_secs(20),
+        || h.sim.counters().requests >= before + 63,
+    )
+    .await;
+    // every outcome is held, so each row still carries the claim that took it (its xmin):
+    // the claims' sizes, in the order they were made
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE state = 'inflight'
+         GROUP BY xmin::TEXT ORDER BY MIN(xmin::TEXT::BIGINT)",
+    )
+    .fetch_all(&mut holder)
+    .await
+    .unwrap();
+    assert_eq!(
+        sizes,
+        [1, 2, 4, 8, 16, 32],
+        "one slot after the quiet wait, then twice as many while claims came back full"
+    );
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let s = store.status().await.unwrap();
+    assert_eq!(s.syncs.get("inflight"), None, "{s:?}");
+    assert_eq!(h.sim.counters().requests, before + 63, "each sent once");
+}
+
+#[tokio::test]
 async fn one_in_flight_slot_syncs_every_payment_while_callbacks_take_it() {
     // with one slot, a callback that leased it while the dispatcher was claiming left the claimed
     // row waiting for the slot and the leased sync, holding it, waiting for the dispatcher: every
