@@ -120,8 +120,10 @@ pub struct Reads {
     pub openid: Option<String>,
     /// The payment to read, with any refunds held for it.
     pub transaction_id: Option<String>,
-    /// The China-time day for the member's credited-today total.
-    pub day: i64,
+    /// The China-time day for the member's credited-today total; `None` when no daily cap is
+    /// configured, so nothing needs the total and it is not read (on a member with many credits
+    /// that day, a sum over each of them).
+    pub day: Option<i64>,
 }
 
 /// A member as stored.
@@ -372,14 +374,14 @@ impl Plan {
     }
 }
 
-/// The inbox key and the reads a callback needs.
-pub fn reads(n: &Incoming, now_ms: i64) -> Reads {
+/// The inbox key and the reads a callback needs under `ctx`'s rules.
+pub fn reads(n: &Incoming, ctx: &IngestContext<'_>) -> Reads {
     let key = |a: &str, b: &str| InboxKey {
         event_type: n.event_type.clone(),
         transaction_id: a.to_string(),
         refund_id: b.to_string(),
     };
-    let day = china_day(now_ms);
+    let day = ctx.rules.daily_cap.map(|_| china_day(ctx.now_ms));
     match &n.event {
         Event::MallTransaction(t) => Reads {
             // a manual application's push is stored under its own key; whether it credits
@@ -434,7 +436,7 @@ fn inbox_row(
 
 /// Decides what a verified callback does. Pure: the same inputs give the same plan.
 pub fn ingest(n: &Incoming, snap: &Snapshot, ctx: &IngestContext<'_>) -> Plan {
-    let key = reads(n, ctx.now_ms).key;
+    let key = reads(n, ctx).key;
     if snap.seen {
         return Plan::duplicate(key);
     }

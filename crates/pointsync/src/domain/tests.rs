@@ -133,6 +133,29 @@ fn payments_by_member_state() {
 }
 
 #[test]
+fn the_credited_today_total_is_read_only_when_a_daily_cap_needs_it() {
+    let t = incoming(Event::MallTransaction(tx("T1", "o1", 10_000, "S1")));
+    let uncapped = Rules::default();
+    assert_eq!(uncapped.daily_cap, None);
+    assert_eq!(
+        reads(&t, &ctx(&uncapped)).day,
+        None,
+        "nothing needs the total"
+    );
+    let capped = Rules {
+        daily_cap: Some(500),
+        ..Rules::default()
+    };
+    // T0 is 2023-11-14 22:13:20 UTC: already the 15th in China (UTC+8)
+    assert_eq!(reads(&t, &ctx(&capped)).day, Some(china_day(T0)));
+    assert_eq!(china_day(T0), (1_700_000_000 + 8 * 3_600) / 86_400);
+    // a refund reads its payment's member, whose total the cap does not need either
+    let r = incoming(Event::MallRefund(refund("T1", "R1", 10_000, 100)));
+    assert_eq!(reads(&r, &ctx(&uncapped)).day, None);
+    assert_eq!(reads(&r, &ctx(&capped)).day, Some(china_day(T0)));
+}
+
+#[test]
 fn duplicates_rejections_and_other_events() {
     let rules = Rules::default();
     let pay = incoming(Event::MallTransaction(tx("T1", "o1", 100, "S1")));
@@ -470,7 +493,7 @@ fn a_payment_of_a_member_not_authorized_is_kept_not_credited_and_credited_on_her
         ..member(auth, 40)
     };
     let manual = manual_push(&t, "M1");
-    assert_eq!(reads(&manual, T0).key.refund_id, "commit:M1");
+    assert_eq!(reads(&manual, &ctx(&rules)).key.refund_id, "commit:M1");
     for auth in [Authorization::Authorized, Authorization::Unknown] {
         let plan = ingest(&manual, &snap(auth, &stored), &ctx(&rules));
         assert_eq!(

@@ -30,10 +30,7 @@ pub(super) async fn store_group(
     c: &mut PgConnection,
     group: &[Grouped<'_>],
 ) -> R<Vec<(Ingested, Option<Claimed>)>> {
-    let reads: Vec<Reads> = group
-        .iter()
-        .map(|g| domain::reads(g.n, g.ctx.now_ms))
-        .collect();
+    let reads: Vec<Reads> = group.iter().map(|g| domain::reads(g.n, &g.ctx)).collect();
     // what each callback's reads or writes name: its member and its payment. A name's first
     // callback owns it; a later one naming it waits for a snapshot of its own.
     let names: Vec<Vec<String>> = group

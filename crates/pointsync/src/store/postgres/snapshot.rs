@@ -10,8 +10,8 @@ use crate::rules::Authorization;
 type R<T> = Result<T, sqlx::Error>;
 
 /// Everything a callback's decision reads: whether it is stored already, its payment and the
-/// refunds held for it, its member and what they were credited today. Taken after the member's
-/// lock, so the statement's snapshot is current.
+/// refunds held for it, its member and (when a daily cap asks) what they were credited today.
+/// Taken after the member's lock, so the statement's snapshot is current.
 pub(super) async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
     let mut one = snapshots(c, &[r]).await?;
     one.pop().ok_or(sqlx::Error::RowNotFound)
@@ -25,14 +25,15 @@ pub(super) async fn snapshot(c: &mut PgConnection, r: &Reads) -> R<Snapshot> {
 /// been made while the tables were still empty).
 pub(super) async fn snapshots(c: &mut PgConnection, reads: &[&Reads]) -> R<Vec<Snapshot>> {
     let texts = |f: fn(&Reads) -> Option<&str>| reads.iter().map(|r| f(r)).collect::<Vec<_>>();
-    let days: Vec<i64> = reads.iter().map(|r| r.day).collect();
+    let days: Vec<Option<i64>> = reads.iter().map(|r| r.day).collect();
     let rows = sqlx::query(
         "SELECT s.seen IS NOT NULL, p.openid, p.amount, p.credited_points, p.refunded_amount, p.entitled_debit, p.not_credited,
                 ARRAY(SELECT id FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
                 ARRAY(SELECT resource FROM inbox WHERE transaction_id = v.transaction_id AND status = 'held' ORDER BY id),
                 m.openid IS NOT NULL, m.authorized, COALESCE(m.balance, 0),
-                (SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger
-                 WHERE openid = w.openid AND day = v.day AND kind = 'credit')
+                CASE WHEN v.day IS NULL THEN 0::BIGINT
+                     ELSE (SELECT COALESCE(SUM(points), 0)::BIGINT FROM ledger
+                           WHERE openid = w.openid AND day = v.day AND kind = 'credit') END
          FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) WITH ORDINALITY
               AS v (event_type, key_id, refund_id, transaction_id, openid, day, n)
          LEFT JOIN LATERAL (SELECT TRUE AS seen FROM inbox

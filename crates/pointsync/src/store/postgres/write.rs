@@ -481,7 +481,7 @@ pub(super) async fn store_locked(
     ctx: &IngestContext<'_>,
     lease: Option<&PgLease<'_>>,
 ) -> R<(Ingested, Option<Claimed>)> {
-    let snap = snapshot(c, &domain::reads(n, ctx.now_ms)).await?;
+    let snap = snapshot(c, &domain::reads(n, ctx)).await?;
     let plan = domain::ingest(n, &snap, ctx);
     apply(c, &plan, ctx.now_ms, lease).await
 }

@@ -106,7 +106,9 @@ fn snapshot(c: &Connection, r: &Reads) -> rusqlite::Result<Snapshot> {
         .or_else(|| snap.payment.as_ref().map(|p| p.openid.clone()));
     if let Some(openid) = openid {
         snap.member = member_snapshot(c, &openid)?;
-        snap.credited_today = one(c, CREDITED_ON_DAY, params![openid, r.day], |x| x.get(0))?;
+        if let Some(day) = r.day {
+            snap.credited_today = one(c, CREDITED_ON_DAY, params![openid, day], |x| x.get(0))?;
+        }
     }
     Ok(snap)
 }
@@ -282,7 +284,7 @@ pub(super) fn ingest_leased(
     ctx: &IngestContext<'_>,
     lease: Option<(&str, i64)>,
 ) -> rusqlite::Result<(Ingested, Option<Claimed>)> {
-    let snap = snapshot(c, &domain::reads(n, ctx.now_ms))?;
+    let snap = snapshot(c, &domain::reads(n, ctx))?;
     let plan = domain::ingest(n, &snap, ctx);
     apply(c, &plan, ctx.now_ms, lease)
 }
