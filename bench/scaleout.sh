@@ -8,8 +8,9 @@
 # live processes plus what its postmaster reaped) — and, on SQLite, the service's writer thread
 # alone (CPU and write calls) — and the context switches per transaction of the service and the
 # simulator (their live threads): the thread hand-offs and wake-ups each payment pays for — and the
-# share of syncs leased on receipt (the rest each waited for a claim). Ends with
-# the scale-out model on paper.
+# share of syncs leased on receipt (the rest each waited for a claim) — and PostgreSQL's buffer
+# accesses, commits and WAL bytes per transaction: counts, steady however noisy the machine. Ends
+# with the scale-out model on paper.
 # Usage: bash bench/scaleout.sh [MAX_PAYMENTS] [RATE_PAYMENTS] [SETUPS]
 #   defaults 10000, 4000 and "sqlite:1 postgres:1 postgres:2 postgres:3"
 # POINTSYNC_BENCH_POSTGRES: the server (default postgres://postgres@127.0.0.1:5432/postgres).
@@ -68,6 +69,13 @@ pg_ticks() {
     awk '{print $16+$17}' "/proc/$pm/stat"; } | awk '{s+=$1} END {print s+0}'
 }
 
+# PostgreSQL's work in database $1 so far, as counts that no other load on the machine changes:
+# buffer accesses, committed transactions, and bytes of WAL (the server's, all databases). A
+# backend reports its counts when idle for a second, so the caller waits that long first.
+pg_work() {
+  psql -qAt "$1" -F ' ' -c "SELECT blks_hit + blks_read, xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_stat_database WHERE datname = current_database()"
+}
+
 # the crypto floor and ceiling: best of three 2-second openssl runs
 crypto_speed
 CORES=$(nproc)
@@ -120,6 +128,8 @@ run_setup() { # STORE INSTANCES
     set -- $ph
     local name=$1 count=$2 rate=$3 seed=$4
     curl -s -X POST "$SIM_URL/sim/reset" >/dev/null
+    local g0="0 0 0" g1="0 0 0"
+    [ "$store" = sqlite ] || { sleep 1.5; g0=$(pg_work "$db"); }
     local c0=0 s0 p0 t0 since x0=0 y0
     for p in "${svc[@]}"; do c0=$((c0 + $(ticks "$p"))); x0=$((x0 + $(switches "$p"))); done
     s0=$(ticks "$sim"); y0=$(switches "$sim"); p0=$(pg_ticks); t0=$(date +%s.%N); since=$(($(date +%s%N)/1000000))
@@ -158,6 +168,7 @@ PY
     s1=$(ticks "$sim"); y1=$(switches "$sim"); p1=$(pg_ticks)
     local w1; w1=$(writer_stats "${svc[0]}")
     local leased1; leased1=$(leased "${adm[@]}")
+    [ "$store" = sqlite ] || { sleep 1.5; g1=$(pg_work "$db"); }
     if [ "$store" = sqlite ]; then
       lat=$(python3 -c "
 import sqlite3,sys
@@ -169,11 +180,12 @@ print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)])")
     fi
     ack=$(curl -s "$SIM_URL/sim/ack-latency")
     local counters; counters=$(curl -s "$SIM_URL/sim/counters")
-    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" "$((leased1 - leased0))" >> "$RESULTS" <<'PY'
+    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" "$((leased1 - leased0))" "$g0" "$g1" >> "$RESULTS" <<'PY'
 import json,sys
 a=sys.argv[1:]
 k=json.loads(a[12])
 (wt0,ww0),(wt1,ww1)=(map(int,x.split()) for x in a[13:15])
+(b0,x0,l0),(b1,x1,l1)=(map(float,x.split()) for x in a[18:20])
 tick=1e6/100 # µs per clock tick
 count,wall=int(a[3]),float(a[4])
 svc,sim,pg=(int(x)*tick/count for x in a[5:8])
@@ -183,12 +195,13 @@ print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,
   "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg,
   "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1),
   "writer_us":(wt1-wt0)*tick/count,"writer_writes":(ww1-ww0)/count,
-  "svc_switches":int(a[15])/count,"sim_switches":int(a[16])/count,"leased_on_receipt":int(a[17])/count}))
+  "svc_switches":int(a[15])/count,"sim_switches":int(a[16])/count,"leased_on_receipt":int(a[17])/count,
+  "pg_buffers":(b1-b0)/count,"pg_commits":(x1-x0)/count,"pg_wal_bytes":(l1-l0)/count}))
 PY
     tail -1 "$RESULTS" | python3 -c "
 import json,sys
 r=json.load(sys.stdin)
-pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's)\" if r['store']=='postgres' else f\"; its SQLite writer thread {r['writer_us']:.0f} µs/tx, {r['writer_writes']:.1f} write calls/tx\"
+pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's), {r['pg_buffers']:.0f} buffer accesses, {r['pg_commits']:.2f} commits, {r['pg_wal_bytes']:.0f} WAL bytes per tx\" if r['store']=='postgres' else f\"; its SQLite writer thread {r['writer_us']:.0f} µs/tx, {r['writer_writes']:.1f} write calls/tx\"
 print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor, {r['svc_switches']:.1f} context switches/tx; simulator {r['sim_us']:.0f} µs/tx, {r['sim_switches']:.1f} switches/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback; {r['leased_on_receipt']:.0%} of syncs leased on receipt{pg}\")"
   done
   kill "${svc[@]}" "$sim" 2>/dev/null || true
