@@ -693,6 +693,15 @@ fn dispatcher_on<S: Store>(
 ) -> std::sync::Arc<pointsync::service::Dispatcher<S>> {
     let mut cfg = h.config.dispatcher.clone();
     cfg.concurrency = concurrency;
+    dispatcher_with(h, store, cfg)
+}
+
+/// A dispatcher on `store` configured by `cfg`.
+fn dispatcher_with<S: Store>(
+    h: &Harness,
+    store: S,
+    cfg: pointsync::config::DispatcherConfig,
+) -> std::sync::Arc<pointsync::service::Dispatcher<S>> {
     std::sync::Arc::new(pointsync::service::Dispatcher::new(
         store,
         h.config.client().unwrap(),
@@ -700,6 +709,21 @@ fn dispatcher_on<S: Store>(
         pointsync::metrics::Metrics::new(),
         std::sync::Arc::new(pointsync::clock::SystemClock),
     ))
+}
+
+/// Lets the outcomes `store_holding_outcomes` held be recorded, then stops the running dispatcher
+/// and waits for it: every send's task ends, its outcome recorded.
+async fn release_outcomes_and_stop(
+    holder: &mut sqlx::PgConnection,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+) {
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(holder)
+        .await
+        .unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap();
 }
 
 #[tokio::test]
@@ -769,13 +793,7 @@ async fn a_running_dispatcher_claims_again_as_slots_free_not_as_outcomes_are_rec
         Some(&6),
         "sent, outcomes not yet recorded: {s:?}"
     );
-    sqlx::query("SELECT pg_advisory_unlock(4242)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    // stopping lets every send's task end, its outcome recorded
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    release_outcomes_and_stop(&mut holder, stop, running).await;
     // the simulator made none of these payments, so each outcome is a parked 404: recorded all
     // the same, each once
     let s = store.status().await.unwrap();
@@ -801,13 +819,7 @@ async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_clai
     (cfg.concurrency, cfg.batch, cfg.qps) = (64, 64, 1_000.0);
     // no poll while the backlog is written: only the wake below finds it
     cfg.poll_ms = 60_000;
-    let dispatcher = std::sync::Arc::new(pointsync::service::Dispatcher::new(
-        store.clone(),
-        h.config.client().unwrap(),
-        cfg,
-        pointsync::metrics::Metrics::new(),
-        std::sync::Arc::new(pointsync::clock::SystemClock),
-    ));
+    let dispatcher = dispatcher_with(&h, store.clone(), cfg);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(dispatcher.clone().run(wake.clone(), stopped));
@@ -844,12 +856,7 @@ async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_clai
         [1, 2, 4, 8, 16, 32],
         "one slot after the quiet wait, then twice as many while claims came back full"
     );
-    sqlx::query("SELECT pg_advisory_unlock(4242)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    release_outcomes_and_stop(&mut holder, stop, running).await;
     let s = store.status().await.unwrap();
     assert_eq!(s.syncs.get("inflight"), None, "{s:?}");
     assert_eq!(h.sim.counters().requests, before + 63, "each sent once");
