@@ -655,8 +655,8 @@ async fn store_holding_outcomes(
     pointsync::store::postgres::PgStore,
     sqlx::PgConnection,
 )> {
+    use pointsync::store::OpenOptions;
     use pointsync::store::postgres::PgStore;
-    use pointsync::store::{IngestContext, OpenOptions};
     use sqlx::Connection as _;
 
     let (guard, db) = crate::postgres::fresh_database().await?;
@@ -673,7 +673,13 @@ async fn store_holding_outcomes(
     .execute(&mut holder)
     .await
     .unwrap();
-    let ctx = IngestContext {
+    ingest_payments(h, &store, txids.iter().copied()).await;
+    Some((guard, store, holder))
+}
+
+/// Stores a due payment of 10.00 yuan for each of `txids`, as its callback would.
+async fn ingest_payments<S: Store>(h: &Harness, store: &S, txids: impl IntoIterator<Item = &str>) {
+    let ctx = pointsync::store::IngestContext {
         rules: &h.config.rules,
         partner_mode: false,
         now_ms: pointsync::clock::now_ms(),
@@ -682,7 +688,6 @@ async fn store_holding_outcomes(
         let n = incoming_payment(payment(h, txid, 1_000));
         store.ingest(&n, &ctx).await.unwrap();
     }
-    Some((guard, store, holder))
 }
 
 /// A dispatcher on `store` with `concurrency` in-flight slots.
@@ -808,13 +813,15 @@ async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_clai
     // a claim after a quiet wait takes one slot, not all (callbacks arriving while it waits for
     // the store then still find slots to lease their own syncs); a backlog found that way is
     // still claimed in a few rounds, each twice the last
-    use pointsync::store::IngestContext;
-
     let mut h = Harness::start(fast_push(), &[]).await;
     h.running.take().unwrap().shutdown().await;
-    let Some((_db_guard, store, mut holder)) = store_holding_outcomes(&h, &[]).await else {
+    // one due payment: the dispatcher's first claim takes it, finds nothing more and waits,
+    // quiet (its outcome held, its row keeps that claim apart from the backlog's)
+    let Some((_db_guard, store, mut holder)) = store_holding_outcomes(&h, &["T-QUIET"]).await
+    else {
         return;
     };
+    let before = h.sim.counters().requests;
     let mut cfg = h.config.dispatcher.clone();
     (cfg.concurrency, cfg.batch, cfg.qps) = (64, 64, 1_000.0);
     // no poll while the backlog is written: only the wake below finds it
@@ -823,29 +830,25 @@ async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_clai
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(dispatcher.clone().run(wake.clone(), stopped));
-    // its first claim finds nothing due: it waits, quiet
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ctx = IngestContext {
-        rules: &h.config.rules,
-        partner_mode: false,
-        now_ms: pointsync::clock::now_ms(),
-    };
-    for i in 0..63 {
-        let n = incoming_payment(payment(&h, &format!("T-RAMP-{i:02}"), 1_000));
-        store.ingest(&n, &ctx).await.unwrap();
-    }
-    let before = h.sim.counters().requests;
+    wait_for(
+        "the first sync, sent: the dispatcher is quiet",
+        Duration::from_secs(20),
+        || h.sim.counters().requests > before,
+    )
+    .await;
+    let backlog: Vec<String> = (0..63).map(|i| format!("T-RAMP-{i:02}")).collect();
+    ingest_payments(&h, &store, backlog.iter().map(String::as_str)).await;
     wake.notify_one();
     wait_for(
         "the 63 syncs of the backlog, sent",
         Duration::from_secs(20),
-        || h.sim.counters().requests >= before + 63,
+        || h.sim.counters().requests >= before + 64,
     )
     .await;
     // every outcome is held, so each row still carries the claim that took it (its xmin):
     // the claims' sizes, in the order they were made
     let sizes: Vec<i64> = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM outbox WHERE state = 'inflight'
+        "SELECT COUNT(*) FROM outbox WHERE state = 'inflight' AND transaction_id LIKE 'T-RAMP-%'
          GROUP BY xmin::TEXT ORDER BY MIN(xmin::TEXT::BIGINT)",
     )
     .fetch_all(&mut holder)
@@ -859,7 +862,7 @@ async fn a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_clai
     release_outcomes_and_stop(&mut holder, stop, running).await;
     let s = store.status().await.unwrap();
     assert_eq!(s.syncs.get("inflight"), None, "{s:?}");
-    assert_eq!(h.sim.counters().requests, before + 63, "each sent once");
+    assert_eq!(h.sim.counters().requests, before + 64, "each sent once");
 }
 
 #[tokio::test]
@@ -876,8 +879,6 @@ async fn one_in_flight_slot_syncs_every_payment_while_callbacks_take_it() {
 
 #[tokio::test]
 async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
-    use pointsync::store::IngestContext;
-
     let mut h = Harness::start(fast_push(), &[]).await;
     h.running.take().unwrap().shutdown().await;
     let dispatcher = dispatcher_on(&h, h.store.clone(), 1);
@@ -893,13 +894,7 @@ async fn a_callback_slot_given_back_unused_wakes_a_dispatcher_waiting_for_it() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     // meanwhile another payment's sync is stored due, and the dispatcher finds no slot for it
-    let n = incoming_payment(payment(&h, "T-UNUSED-SLOT", 1_000));
-    let ctx = IngestContext {
-        rules: &h.config.rules,
-        partner_mode: false,
-        now_ms: pointsync::clock::now_ms(),
-    };
-    h.store.ingest(&n, &ctx).await.unwrap();
+    ingest_payments(&h, &h.store, ["T-UNUSED-SLOT"]).await;
     let before = h.sim.counters().requests;
     // past a poll: the dispatcher has looked for the sync, found every slot taken, and waits
     tokio::time::sleep(Duration::from_millis(2 * h.config.dispatcher.poll_ms)).await;
