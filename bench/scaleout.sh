@@ -43,11 +43,11 @@ port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));pri
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # context switches (voluntary and not) of process $1's live threads: its thread hand-offs and wake-ups
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {n+=$2} END {print n+0}'; }
-# syncs leased on receipt so far, all instances together (admin ports as arguments)
-leased() {
-  local a n=0
+# syncs of result $1 (done, leased_on_receipt) so far, all instances together (admin ports after)
+syncs_total() {
+  local result=$1 a n=0; shift
   for a in "$@"; do
-    n=$((n + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="leased_on_receipt"\}/ {n=$2} END {printf "%d", n+0}')))
+    n=$((n + $(curl -s "http://127.0.0.1:$a/metrics" | awk -v r="$result" '$1 == "pointsync_syncs_total{result=\"" r "\"}" {n=$2} END {printf "%d", n+0}')))
   done
   echo "$n"
 }
@@ -71,8 +71,9 @@ pg_ticks() {
 
 # PostgreSQL's work in database $1 so far, as counts that no other load on the machine changes:
 # buffer accesses, committed transactions, and bytes of WAL (the server's, all databases). A
-# backend reports its counts when idle for a second, so the caller waits that long first.
+# backend reports its counts when idle for a second, so this waits that long first.
 pg_work() {
+  sleep 1.5
   psql -qAt "$1" -F ' ' -c "SELECT blks_hit + blks_read, xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_stat_database WHERE datname = current_database()"
 }
 
@@ -129,16 +130,14 @@ run_setup() { # STORE INSTANCES
     local name=$1 count=$2 rate=$3 seed=$4
     curl -s -X POST "$SIM_URL/sim/reset" >/dev/null
     local g0="0 0 0" g1="0 0 0"
-    [ "$store" = sqlite ] || { sleep 1.5; g0=$(pg_work "$db"); }
+    [ "$store" = sqlite ] || g0=$(pg_work "$db")
+    # the counters first: scraping them is not the phase's work
+    local before leased0
+    before=$(syncs_total done "${adm[@]}"); leased0=$(syncs_total leased_on_receipt "${adm[@]}")
     local c0=0 s0 p0 t0 since x0=0 y0
     for p in "${svc[@]}"; do c0=$((c0 + $(ticks "$p"))); x0=$((x0 + $(switches "$p"))); done
     s0=$(ticks "$sim"); y0=$(switches "$sim"); p0=$(pg_ticks); t0=$(date +%s.%N); since=$(($(date +%s%N)/1000000))
     local w0; w0=$(writer_stats "${svc[0]}")
-    local before=0 leased0
-    for a in "${adm[@]}"; do
-      before=$(python3 -c "print($before + $(curl -s "http://127.0.0.1:$a/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'))")
-    done
-    leased0=$(leased "${adm[@]}")
     curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
       -d "{\"count\":$count,\"seed\":$seed$n,\"members\":${MEMBERS:-200},\"rate_per_sec\":$rate}" >/dev/null
     # one long-lived poller: the simulator's accepted syncs until they are all there (a scrape of
@@ -167,8 +166,8 @@ PY
     for p in "${svc[@]}"; do c1=$((c1 + $(ticks "$p"))); x1=$((x1 + $(switches "$p"))); done
     s1=$(ticks "$sim"); y1=$(switches "$sim"); p1=$(pg_ticks)
     local w1; w1=$(writer_stats "${svc[0]}")
-    local leased1; leased1=$(leased "${adm[@]}")
-    [ "$store" = sqlite ] || { sleep 1.5; g1=$(pg_work "$db"); }
+    local leased1; leased1=$(syncs_total leased_on_receipt "${adm[@]}")
+    [ "$store" = sqlite ] || g1=$(pg_work "$db")
     if [ "$store" = sqlite ]; then
       lat=$(python3 -c "
 import sqlite3,sys
