@@ -167,6 +167,17 @@ impl Harness {
     pub fn metric(&self, name: &str, label: &str) -> f64 {
         metric(&self.running().metrics.render(), name, label)
     }
+
+    /// Waits (up to 10 s) until the metric reaches `at_least`: a sync's outcome is in the store a
+    /// moment before the dispatcher's task counts it, so a quiet store can be ahead of the metric.
+    pub async fn metric_reaches(&self, name: &str, label: &str, at_least: f64) {
+        wait_for(
+            &format!("{name}{{{label}}} to reach {at_least}"),
+            Duration::from_secs(10),
+            || self.metric(name, label) >= at_least,
+        )
+        .await;
+    }
 }
 
 /// Waits until `done()` holds (checked every 10 ms); fails naming `what` after `timeout`.
