@@ -713,6 +713,108 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     assert_no_transaction_left_open(&mut c).await;
 }
 
+/// A group's callbacks read together are written in one statement, each conditional on its own
+/// inbox row: when another transaction takes one's key between the group's snapshot and its
+/// write (here a trigger inserts it first), that one is a duplicate, its delivery counted, and it
+/// leaves no payment, ledger entry, balance or sync; the others are stored in full.
+#[tokio::test]
+async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_others() {
+    use crate::contract::{ctx, payment, trusting};
+    use pointsync::store::Ingested;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(
+        &db,
+        &OpenOptions {
+            commit_wait: Duration::ZERO,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION race() RETURNS trigger AS $$
+         BEGIN
+           IF NEW.transaction_id = 'T-RACE' AND NEW.note IS DISTINCT FROM 'racer' THEN
+             INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
+             VALUES (NEW.event_type, NEW.transaction_id, NEW.refund_id, 'EV-RACER', NEW.openid, NEW.resource, NEW.status, 'racer', NEW.received_at);
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER race BEFORE INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION race();",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    // members whose callbacks share a lane (the lock key's hash modulo the 4 lanes)
+    let lane = |openid: &str| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
+        std::hash::Hasher::finish(&h) % 4
+    };
+    let m: Vec<String> = (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|o| lane(o) == lane("o0"))
+        .take(4)
+        .collect();
+    let txids = ["T-A", "T-RACE", "T-B", "T-C"];
+    let rules = std::sync::Arc::new(trusting());
+    let tasks: Vec<_> = txids
+        .iter()
+        .zip(&m)
+        .map(|(t, o)| {
+            let (s, rules, p) = (s.clone(), rules.clone(), payment(t, o, 10_000, "S1"));
+            tokio::spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        [
+            Ingested::Payment { points: 100 },
+            Ingested::Duplicate,
+            Ingested::Payment { points: 100 },
+            Ingested::Payment { points: 100 },
+        ]
+    );
+    let one: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(one, 1, "the four were one group");
+    let per_payment: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT t, (SELECT COUNT(*) FROM payments WHERE transaction_id = t),
+                (SELECT COUNT(*) FROM ledger WHERE transaction_id = t),
+                (SELECT COUNT(*) FROM outbox WHERE transaction_id = t),
+                (SELECT deliveries FROM inbox WHERE transaction_id = t)
+         FROM UNNEST($1::TEXT[]) AS t ORDER BY t",
+    )
+    .bind(txids)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        per_payment,
+        [
+            ("T-A".into(), 1, 1, 1, 1),
+            ("T-B".into(), 1, 1, 1, 1),
+            ("T-C".into(), 1, 1, 1, 1),
+            ("T-RACE".into(), 0, 0, 0, 2),
+        ]
+    );
+    let mut balances = Vec::new();
+    for o in &m {
+        balances.push(s.member(o).await.unwrap().map_or(0, |v| v.balance));
+    }
+    assert_eq!(balances, [100, 0, 100, 100]);
+    assert_no_transaction_left_open(&mut c).await;
+}
+
 /// Callbacks written in groups look rows up through their keys: no statement of theirs scans a
 /// whole table on every execution, even on plans made while the tables were empty. (A group's
 /// snapshot statement once hashed the whole inbox each time: one sequential scan per group, its

@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
+use super::batch::{apply_batch, batchable};
 use super::snapshot::snapshots;
 use super::write::{apply, member_lock, store_locked};
-use crate::domain::{self, Reads};
+use crate::domain::{self, Plan, Reads};
 use crate::store::{Claimed, Incoming, IngestContext, Ingested};
 
 type R<T> = Result<T, sqlx::Error>;
@@ -63,6 +64,7 @@ pub(super) async fn store_group(
     let mut out: Vec<Option<(Ingested, Option<Claimed>)>> = group.iter().map(|_| None).collect();
     // names of callbacks put off: a later callback naming one is put off too, to stay after it
     let mut postponed: HashSet<String> = HashSet::new();
+    let mut decided: Vec<(usize, Plan)> = Vec::new();
     for (&i, snap) in together.iter().zip(snaps) {
         // a refund's member is its payment's: known only now
         let member = reads[i]
@@ -80,8 +82,19 @@ pub(super) async fn store_group(
             continue;
         }
         let g = &group[i];
-        let plan = domain::ingest(g.n, &snap, &g.ctx);
-        out[i] = Some(apply(c, &plan, g.ctx.now_ms, None).await?);
+        decided.push((i, domain::ingest(g.n, &snap, &g.ctx)));
+    }
+    // their writes touch no row another one's do: in one statement when each could go in one
+    let plans: Vec<&Plan> = decided.iter().map(|(_, p)| p).collect();
+    if plans.len() > 1 && batchable(&plans) {
+        let now_ms: Vec<i64> = decided.iter().map(|(i, _)| group[*i].ctx.now_ms).collect();
+        for ((i, _), o) in decided.iter().zip(apply_batch(c, &plans, &now_ms).await?) {
+            out[*i] = Some(o);
+        }
+    } else {
+        for (i, plan) in &decided {
+            out[*i] = Some(apply(c, plan, group[*i].ctx.now_ms, None).await?);
+        }
     }
     after.sort_unstable();
     for i in after {

@@ -12,6 +12,7 @@
 //! (snapshot, plan application, outbox), `claim.rs` the claims, `completions.rs` the batched
 //! sync outcomes, `read.rs` the queries.
 
+mod batch;
 mod claim;
 mod completions;
 mod group;

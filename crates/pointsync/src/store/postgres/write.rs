@@ -30,7 +30,7 @@ pub(super) async fn lock_key(c: &mut PgConnection, key: &str) -> R<()> {
         .map(|_| ())
 }
 
-async fn count_delivery(c: &mut PgConnection, k: &InboxKey) -> R<()> {
+pub(super) async fn count_delivery(c: &mut PgConnection, k: &InboxKey) -> R<()> {
     sqlx::query(
         "UPDATE inbox SET deliveries = deliveries + 1 WHERE event_type = $1 AND transaction_id = $2 AND refund_id = $3",
     )
@@ -115,7 +115,7 @@ async fn write_member(c: &mut PgConnection, m: &MemberWrite, now_ms: i64) -> R<(
     Ok(())
 }
 
-fn outbox_state(o: &OutboxRow) -> &'static str {
+pub(super) fn outbox_state(o: &OutboxRow) -> &'static str {
     if o.invalid.is_some() {
         "parked"
     } else {
@@ -124,7 +124,7 @@ fn outbox_state(o: &OutboxRow) -> &'static str {
 }
 
 /// An outbox row of the same key left parked or dead is replaced; any other is kept.
-const OUTBOX_REPLACE: &str =
+pub(super) const OUTBOX_REPLACE: &str =
     " ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
          payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
          due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL

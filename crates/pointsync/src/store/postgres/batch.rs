@@ -1,0 +1,358 @@
+//! The writes of several callbacks' plans in one statement, inside a group's transaction
+//! (`group.rs`): the callbacks read together, whose writes touch no row another one's do. Each
+//! table gets one multi-row write fed by arrays, so a group pays for one statement's start, its
+//! relations' locks and one round trip instead of one per callback; each callback's writes stay
+//! conditional on its own inbox row, so a key another transaction took meanwhile writes nothing
+//! of that callback's (it is then a duplicate) and nothing of another's is lost.
+
+use std::collections::HashSet;
+
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use super::write::{OUTBOX_REPLACE, count_delivery, outbox_state};
+use crate::domain::{
+    InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow, PaymentUpdate, Plan,
+};
+use crate::store::{Claimed, Ingested};
+
+type R<T> = Result<T, sqlx::Error>;
+
+/// Whether `plans` can share one statement: each is one statement alone (a new inbox row, each
+/// member once, at most one payment write), and no two name the same inbox key, member, payment
+/// or sync (a multi-row upsert may not touch one row twice, and every part of a statement reads
+/// the snapshot it started with).
+pub(super) fn batchable(plans: &[&Plan]) -> bool {
+    let mut names: HashSet<(u8, String)> = HashSet::new();
+    plans.iter().all(|p| {
+        let Some(row) = &p.inbox else { return false };
+        let k = &row.key;
+        let payments: Vec<&str> = [
+            p.payment.as_ref().map(|x| x.transaction_id.as_str()),
+            p.payment_credit.as_ref().map(|x| x.transaction_id.as_str()),
+            p.payment_update.as_ref().map(|x| x.transaction_id.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let key = format!("{}\0{}\0{}", k.event_type, k.transaction_id, k.refund_id);
+        payments.len() <= 1
+            && names.insert((0, key))
+            && p.members
+                .iter()
+                .all(|m| names.insert((1, openid(m).to_string())))
+            && payments.iter().all(|t| names.insert((2, t.to_string())))
+            && p.outbox
+                .as_ref()
+                .is_none_or(|o| names.insert((3, o.transaction_id.clone())))
+    })
+}
+
+fn openid(m: &MemberWrite) -> &str {
+    match m {
+        MemberWrite::Balance { openid, .. } | MemberWrite::Authorization { openid, .. } => openid,
+    }
+}
+
+// What each plan writes to one table, item by item.
+fn ledger(p: &Plan) -> std::slice::Iter<'_, LedgerRow> {
+    p.ledger.iter()
+}
+fn payment(p: &Plan) -> std::option::Iter<'_, PaymentRow> {
+    p.payment.iter()
+}
+fn credit(p: &Plan) -> std::option::Iter<'_, PaymentCredit> {
+    p.payment_credit.iter()
+}
+fn update(p: &Plan) -> std::option::Iter<'_, PaymentUpdate> {
+    p.payment_update.iter()
+}
+fn outbox(p: &Plan) -> std::option::Iter<'_, OutboxRow> {
+    p.outbox.iter()
+}
+fn released(p: &Plan) -> std::slice::Iter<'_, i64> {
+    p.released.iter()
+}
+
+/// One array per column over the items of every plan.
+fn column<'p, T, I, X>(plans: &[&'p Plan], items: fn(&'p Plan) -> I, f: fn(&'p X) -> T) -> Vec<T>
+where
+    I: Iterator<Item = &'p X>,
+    X: 'p,
+{
+    plans.iter().flat_map(|p| items(p).map(f)).collect()
+}
+
+/// Each item's plan's place (`n`, from 1), the array that ties an item to its plan's inbox row.
+fn places<'p, I, X>(plans: &[&'p Plan], items: fn(&'p Plan) -> I) -> Vec<i64>
+where
+    I: Iterator<Item = &'p X>,
+    X: 'p,
+{
+    plans
+        .iter()
+        .enumerate()
+        .flat_map(|(n, p)| items(p).map(move |_| n as i64 + 1))
+        .collect()
+}
+
+/// Applies [`batchable`] plans in one statement; returns, in their order, what each stored (a
+/// plan whose inbox key another transaction took meanwhile is a duplicate, its delivery counted).
+/// Their syncs are not leased here: a group leases its new payments' syncs at its end.
+pub(super) async fn apply_batch(
+    c: &mut PgConnection,
+    plans: &[&Plan],
+    now_ms: &[i64],
+) -> R<Vec<(Ingested, Option<Claimed>)>> {
+    let rows: Vec<_> = plans.iter().filter_map(|p| p.inbox.as_ref()).collect();
+    if rows.len() != plans.len() || now_ms.len() != plans.len() {
+        return Err(sqlx::Error::Protocol(
+            "a plan without an inbox row was batched".into(),
+        ));
+    }
+    let text = |f: fn(&InboxRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let mut q = QueryBuilder::<Postgres>::new("WITH v AS MATERIALIZED (SELECT * FROM UNNEST(");
+    q.push_bind(text(|r| &r.key.event_type))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.key.transaction_id))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.key.refund_id))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.notification_id))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.openid))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.resource))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| r.status.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(text(|r| &r.note))
+        .push("::TEXT[], ")
+        .push_bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+        .push(
+            "::BIGINT[]) WITH ORDINALITY AS v (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at, n)),
+             i AS (INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
+                   SELECT event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at FROM v ORDER BY n
+                   ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING
+                   RETURNING event_type, transaction_id, refund_id),
+             ok AS MATERIALIZED (SELECT v.n FROM v JOIN i USING (event_type, transaction_id, refund_id))",
+        );
+    const STORED: &str = " WHERE x.n IN (SELECT n FROM ok)";
+    // member writes by kind: each one's plan's place, its columns, its callback's time
+    let (mut bn, mut bo, mut bb, mut bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut an, mut ao, mut aa, mut at, mut ac, mut aw) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (n, p) in plans.iter().enumerate() {
+        for m in &p.members {
+            match m {
+                MemberWrite::Balance { openid, balance } => {
+                    bn.push(n as i64 + 1);
+                    bo.push(openid.as_str());
+                    bb.push(*balance);
+                    bt.push(now_ms[n]);
+                }
+                MemberWrite::Authorization {
+                    openid,
+                    authorized,
+                    auth_type,
+                    code,
+                } => {
+                    an.push(n as i64 + 1);
+                    ao.push(openid.as_str());
+                    aa.push(i64::from(*authorized));
+                    at.push(auth_type.as_str());
+                    ac.push(code.as_str());
+                    aw.push(now_ms[n]);
+                }
+            }
+        }
+    }
+    if !bn.is_empty() {
+        q.push(
+            ", mb AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at)
+                SELECT x.openid, NULL::BIGINT, '', '', x.balance, x.now FROM UNNEST(",
+        )
+        .push_bind(bn)
+        .push("::BIGINT[], ")
+        .push_bind(bo)
+        .push("::TEXT[], ")
+        .push_bind(bb)
+        .push("::BIGINT[], ")
+        .push_bind(bt)
+        .push("::BIGINT[]) AS x (n, openid, balance, now)")
+        .push(STORED)
+        .push(" ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at)");
+    }
+    if !an.is_empty() {
+        q.push(
+            ", ma AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
+                SELECT x.openid, x.authorized, x.auth_type, x.code, 0, x.now, x.auth_type, 'callback', x.now FROM UNNEST(",
+        )
+        .push_bind(an)
+        .push("::BIGINT[], ")
+        .push_bind(ao)
+        .push("::TEXT[], ")
+        .push_bind(aa)
+        .push("::BIGINT[], ")
+        .push_bind(at)
+        .push("::TEXT[], ")
+        .push_bind(ac)
+        .push("::TEXT[], ")
+        .push_bind(aw)
+        .push("::BIGINT[]) AS x (n, openid, authorized, auth_type, code, now)")
+        .push(STORED)
+        .push(
+            " ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
+                 code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
+                 auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at)",
+        );
+    }
+    if plans.iter().any(|p| !p.ledger.is_empty()) {
+        // one INSERT, rows in the plans' order (ids follow it)
+        q.push(
+            ", l AS (INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
+               SELECT x.openid, x.kind, x.transaction_id, x.refund_id, x.points, x.balance_after, x.day, x.rule, x.created_at
+               FROM UNNEST(",
+        )
+        .push_bind(places(plans, ledger))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, ledger, |e| e.openid.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, ledger, |e| e.kind))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, ledger, |e| e.transaction_id.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, ledger, |e| e.refund_id.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, ledger, |e| e.points))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, ledger, |e| e.balance_after))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, ledger, |e| e.day))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, ledger, |e| e.rule.to_string()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, ledger, |e| e.created_at))
+        .push(
+            "::BIGINT[]) WITH ORDINALITY AS x (n, openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at, ord)",
+        )
+        .push(STORED)
+        .push(" ORDER BY x.ord)");
+    }
+    if plans.iter().any(|p| p.payment.is_some()) {
+        q.push(
+            ", p AS (INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)
+               SELECT x.transaction_id, x.openid, x.appid, x.mchid, x.shop_number, x.amount, x.credited_points, x.refunded_amount, x.entitled_debit, x.not_credited, x.created_at
+               FROM UNNEST(",
+        )
+        .push_bind(places(plans, payment))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| x.transaction_id.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, payment, |x| x.openid.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, payment, |x| x.appid.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, payment, |x| x.mchid.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, payment, |x| x.shop_number.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, payment, |x| x.amount))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| x.credited_points))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| x.refunded_amount))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| x.entitled_debit))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| i64::from(x.not_credited)))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, payment, |x| x.created_at))
+        .push(
+            "::BIGINT[]) AS x (n, transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)",
+        )
+        .push(STORED)
+        .push(")");
+    }
+    if plans.iter().any(|p| p.payment_credit.is_some()) {
+        q.push(", pc AS (UPDATE payments SET credited_points = x.credited_points, not_credited = 0 FROM UNNEST(")
+            .push_bind(places(plans, credit))
+            .push("::BIGINT[], ")
+            .push_bind(column(plans, credit, |x| x.transaction_id.as_str()))
+            .push("::TEXT[], ")
+            .push_bind(column(plans, credit, |x| x.credited_points))
+            .push("::BIGINT[]) AS x (n, transaction_id, credited_points)")
+            .push(STORED)
+            .push(" AND payments.transaction_id = x.transaction_id AND payments.not_credited = 1)");
+    }
+    if plans.iter().any(|p| p.payment_update.is_some()) {
+        q.push(", pu AS (UPDATE payments SET refunded_amount = x.refunded_amount, entitled_debit = x.entitled_debit FROM UNNEST(")
+            .push_bind(places(plans, update))
+            .push("::BIGINT[], ")
+            .push_bind(column(plans, update, |x| x.transaction_id.as_str()))
+            .push("::TEXT[], ")
+            .push_bind(column(plans, update, |x| x.refunded_amount))
+            .push("::BIGINT[], ")
+            .push_bind(column(plans, update, |x| x.entitled_debit))
+            .push("::BIGINT[]) AS x (n, transaction_id, refunded_amount, entitled_debit)")
+            .push(STORED)
+            .push(" AND payments.transaction_id = x.transaction_id)");
+    }
+    if plans.iter().any(|p| p.outbox.is_some()) {
+        q.push(
+            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at)
+               SELECT x.transaction_id, x.method, x.path, x.payload, x.state, x.last_error, x.created_at, x.created_at FROM UNNEST(",
+        )
+        .push_bind(places(plans, outbox))
+        .push("::BIGINT[], ")
+        .push_bind(column(plans, outbox, |o| o.transaction_id.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, |o| o.method.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, |o| o.path.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, |o| o.body.as_str()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, outbox_state))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, |o| o.invalid.as_deref()))
+        .push("::TEXT[], ")
+        .push_bind(column(plans, outbox, |o| o.created_at))
+        .push("::BIGINT[]) AS x (n, transaction_id, method, path, payload, state, last_error, created_at)")
+        .push(STORED)
+        .push(" ORDER BY x.n")
+        .push(OUTBOX_REPLACE)
+        .push(")");
+    }
+    if plans.iter().any(|p| !p.released.is_empty()) {
+        q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id IN (SELECT x.id FROM UNNEST(")
+            .push_bind(places(plans, released))
+            .push("::BIGINT[], ")
+            .push_bind(column(plans, released, |id| *id))
+            .push("::BIGINT[]) AS x (n, id)")
+            .push(STORED)
+            .push("))");
+    }
+    q.push(" SELECT n FROM ok");
+    let stored: HashSet<i64> = q
+        .build_query_scalar::<i64>()
+        .fetch_all(&mut *c)
+        .await?
+        .into_iter()
+        .collect();
+    let mut out = Vec::with_capacity(plans.len());
+    for (n, p) in plans.iter().enumerate() {
+        if stored.contains(&(n as i64 + 1)) {
+            out.push((p.outcome.clone(), None));
+        } else {
+            count_delivery(c, &p.key).await?;
+            out.push((Ingested::Duplicate, None));
+        }
+    }
+    Ok(out)
+}
