@@ -23,7 +23,8 @@ pub(super) struct Grouped<'a> {
 
 /// Decides and applies a group's callbacks inside one transaction that holds all their members'
 /// locks. Those whose reads no other callback of the group can change are read together in one
-/// statement, then decided and written one by one; the others (a second callback about the same
+/// statement, decided one by one and written together in one more (`batch.rs`; one by one when
+/// a plan needs more than one statement of its own); the others (a second callback about the same
 /// member or payment, a refund whose payment's member another callback is about) afterwards, each
 /// with its own snapshot, in their order of arrival. Every decision so reads what the callbacks
 /// applied before it wrote.

@@ -3,9 +3,10 @@
 //! An instance writes its callbacks in a few lanes, a member's always in the same one. Every
 //! callback queued in a lane while the lane writes a group joins the next group: one transaction
 //! for all of them — their members' locks tried at once, the snapshots of those whose reads no
-//! other one's writes can change in one statement, each callback's decision and writes exactly as
-//! alone (`group.rs`), then one `COMMIT` — so under load a callback costs about one round
-//! trip and a share of one commit instead of four round trips and a commit of its own.
+//! other one's writes can change in one statement, each callback's decision exactly as alone and
+//! their writes in one more statement (`group.rs`, `batch.rs`), then one `COMMIT` — so under load
+//! a callback costs a share of a few round trips and of one commit instead of four round trips
+//! and a commit of its own.
 //!
 //! Written alone instead, each in a task of its own as before grouping: a callback that finds its
 //! lane idle (it keeps its lease on receipt), one whose member another transaction holds (it waits

@@ -9,7 +9,8 @@
 //! migrators never race. The URL's password never appears in errors (`Database`'s `Display`).
 //!
 //! `ingests.rs` stores callbacks (alone, or grouped in lanes), `write.rs` holds the writes
-//! (snapshot, plan application, outbox), `claim.rs` the claims, `completions.rs` the batched
+//! (snapshot, plan application, outbox), `batch.rs` the writes of a group's callbacks read together
+//! in one statement, `claim.rs` the claims, `completions.rs` the batched
 //! sync outcomes, `read.rs` the queries.
 
 mod batch;
