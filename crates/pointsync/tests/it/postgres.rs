@@ -815,6 +815,138 @@ async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_oth
     assert_no_transaction_left_open(&mut c).await;
 }
 
+/// Every kind of write a group's one statement makes — a refund of a stored payment (its refund
+/// totals, a debit, a balance), a payment releasing a refund held for it, a plain payment, an
+/// authorization — leaves the outcomes, balances, ledgers and counts the same callbacks leave
+/// written one by one on another database.
+#[tokio::test]
+async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one() {
+    use crate::contract::{auth, ctx, incoming, payment, refund, trusting};
+    use wechatpay::notify::Event;
+    let (Some((_g1, grouped_db)), Some((_g2, single_db))) =
+        (fresh_database().await, fresh_database().await)
+    else {
+        return;
+    };
+    let lane = |openid: &str| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
+        std::hash::Hasher::finish(&h) % 4
+    };
+    let m: Vec<String> = (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|o| lane(o) == lane("o0"))
+        .take(4)
+        .collect();
+    let refund_by = |openid: &str, txid: &str, refund_id: &str, amount: i64| {
+        let mut r = refund(txid, refund_id, 10_000, amount);
+        if let Event::MallRefund(r) = &mut r.event {
+            r.openid = openid.into();
+        }
+        incoming(r.event)
+    };
+    // T1 stored; T2's refund held, waiting for T2
+    let before = [
+        payment("T1", &m[0], 10_000, "S1"),
+        refund_by(&m[1], "T2", "R2", 4_000),
+    ];
+    let group = [
+        refund_by(&m[0], "T1", "R1", 5_000),
+        payment("T2", &m[1], 10_000, "S1"),
+        payment("T3", &m[2], 10_000, "S1"),
+        auth(&m[3], true),
+    ];
+    let rules = std::sync::Arc::new(trusting());
+    let by_member = OpenOptions {
+        commit_wait: Duration::ZERO,
+        ..OpenOptions::default()
+    };
+    let (grouped, single) = (
+        PgStore::open(&grouped_db, &by_member).await.unwrap(),
+        PgStore::open(&single_db, &OpenOptions::default())
+            .await
+            .unwrap(),
+    );
+    for s in [&grouped, &single] {
+        for n in &before {
+            s.ingest(n, &ctx(&rules)).await.unwrap();
+        }
+    }
+    let mut one_by_one = Vec::new();
+    for n in &group {
+        one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
+    }
+    let tasks: Vec<_> = group
+        .into_iter()
+        .map(|n| {
+            let (s, rules) = (grouped.clone(), rules.clone());
+            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for t in tasks {
+        together.push(t.await.unwrap());
+    }
+    assert_eq!(together, one_by_one);
+    let mut c = sqlx::PgConnection::connect(&grouped_db.to_string())
+        .await
+        .unwrap();
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox WHERE refund_id = 'R1' OR transaction_id IN ('T2', 'T3', $1)",
+    )
+    .bind(&m[3])
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        transactions, 1,
+        "the four were one group (and R2 released in it)"
+    );
+    for openid in &m {
+        let (g, s) = (
+            grouped.member(openid).await.unwrap(),
+            single.member(openid).await.unwrap(),
+        );
+        assert_eq!(format!("{g:?}"), format!("{s:?}"), "{openid}");
+    }
+    let mut balances = Vec::new();
+    for o in &m[..3] {
+        balances.push(grouped.member(o).await.unwrap().unwrap().balance);
+    }
+    assert_eq!(
+        balances,
+        [50, 60, 100],
+        "half of T1 refunded; 40 % of T2 refunded on arrival"
+    );
+    // the rows themselves, but for ids and times
+    let mut s1 = sqlx::PgConnection::connect(&single_db.to_string())
+        .await
+        .unwrap();
+    for table in [
+        "SELECT transaction_id, openid, amount, credited_points, refunded_amount, entitled_debit, not_credited FROM payments ORDER BY 1",
+        "SELECT event_type, transaction_id, refund_id, openid, status, note, deliveries::BIGINT FROM inbox ORDER BY 1, 2, 3",
+        "SELECT openid, kind, transaction_id, refund_id, points, balance_after, rule FROM ledger ORDER BY id",
+        "SELECT transaction_id, method, path, payload, state FROM outbox ORDER BY 1",
+    ] {
+        let rows = async |c: &mut sqlx::PgConnection| {
+            sqlx::query(&format!("SELECT row_to_json(t)::TEXT FROM ({table}) t"))
+                .fetch_all(c)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, 0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(&mut c).await, rows(&mut s1).await, "{table}");
+    }
+    let (g, s) = (
+        grouped.status().await.unwrap(),
+        single.status().await.unwrap(),
+    );
+    assert_eq!((g.syncs, g.inbox), (s.syncs, s.inbox));
+    assert_no_transaction_left_open(&mut c).await;
+}
+
 /// Callbacks written in groups look rows up through their keys: no statement of theirs scans a
 /// whole table on every execution, even on plans made while the tables were empty. (A group's
 /// snapshot statement once hashed the whole inbox each time: one sequential scan per group, its
