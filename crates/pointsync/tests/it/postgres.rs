@@ -570,6 +570,117 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     assert_no_transaction_left_open(&mut holder).await;
 }
 
+/// `n` members whose callbacks share one lane (the lane is the member lock key's hash modulo the
+/// 4 lanes), so callbacks about them sent at once make one group.
+fn one_lane(n: usize) -> Vec<String> {
+    let lane = |openid: &str| {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
+        std::hash::Hasher::finish(&h) % 4
+    };
+    (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|o| lane(o) == lane("o0"))
+        .take(n)
+        .collect()
+}
+
+/// A refund of 100-yuan payment `txid` naming member `openid`.
+fn refund_by(openid: &str, txid: &str, refund_id: &str, amount: i64) -> pointsync::store::Incoming {
+    use wechatpay::notify::Event;
+    let mut r = crate::contract::refund(txid, refund_id, 10_000, amount);
+    if let Event::MallRefund(r) = &mut r.event {
+        r.openid = openid.into();
+    }
+    crate::contract::incoming(r.event)
+}
+
+/// The same callbacks on two fresh databases: `grouped` written all at once (its lanes always the
+/// members', no commit wait, so they make groups), `single` one by one.
+struct GroupedAndSingle {
+    grouped: PgStore,
+    single: PgStore,
+    grouped_db: Database,
+    single_db: Database,
+    /// What each callback of the group stored, on `grouped` and on `single`.
+    together: Vec<pointsync::store::Ingested>,
+    one_by_one: Vec<pointsync::store::Ingested>,
+    _drop: (DropDatabase, DropDatabase),
+}
+
+impl GroupedAndSingle {
+    /// Writes `before` one by one on both, then `group` (`None`: no server).
+    async fn write(
+        rules: pointsync::rules::Rules,
+        before: &[pointsync::store::Incoming],
+        group: Vec<pointsync::store::Incoming>,
+    ) -> Option<Self> {
+        use crate::contract::ctx;
+        let ((g1, grouped_db), (g2, single_db)) =
+            (fresh_database().await?, fresh_database().await?);
+        let rules = std::sync::Arc::new(rules);
+        // no commit wait: the lanes stay those of the members' hashes, whatever the pace of the
+        // callbacks before (a moderate pace would gather them in one lane, waiting for company)
+        let by_member = OpenOptions {
+            commit_wait: Duration::ZERO,
+            ..OpenOptions::default()
+        };
+        let (grouped, single) = (
+            PgStore::open(&grouped_db, &by_member).await.unwrap(),
+            PgStore::open(&single_db, &OpenOptions::default())
+                .await
+                .unwrap(),
+        );
+        for s in [&grouped, &single] {
+            for n in before {
+                s.ingest(n, &ctx(&rules)).await.unwrap();
+            }
+        }
+        let mut one_by_one = Vec::new();
+        for n in &group {
+            one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
+        }
+        // spawned in order on this one thread, they all reach their lane before it takes any
+        let tasks: Vec<_> = group
+            .into_iter()
+            .map(|n| {
+                let (s, rules) = (grouped.clone(), rules.clone());
+                tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+            })
+            .collect();
+        let mut together = Vec::new();
+        for t in tasks {
+            together.push(t.await.unwrap());
+        }
+        Some(Self {
+            grouped,
+            single,
+            grouped_db,
+            single_db,
+            together,
+            one_by_one,
+            _drop: (g1, g2),
+        })
+    }
+
+    /// Both stores show `members` alike, and the same sync and inbox counts.
+    async fn assert_alike(&self, members: &[String]) {
+        assert_eq!(self.together, self.one_by_one);
+        for openid in members {
+            let (g, s) = (
+                self.grouped.member(openid).await.unwrap(),
+                self.single.member(openid).await.unwrap(),
+            );
+            assert_eq!(format!("{g:?}"), format!("{s:?}"), "{openid}");
+        }
+        let (g, s) = (
+            self.grouped.status().await.unwrap(),
+            self.single.status().await.unwrap(),
+        );
+        assert_eq!((g.syncs, g.inbox), (s.syncs, s.inbox));
+    }
+}
+
 /// A group's callbacks are each decided on what the ones before them wrote, as when written one at
 /// a time: an authorization before its member's payment, a second payment under the daily cap, a
 /// refund of a payment of the same group, a duplicate, a refund whose member (its payment's, not
@@ -579,38 +690,9 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
 /// callbacks written one by one on another database.
 #[tokio::test]
 async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
-    use crate::contract::{auth, ctx, incoming, payment, refund};
+    use crate::contract::{auth, payment};
     use pointsync::rules::{Rules, UnknownAuthorization};
-    use wechatpay::notify::Event;
-    let (Some((_g1, grouped_db)), Some((_g2, single_db))) =
-        (fresh_database().await, fresh_database().await)
-    else {
-        return;
-    };
-    let rules = std::sync::Arc::new(Rules {
-        daily_cap: Some(150),
-        unknown_authorization: UnknownAuthorization::Hold,
-        ..Rules::default()
-    });
-    // members whose callbacks share a lane (the lane is the member lock key's hash modulo the
-    // 4 lanes), so the whole list makes one group
-    let lane = |openid: &str| {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
-        std::hash::Hasher::finish(&h) % 4
-    };
-    let m: Vec<String> = (0..)
-        .map(|i| format!("o{i}"))
-        .filter(|o| lane(o) == lane("o0"))
-        .take(7)
-        .collect();
-    let refund_by = |openid: &str, txid: &str, refund_id: &str, amount: i64| {
-        let mut r = refund(txid, refund_id, 10_000, amount);
-        if let Event::MallRefund(r) = &mut r.event {
-            r.openid = openid.into();
-        }
-        incoming(r.event)
-    };
+    let m = one_lane(7);
     let before = [
         auth(&m[4], true),
         payment("T5", &m[4], 10_000, "S1"),
@@ -633,41 +715,17 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
         // names m[6], refunds the payment just before it
         refund_by(&m[6], "T8", "R8", 4_000),
     ];
-    // no commit wait: the lanes stay those of the members' hashes, whatever the pace of the
-    // callbacks before (a moderate pace would gather them in one lane, waiting for company)
-    let by_member = OpenOptions {
-        commit_wait: Duration::ZERO,
-        ..OpenOptions::default()
+    let rules = Rules {
+        daily_cap: Some(150),
+        unknown_authorization: UnknownAuthorization::Hold,
+        ..Rules::default()
     };
-    let (grouped, single) = (
-        PgStore::open(&grouped_db, &by_member).await.unwrap(),
-        PgStore::open(&single_db, &OpenOptions::default())
-            .await
-            .unwrap(),
-    );
-    for s in [&grouped, &single] {
-        for n in &before {
-            s.ingest(n, &ctx(&rules)).await.unwrap();
-        }
-    }
-    let mut one_by_one = Vec::new();
-    for n in &group {
-        one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
-    }
-    // spawned in order on this one thread, they all reach their lane before it takes any
-    let tasks: Vec<_> = group
-        .into_iter()
-        .map(|n| {
-            let (s, rules) = (grouped.clone(), rules.clone());
-            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
-        })
-        .collect();
-    let mut together = Vec::new();
-    for t in tasks {
-        together.push(t.await.unwrap());
-    }
-    assert_eq!(together, one_by_one);
-    let mut c = sqlx::PgConnection::connect(&grouped_db.to_string())
+    let Some(both) = GroupedAndSingle::write(rules, &before, group).await else {
+        return;
+    };
+    both.assert_alike(&m).await;
+    let grouped = &both.grouped;
+    let mut c = sqlx::PgConnection::connect(&both.grouped_db.to_string())
         .await
         .unwrap();
     let transactions: i64 = sqlx::query_scalar(
@@ -679,13 +737,6 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     .await
     .unwrap();
     assert_eq!(transactions, 1, "the callbacks were written as one group");
-    for openid in &m {
-        let (g, s) = (
-            grouped.member(openid).await.unwrap(),
-            single.member(openid).await.unwrap(),
-        );
-        assert_eq!(format!("{g:?}"), format!("{s:?}"), "{openid}");
-    }
     let payer = grouped.member(&m[0]).await.unwrap().unwrap();
     assert_eq!(
         payer.entries.iter().map(|e| e.points).collect::<Vec<_>>(),
@@ -705,11 +756,6 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
         partly.balance, 60,
         "T8 credited 100, its refund of 40 % debited 40"
     );
-    let (g, s) = (
-        grouped.status().await.unwrap(),
-        single.status().await.unwrap(),
-    );
-    assert_eq!((g.syncs, g.inbox), (s.syncs, s.inbox));
     assert_no_transaction_left_open(&mut c).await;
 }
 
@@ -748,17 +794,7 @@ async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_oth
     .execute(&mut c)
     .await
     .unwrap();
-    // members whose callbacks share a lane (the lock key's hash modulo the 4 lanes)
-    let lane = |openid: &str| {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
-        std::hash::Hasher::finish(&h) % 4
-    };
-    let m: Vec<String> = (0..)
-        .map(|i| format!("o{i}"))
-        .filter(|o| lane(o) == lane("o0"))
-        .take(4)
-        .collect();
+    let m = one_lane(4);
     let txids = ["T-A", "T-RACE", "T-B", "T-C"];
     let rules = std::sync::Arc::new(trusting());
     let tasks: Vec<_> = txids
@@ -821,74 +857,24 @@ async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_oth
 /// written one by one on another database.
 #[tokio::test]
 async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one() {
-    use crate::contract::{auth, ctx, incoming, payment, refund, trusting};
-    use wechatpay::notify::Event;
-    let (Some((_g1, grouped_db)), Some((_g2, single_db))) =
-        (fresh_database().await, fresh_database().await)
-    else {
-        return;
-    };
-    let lane = |openid: &str| {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
-        std::hash::Hasher::finish(&h) % 4
-    };
-    let m: Vec<String> = (0..)
-        .map(|i| format!("o{i}"))
-        .filter(|o| lane(o) == lane("o0"))
-        .take(4)
-        .collect();
-    let refund_by = |openid: &str, txid: &str, refund_id: &str, amount: i64| {
-        let mut r = refund(txid, refund_id, 10_000, amount);
-        if let Event::MallRefund(r) = &mut r.event {
-            r.openid = openid.into();
-        }
-        incoming(r.event)
-    };
+    use crate::contract::{auth, payment, trusting};
+    let m = one_lane(4);
     // T1 stored; T2's refund held, waiting for T2
     let before = [
         payment("T1", &m[0], 10_000, "S1"),
         refund_by(&m[1], "T2", "R2", 4_000),
     ];
-    let group = [
+    let group = vec![
         refund_by(&m[0], "T1", "R1", 5_000),
         payment("T2", &m[1], 10_000, "S1"),
         payment("T3", &m[2], 10_000, "S1"),
         auth(&m[3], true),
     ];
-    let rules = std::sync::Arc::new(trusting());
-    let by_member = OpenOptions {
-        commit_wait: Duration::ZERO,
-        ..OpenOptions::default()
+    let Some(both) = GroupedAndSingle::write(trusting(), &before, group).await else {
+        return;
     };
-    let (grouped, single) = (
-        PgStore::open(&grouped_db, &by_member).await.unwrap(),
-        PgStore::open(&single_db, &OpenOptions::default())
-            .await
-            .unwrap(),
-    );
-    for s in [&grouped, &single] {
-        for n in &before {
-            s.ingest(n, &ctx(&rules)).await.unwrap();
-        }
-    }
-    let mut one_by_one = Vec::new();
-    for n in &group {
-        one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
-    }
-    let tasks: Vec<_> = group
-        .into_iter()
-        .map(|n| {
-            let (s, rules) = (grouped.clone(), rules.clone());
-            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
-        })
-        .collect();
-    let mut together = Vec::new();
-    for t in tasks {
-        together.push(t.await.unwrap());
-    }
-    assert_eq!(together, one_by_one);
-    let mut c = sqlx::PgConnection::connect(&grouped_db.to_string())
+    both.assert_alike(&m).await;
+    let mut c = sqlx::PgConnection::connect(&both.grouped_db.to_string())
         .await
         .unwrap();
     let transactions: i64 = sqlx::query_scalar(
@@ -902,16 +888,9 @@ async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one(
         transactions, 1,
         "the four were one group (and R2 released in it)"
     );
-    for openid in &m {
-        let (g, s) = (
-            grouped.member(openid).await.unwrap(),
-            single.member(openid).await.unwrap(),
-        );
-        assert_eq!(format!("{g:?}"), format!("{s:?}"), "{openid}");
-    }
     let mut balances = Vec::new();
     for o in &m[..3] {
-        balances.push(grouped.member(o).await.unwrap().unwrap().balance);
+        balances.push(both.grouped.member(o).await.unwrap().unwrap().balance);
     }
     assert_eq!(
         balances,
@@ -919,7 +898,7 @@ async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one(
         "half of T1 refunded; 40 % of T2 refunded on arrival"
     );
     // the rows themselves, but for ids and times
-    let mut s1 = sqlx::PgConnection::connect(&single_db.to_string())
+    let mut s1 = sqlx::PgConnection::connect(&both.single_db.to_string())
         .await
         .unwrap();
     for table in [
@@ -939,11 +918,6 @@ async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one(
         };
         assert_eq!(rows(&mut c).await, rows(&mut s1).await, "{table}");
     }
-    let (g, s) = (
-        grouped.status().await.unwrap(),
-        single.status().await.unwrap(),
-    );
-    assert_eq!((g.syncs, g.inbox), (s.syncs, s.inbox));
     assert_no_transaction_left_open(&mut c).await;
 }
 

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use super::write::{OUTBOX_REPLACE, count_delivery, outbox_state};
+use super::write::{
+    AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, count_delivery, outbox_state,
+};
 use crate::domain::{
     InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow, PaymentUpdate, Plan,
 };
@@ -95,6 +97,18 @@ where
         .collect()
 }
 
+/// Pushes `UNNEST(a::T[], b::U[], …)`: one bound array per column, each cast to its type.
+macro_rules! unnest {
+    ($q:expr; $($bind:expr => $ty:literal),+ $(,)?) => {{
+        let mut columns = $q.separated(", ");
+        columns.push_unseparated("UNNEST(");
+        $(
+            columns.push_bind($bind).push_unseparated(concat!("::", $ty, "[]"));
+        )+
+        $q.push(")");
+    }};
+}
+
 /// Applies [`batchable`] plans in one statement; returns, in their order, what each stored (a
 /// plan whose inbox key another transaction took meanwhile is a duplicate, its delivery counted).
 /// Their syncs are not leased here: a group leases its new payments' syncs at its end.
@@ -110,32 +124,26 @@ pub(super) async fn apply_batch(
         ));
     }
     let text = |f: fn(&InboxRow) -> &str| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
-    let mut q = QueryBuilder::<Postgres>::new("WITH v AS MATERIALIZED (SELECT * FROM UNNEST(");
-    q.push_bind(text(|r| &r.key.event_type))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.key.transaction_id))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.key.refund_id))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.notification_id))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.openid))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.resource))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| r.status.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(text(|r| &r.note))
-        .push("::TEXT[], ")
-        .push_bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
-        .push(
-            "::BIGINT[]) WITH ORDINALITY AS v (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at, n)),
-             i AS (INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
-                   SELECT event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at FROM v ORDER BY n
-                   ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING
-                   RETURNING event_type, transaction_id, refund_id),
-             ok AS MATERIALIZED (SELECT v.n FROM v JOIN i USING (event_type, transaction_id, refund_id))",
-        );
+    let mut q = QueryBuilder::<Postgres>::new("WITH v AS MATERIALIZED (SELECT * FROM ");
+    unnest!(q;
+        text(|r| &r.key.event_type) => "TEXT",
+        text(|r| &r.key.transaction_id) => "TEXT",
+        text(|r| &r.key.refund_id) => "TEXT",
+        text(|r| &r.notification_id) => "TEXT",
+        text(|r| &r.openid) => "TEXT",
+        text(|r| &r.resource) => "TEXT",
+        text(|r| r.status.as_str()) => "TEXT",
+        text(|r| &r.note) => "TEXT",
+        rows.iter().map(|r| r.received_at).collect::<Vec<_>>() => "BIGINT",
+    );
+    q.push(
+        " WITH ORDINALITY AS v (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at, n)),
+         i AS (INSERT INTO inbox (event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at)
+               SELECT event_type, transaction_id, refund_id, notification_id, openid, resource, status, note, received_at FROM v ORDER BY n
+               ON CONFLICT (event_type, transaction_id, refund_id) DO NOTHING
+               RETURNING event_type, transaction_id, refund_id),
+         ok AS MATERIALIZED (SELECT v.n FROM v JOIN i USING (event_type, transaction_id, refund_id))",
+    );
     const STORED: &str = " WHERE x.n IN (SELECT n FROM ok)";
     // member writes by kind: each one's plan's place, its columns, its callback's time
     let (mut bn, mut bo, mut bb, mut bt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -175,71 +183,48 @@ pub(super) async fn apply_batch(
     if !bn.is_empty() {
         q.push(
             ", mb AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at)
-                SELECT x.openid, NULL::BIGINT, '', '', x.balance, x.now FROM UNNEST(",
-        )
-        .push_bind(bn)
-        .push("::BIGINT[], ")
-        .push_bind(bo)
-        .push("::TEXT[], ")
-        .push_bind(bb)
-        .push("::BIGINT[], ")
-        .push_bind(bt)
-        .push("::BIGINT[]) AS x (n, openid, balance, now)")
-        .push(STORED)
-        .push(" ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at)");
+                SELECT x.openid, NULL::BIGINT, '', '', x.balance, x.now FROM ",
+        );
+        unnest!(q; bn => "BIGINT", bo => "TEXT", bb => "BIGINT", bt => "BIGINT");
+        q.push(" AS x (n, openid, balance, now)")
+            .push(STORED)
+            .push(BALANCE_UPSERT)
+            .push(")");
     }
     if !an.is_empty() {
         q.push(
             ", ma AS (INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
-                SELECT x.openid, x.authorized, x.auth_type, x.code, 0, x.now, x.auth_type, 'callback', x.now FROM UNNEST(",
-        )
-        .push_bind(an)
-        .push("::BIGINT[], ")
-        .push_bind(ao)
-        .push("::TEXT[], ")
-        .push_bind(aa)
-        .push("::BIGINT[], ")
-        .push_bind(at)
-        .push("::TEXT[], ")
-        .push_bind(ac)
-        .push("::TEXT[], ")
-        .push_bind(aw)
-        .push("::BIGINT[]) AS x (n, openid, authorized, auth_type, code, now)")
-        .push(STORED)
-        .push(
-            " ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
-                 code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
-                 auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at)",
+                SELECT x.openid, x.authorized, x.auth_type, x.code, 0, x.now, x.auth_type, 'callback', x.now FROM ",
         );
+        unnest!(q;
+            an => "BIGINT", ao => "TEXT", aa => "BIGINT", at => "TEXT", ac => "TEXT", aw => "BIGINT"
+        );
+        q.push(" AS x (n, openid, authorized, auth_type, code, now)")
+            .push(STORED)
+            .push(AUTHORIZATION_UPSERT)
+            .push(")");
     }
     if plans.iter().any(|p| !p.ledger.is_empty()) {
         // one INSERT, rows in the plans' order (ids follow it)
         q.push(
             ", l AS (INSERT INTO ledger (openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at)
                SELECT x.openid, x.kind, x.transaction_id, x.refund_id, x.points, x.balance_after, x.day, x.rule, x.created_at
-               FROM UNNEST(",
-        )
-        .push_bind(places(plans, ledger))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, ledger, |e| e.openid.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, ledger, |e| e.kind))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, ledger, |e| e.transaction_id.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, ledger, |e| e.refund_id.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, ledger, |e| e.points))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, ledger, |e| e.balance_after))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, ledger, |e| e.day))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, ledger, |e| e.rule.to_string()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, ledger, |e| e.created_at))
-        .push(
-            "::BIGINT[]) WITH ORDINALITY AS x (n, openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at, ord)",
+               FROM ",
+        );
+        unnest!(q;
+            places(plans, ledger) => "BIGINT",
+            column(plans, ledger, |e| e.openid.as_str()) => "TEXT",
+            column(plans, ledger, |e| e.kind) => "TEXT",
+            column(plans, ledger, |e| e.transaction_id.as_str()) => "TEXT",
+            column(plans, ledger, |e| e.refund_id.as_str()) => "TEXT",
+            column(plans, ledger, |e| e.points) => "BIGINT",
+            column(plans, ledger, |e| e.balance_after) => "BIGINT",
+            column(plans, ledger, |e| e.day) => "BIGINT",
+            column(plans, ledger, |e| e.rule.to_string()) => "TEXT",
+            column(plans, ledger, |e| e.created_at) => "BIGINT",
+        );
+        q.push(
+            " WITH ORDINALITY AS x (n, openid, kind, transaction_id, refund_id, points, balance_after, day, rule, created_at, ord)",
         )
         .push(STORED)
         .push(" ORDER BY x.ord)");
@@ -248,95 +233,79 @@ pub(super) async fn apply_batch(
         q.push(
             ", p AS (INSERT INTO payments (transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)
                SELECT x.transaction_id, x.openid, x.appid, x.mchid, x.shop_number, x.amount, x.credited_points, x.refunded_amount, x.entitled_debit, x.not_credited, x.created_at
-               FROM UNNEST(",
-        )
-        .push_bind(places(plans, payment))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| x.transaction_id.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, payment, |x| x.openid.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, payment, |x| x.appid.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, payment, |x| x.mchid.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, payment, |x| x.shop_number.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, payment, |x| x.amount))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| x.credited_points))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| x.refunded_amount))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| x.entitled_debit))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| i64::from(x.not_credited)))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, payment, |x| x.created_at))
-        .push(
-            "::BIGINT[]) AS x (n, transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)",
+               FROM ",
+        );
+        unnest!(q;
+            places(plans, payment) => "BIGINT",
+            column(plans, payment, |x| x.transaction_id.as_str()) => "TEXT",
+            column(plans, payment, |x| x.openid.as_str()) => "TEXT",
+            column(plans, payment, |x| x.appid.as_str()) => "TEXT",
+            column(plans, payment, |x| x.mchid.as_str()) => "TEXT",
+            column(plans, payment, |x| x.shop_number.as_str()) => "TEXT",
+            column(plans, payment, |x| x.amount) => "BIGINT",
+            column(plans, payment, |x| x.credited_points) => "BIGINT",
+            column(plans, payment, |x| x.refunded_amount) => "BIGINT",
+            column(plans, payment, |x| x.entitled_debit) => "BIGINT",
+            column(plans, payment, |x| i64::from(x.not_credited)) => "BIGINT",
+            column(plans, payment, |x| x.created_at) => "BIGINT",
+        );
+        q.push(
+            " AS x (n, transaction_id, openid, appid, mchid, shop_number, amount, credited_points, refunded_amount, entitled_debit, not_credited, created_at)",
         )
         .push(STORED)
         .push(")");
     }
     if plans.iter().any(|p| p.payment_credit.is_some()) {
-        q.push(", pc AS (UPDATE payments SET credited_points = x.credited_points, not_credited = 0 FROM UNNEST(")
-            .push_bind(places(plans, credit))
-            .push("::BIGINT[], ")
-            .push_bind(column(plans, credit, |x| x.transaction_id.as_str()))
-            .push("::TEXT[], ")
-            .push_bind(column(plans, credit, |x| x.credited_points))
-            .push("::BIGINT[]) AS x (n, transaction_id, credited_points)")
+        q.push(", pc AS (UPDATE payments SET credited_points = x.credited_points, not_credited = 0 FROM ");
+        unnest!(q;
+            places(plans, credit) => "BIGINT",
+            column(plans, credit, |x| x.transaction_id.as_str()) => "TEXT",
+            column(plans, credit, |x| x.credited_points) => "BIGINT",
+        );
+        q.push(" AS x (n, transaction_id, credited_points)")
             .push(STORED)
             .push(" AND payments.transaction_id = x.transaction_id AND payments.not_credited = 1)");
     }
     if plans.iter().any(|p| p.payment_update.is_some()) {
-        q.push(", pu AS (UPDATE payments SET refunded_amount = x.refunded_amount, entitled_debit = x.entitled_debit FROM UNNEST(")
-            .push_bind(places(plans, update))
-            .push("::BIGINT[], ")
-            .push_bind(column(plans, update, |x| x.transaction_id.as_str()))
-            .push("::TEXT[], ")
-            .push_bind(column(plans, update, |x| x.refunded_amount))
-            .push("::BIGINT[], ")
-            .push_bind(column(plans, update, |x| x.entitled_debit))
-            .push("::BIGINT[]) AS x (n, transaction_id, refunded_amount, entitled_debit)")
+        q.push(", pu AS (UPDATE payments SET refunded_amount = x.refunded_amount, entitled_debit = x.entitled_debit FROM ");
+        unnest!(q;
+            places(plans, update) => "BIGINT",
+            column(plans, update, |x| x.transaction_id.as_str()) => "TEXT",
+            column(plans, update, |x| x.refunded_amount) => "BIGINT",
+            column(plans, update, |x| x.entitled_debit) => "BIGINT",
+        );
+        q.push(" AS x (n, transaction_id, refunded_amount, entitled_debit)")
             .push(STORED)
             .push(" AND payments.transaction_id = x.transaction_id)");
     }
     if plans.iter().any(|p| p.outbox.is_some()) {
         q.push(
             ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at)
-               SELECT x.transaction_id, x.method, x.path, x.payload, x.state, x.last_error, x.created_at, x.created_at FROM UNNEST(",
-        )
-        .push_bind(places(plans, outbox))
-        .push("::BIGINT[], ")
-        .push_bind(column(plans, outbox, |o| o.transaction_id.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, |o| o.method.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, |o| o.path.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, |o| o.body.as_str()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, outbox_state))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, |o| o.invalid.as_deref()))
-        .push("::TEXT[], ")
-        .push_bind(column(plans, outbox, |o| o.created_at))
-        .push("::BIGINT[]) AS x (n, transaction_id, method, path, payload, state, last_error, created_at)")
-        .push(STORED)
-        .push(" ORDER BY x.n")
-        .push(OUTBOX_REPLACE)
-        .push(")");
+               SELECT x.transaction_id, x.method, x.path, x.payload, x.state, x.last_error, x.created_at, x.created_at FROM ",
+        );
+        unnest!(q;
+            places(plans, outbox) => "BIGINT",
+            column(plans, outbox, |o| o.transaction_id.as_str()) => "TEXT",
+            column(plans, outbox, |o| o.method.as_str()) => "TEXT",
+            column(plans, outbox, |o| o.path.as_str()) => "TEXT",
+            column(plans, outbox, |o| o.body.as_str()) => "TEXT",
+            column(plans, outbox, outbox_state) => "TEXT",
+            column(plans, outbox, |o| o.invalid.as_deref()) => "TEXT",
+            column(plans, outbox, |o| o.created_at) => "BIGINT",
+        );
+        q.push(" AS x (n, transaction_id, method, path, payload, state, last_error, created_at)")
+            .push(STORED)
+            .push(" ORDER BY x.n")
+            .push(OUTBOX_REPLACE)
+            .push(")");
     }
     if plans.iter().any(|p| !p.released.is_empty()) {
-        q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id IN (SELECT x.id FROM UNNEST(")
-            .push_bind(places(plans, released))
-            .push("::BIGINT[], ")
-            .push_bind(column(plans, released, |id| *id))
-            .push("::BIGINT[]) AS x (n, id)")
-            .push(STORED)
-            .push("))");
+        q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id IN (SELECT x.id FROM ");
+        unnest!(q;
+            places(plans, released) => "BIGINT",
+            column(plans, released, |id| *id) => "BIGINT",
+        );
+        q.push(" AS x (n, id)").push(STORED).push("))");
     }
     q.push(" SELECT n FROM ok");
     let stored: HashSet<i64> = q

@@ -81,12 +81,20 @@ async fn insert_ledger(c: &mut PgConnection, e: &LedgerRow) -> R<()> {
     .map(|_| ())
 }
 
+/// A member's balance written over the row of the same member.
+pub(super) const BALANCE_UPSERT: &str = " ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at";
+
+/// A member's authorization written over the row of the same member.
+pub(super) const AUTHORIZATION_UPSERT: &str =
+    " ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
+         code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
+         auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at";
+
 async fn write_member(c: &mut PgConnection, m: &MemberWrite, now_ms: i64) -> R<()> {
     match m {
-        MemberWrite::Balance { openid, balance } => sqlx::query(
-            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ($1, NULL, '', '', $2, $3)
-             ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at",
-        )
+        MemberWrite::Balance { openid, balance } => sqlx::query(&format!(
+            "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at) VALUES ($1, NULL, '', '', $2, $3){BALANCE_UPSERT}"
+        ))
         .bind(openid)
         .bind(balance)
         .bind(now_ms)
@@ -97,13 +105,10 @@ async fn write_member(c: &mut PgConnection, m: &MemberWrite, now_ms: i64) -> R<(
             authorized,
             auth_type,
             code,
-        } => sqlx::query(
+        } => sqlx::query(&format!(
             "INSERT INTO members (openid, authorized, auth_type, code, balance, updated_at, auth_state, auth_source, auth_learned_at)
-             VALUES ($1, $2, $3, $4, 0, $5, $3, 'callback', $5)
-             ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
-                 code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
-                 auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at",
-        )
+             VALUES ($1, $2, $3, $4, 0, $5, $3, 'callback', $5){AUTHORIZATION_UPSERT}"
+        ))
         .bind(openid)
         .bind(i64::from(*authorized))
         .bind(auth_type)
@@ -207,7 +212,8 @@ async fn apply_combined(
                     .push(", ")
                     .push_bind(now_ms)
                     .push(CLAIMED)
-                    .push(" ON CONFLICT (openid) DO UPDATE SET balance = excluded.balance, updated_at = excluded.updated_at)");
+                    .push(BALANCE_UPSERT)
+                    .push(")");
             }
             MemberWrite::Authorization {
                 openid,
@@ -228,11 +234,7 @@ async fn apply_combined(
                     .push_bind(auth_type)
                     .push("'callback'")
                     .push_bind(now_ms);
-                q.push(CLAIMED).push(
-                    " ON CONFLICT (openid) DO UPDATE SET authorized = excluded.authorized, auth_type = excluded.auth_type,
-                         code = excluded.code, updated_at = excluded.updated_at, auth_state = excluded.auth_state,
-                         auth_source = excluded.auth_source, auth_learned_at = excluded.auth_learned_at)",
-                );
+                q.push(CLAIMED).push(AUTHORIZATION_UPSERT).push(")");
             }
         }
     }
