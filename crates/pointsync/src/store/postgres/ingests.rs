@@ -17,8 +17,8 @@
 //! there to the `COMMIT`, as by a callback written alone; those it has no token for wait for the
 //! dispatcher's claim.
 //!
-//! At a moderate rate nothing queues, so nothing would group: four lanes at 200 callbacks/s each
-//! see one every 20 ms. There, while callbacks come closer together than the commit wait
+//! At a moderate rate nothing queues, so nothing would group: two lanes at 200 callbacks/s each
+//! see one every 10 ms. There, while callbacks come closer together than the commit wait
 //! (`service.commit_wait_ms`) and further apart than [`MODERATE_GAP`], an instance sends them all
 //! to one lane, which waits up to the commit wait after a group's first for the rest to join
 //! (about four at 200/s), as the SQLite writer does. A member's callbacks may then be in two lanes
@@ -44,11 +44,13 @@ use crate::store::pace::Pace;
 use crate::store::{Claimed, Incoming, IngestContext, Ingested, StoreError};
 
 /// Lanes per instance: how many groups one instance writes at once. Fewer lanes make larger
-/// groups but leave a lone instance too few transactions at once: at the maximum rate, 2 lanes
-/// made one instance's acknowledgements so slow that WeChat re-sent most callbacks, 8 lanes
-/// grouped too little to help two instances; 4 did best with one, two and three instances
+/// groups but leave a lone instance fewer transactions at once. While a group's callbacks were
+/// written one statement each, 2 lanes made one instance's acknowledgements so slow at the maximum
+/// rate that WeChat re-sent most callbacks and 4 did best; with a group's writes in one statement
+/// (`batch.rs`) 2 lanes cost PostgreSQL 0.41–0.44 of the service's CPU per payment against
+/// 0.53–0.54 with 4, a fifth fewer commits, and re-sent nothing, with one, two and three instances
 /// (BENCHMARKS.md).
-const LANES: usize = 4;
+const LANES: usize = 2;
 
 /// At most this many callbacks in one group (and so under one transaction's locks).
 const MAX_GROUP: usize = 16;
@@ -58,7 +60,7 @@ const LANE_WAIT: Duration = Duration::from_millis(20);
 
 /// Below this many callbacks per second (one every 2.5 ms) an instance writes its callbacks in one
 /// lane, so that, while they come closer together than the commit wait, one lane's group gathers
-/// several: four lanes at 200/s would each see a callback every 20 ms.
+/// several: two lanes at 200/s would each see a callback every 10 ms.
 const MODERATE_GAP: Duration = Duration::from_micros(2500);
 
 /// How a callback's transaction begins: its snapshot statement keeps one plan (a prepared
