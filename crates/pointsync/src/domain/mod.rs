@@ -100,7 +100,7 @@ pub struct IngestContext<'a> {
 /// '')`, refunds `(MALL_REFUND.SUCCESS, transaction_id, refund_id)`, authorizations
 /// `(MALL_AUTH.ACTIVATE_CARD, openid, code:auth_type)`, other events `(event_type, notification
 /// id, '')`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InboxKey {
     /// Event type.
     pub event_type: String,
@@ -257,6 +257,15 @@ pub enum MemberWrite {
         /// WeChat's card code.
         code: String,
     },
+}
+
+impl MemberWrite {
+    /// The member written.
+    pub fn openid(&self) -> &str {
+        match self {
+            Self::Balance { openid, .. } | Self::Authorization { openid, .. } => openid,
+        }
+    }
 }
 
 /// A new payments row.

@@ -10,49 +10,32 @@ use std::collections::HashSet;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::write::{
-    AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, count_delivery, outbox_state,
+    AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, combinable, count_delivery, outbox_state,
+    payment_written,
 };
 use crate::domain::{
-    InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow, PaymentUpdate, Plan,
+    InboxKey, InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow,
+    PaymentUpdate, Plan,
 };
 use crate::store::{Claimed, Ingested};
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// Whether `plans` can share one statement: each is one statement alone (a new inbox row, each
-/// member once, at most one payment write), and no two name the same inbox key, member, payment
-/// or sync (a multi-row upsert may not touch one row twice, and every part of a statement reads
-/// the snapshot it started with).
-pub(super) fn batchable(plans: &[&Plan]) -> bool {
-    let mut names: HashSet<(u8, String)> = HashSet::new();
-    plans.iter().all(|p| {
-        let Some(row) = &p.inbox else { return false };
-        let k = &row.key;
-        let payments: Vec<&str> = [
-            p.payment.as_ref().map(|x| x.transaction_id.as_str()),
-            p.payment_credit.as_ref().map(|x| x.transaction_id.as_str()),
-            p.payment_update.as_ref().map(|x| x.transaction_id.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let key = format!("{}\0{}\0{}", k.event_type, k.transaction_id, k.refund_id);
-        payments.len() <= 1
-            && names.insert((0, key))
-            && p.members
-                .iter()
-                .all(|m| names.insert((1, openid(m).to_string())))
-            && payments.iter().all(|t| names.insert((2, t.to_string())))
+/// Whether `plans` can share one statement: each could go in one alone ([`combinable`]), and no
+/// two name the same inbox key, member, payment or sync (a multi-row upsert may not touch one row
+/// twice, and every part of a statement reads the snapshot it started with).
+pub(super) fn batchable<'p>(plans: impl IntoIterator<Item = &'p Plan>) -> bool {
+    let mut names: HashSet<(u8, &str)> = HashSet::new();
+    let mut keys: HashSet<&InboxKey> = HashSet::new();
+    plans.into_iter().all(|p| {
+        combinable(p)
+            && p.inbox.as_ref().is_some_and(|r| keys.insert(&r.key))
+            && p.members.iter().all(|m| names.insert((1, m.openid())))
+            && payment_written(p).into_iter().all(|t| names.insert((2, t)))
             && p.outbox
                 .as_ref()
-                .is_none_or(|o| names.insert((3, o.transaction_id.clone())))
+                .is_none_or(|o| names.insert((3, o.transaction_id.as_str())))
     })
-}
-
-fn openid(m: &MemberWrite) -> &str {
-    match m {
-        MemberWrite::Balance { openid, .. } | MemberWrite::Authorization { openid, .. } => openid,
-    }
 }
 
 // What each plan writes to one table, item by item.
@@ -109,16 +92,18 @@ macro_rules! unnest {
     }};
 }
 
-/// Applies [`batchable`] plans in one statement; returns, in their order, what each stored (a
-/// plan whose inbox key another transaction took meanwhile is a duplicate, its delivery counted).
-/// Their syncs are not leased here: a group leases its new payments' syncs at its end.
+/// Applies [`batchable`] plans, each with its callback's time, in one statement; returns, in
+/// their order, what each stored (a plan whose inbox key another transaction took meanwhile is a
+/// duplicate, its delivery counted). Their syncs are not leased here: a group leases its new
+/// payments' syncs at its end.
 pub(super) async fn apply_batch(
     c: &mut PgConnection,
-    plans: &[&Plan],
-    now_ms: &[i64],
+    batch: &[(&Plan, i64)],
 ) -> R<Vec<(Ingested, Option<Claimed>)>> {
+    let (plans, now_ms): (Vec<&Plan>, Vec<i64>) = batch.iter().copied().unzip();
+    let plans = plans.as_slice();
     let rows: Vec<_> = plans.iter().filter_map(|p| p.inbox.as_ref()).collect();
-    if rows.len() != plans.len() || now_ms.len() != plans.len() {
+    if rows.len() != plans.len() {
         return Err(sqlx::Error::Protocol(
             "a plan without an inbox row was batched".into(),
         ));

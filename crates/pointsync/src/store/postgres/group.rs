@@ -86,10 +86,12 @@ pub(super) async fn store_group(
         decided.push((i, domain::ingest(g.n, &snap, &g.ctx)));
     }
     // their writes touch no row another one's do: in one statement when each could go in one
-    let plans: Vec<&Plan> = decided.iter().map(|(_, p)| p).collect();
-    if plans.len() > 1 && batchable(&plans) {
-        let now_ms: Vec<i64> = decided.iter().map(|(i, _)| group[*i].ctx.now_ms).collect();
-        for ((i, _), o) in decided.iter().zip(apply_batch(c, &plans, &now_ms).await?) {
+    if decided.len() > 1 && batchable(decided.iter().map(|(_, p)| p)) {
+        let batch: Vec<(&Plan, i64)> = decided
+            .iter()
+            .map(|(i, p)| (p, group[*i].ctx.now_ms))
+            .collect();
+        for ((i, _), o) in decided.iter().zip(apply_batch(c, &batch).await?) {
             out[*i] = Some(o);
         }
     } else {

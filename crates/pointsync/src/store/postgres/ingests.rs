@@ -47,9 +47,9 @@ use crate::store::{Claimed, Incoming, IngestContext, Ingested, StoreError};
 /// groups but leave a lone instance fewer transactions at once. While a group's callbacks were
 /// written one statement each, 2 lanes made one instance's acknowledgements so slow at the maximum
 /// rate that WeChat re-sent most callbacks and 4 did best; with a group's writes in one statement
-/// (`batch.rs`) 2 lanes cost PostgreSQL 0.41–0.44 of the service's CPU per payment against
-/// 0.53–0.54 with 4, a fifth fewer commits, and re-sent nothing, with one, two and three instances
-/// (BENCHMARKS.md).
+/// (`batch.rs`), at the maximum rate, 2 lanes cost PostgreSQL 0.41–0.44 of the service's CPU per
+/// payment against 0.53–0.54 with 4 behind one instance (0.54–0.57 against 0.62 behind two, 0.51
+/// against 0.58 behind three), with a fifth fewer commits and nothing re-sent (BENCHMARKS.md).
 const LANES: usize = 2;
 
 /// At most this many callbacks in one group (and so under one transaction's locks).

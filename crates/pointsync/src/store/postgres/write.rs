@@ -156,17 +156,26 @@ async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> 
 /// Whether every write of `plan` can go in one statement: data-modifying CTEs all see the
 /// statement's starting snapshot, so none may touch a row another one writes (a payment inserted
 /// and updated, a member written twice).
-fn combinable(plan: &Plan) -> bool {
-    let openid = |m: &MemberWrite| match m {
-        MemberWrite::Balance { openid, .. } | MemberWrite::Authorization { openid, .. } => {
-            openid.clone()
-        }
-    };
-    let members: std::collections::BTreeSet<String> = plan.members.iter().map(openid).collect();
-    let payment_writes = usize::from(plan.payment.is_some())
-        + usize::from(plan.payment_update.is_some())
-        + usize::from(plan.payment_credit.is_some());
-    plan.inbox.is_some() && members.len() == plan.members.len() && payment_writes <= 1
+pub(super) fn combinable(plan: &Plan) -> bool {
+    let members: std::collections::BTreeSet<&str> =
+        plan.members.iter().map(MemberWrite::openid).collect();
+    plan.inbox.is_some() && members.len() == plan.members.len() && payment_written(plan).len() <= 1
+}
+
+/// The payments `plan` inserts or updates, by transaction id.
+pub(super) fn payment_written(plan: &Plan) -> Vec<&str> {
+    [
+        plan.payment.as_ref().map(|x| x.transaction_id.as_str()),
+        plan.payment_update
+            .as_ref()
+            .map(|x| x.transaction_id.as_str()),
+        plan.payment_credit
+            .as_ref()
+            .map(|x| x.transaction_id.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Applies a [`combinable`] plan in one statement (one round trip): the inbox row claims the
