@@ -595,6 +595,49 @@ fn refund_by(openid: &str, txid: &str, refund_id: &str, amount: i64) -> pointsyn
     crate::contract::incoming(r.event)
 }
 
+/// Options under which a member's callbacks always go to their hash's lane (no commit wait: a
+/// moderate pace would otherwise gather them in one lane, waiting for company), so callbacks sent
+/// at once make groups.
+fn by_member() -> OpenOptions {
+    OpenOptions {
+        commit_wait: Duration::ZERO,
+        ..OpenOptions::default()
+    }
+}
+
+/// Ingests `callbacks` on `s` all at once: spawned in order on this one thread, they all reach
+/// their lane before it takes any. Their outcomes, in order.
+async fn ingest_at_once(
+    s: &PgStore,
+    rules: &std::sync::Arc<pointsync::rules::Rules>,
+    callbacks: impl IntoIterator<Item = pointsync::store::Incoming>,
+) -> Vec<pointsync::store::Ingested> {
+    use crate::contract::ctx;
+    let tasks: Vec<_> = callbacks
+        .into_iter()
+        .map(|n| {
+            let (s, rules) = (s.clone(), rules.clone());
+            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// How many transactions, and how many statements within them, wrote the inbox rows `filter`
+/// selects (a row's `xmin` is its transaction, its `cmin` the statement within it).
+async fn inbox_writers(c: &mut sqlx::PgConnection, filter: &str) -> (i64, i64) {
+    sqlx::query_as(&format!(
+        "SELECT COUNT(DISTINCT xmin::TEXT), COUNT(DISTINCT (xmin::TEXT, cmin::TEXT)) FROM inbox WHERE {filter}"
+    ))
+    .fetch_one(c)
+    .await
+    .unwrap()
+}
+
 /// The same callbacks on two fresh databases: `grouped` written all at once (its lanes always the
 /// members', no commit wait, so they make groups), `single` one by one.
 struct GroupedAndSingle {
@@ -619,14 +662,8 @@ impl GroupedAndSingle {
         let ((g1, grouped_db), (g2, single_db)) =
             (fresh_database().await?, fresh_database().await?);
         let rules = std::sync::Arc::new(rules);
-        // no commit wait: the lanes stay those of the members' hashes, whatever the pace of the
-        // callbacks before (a moderate pace would gather them in one lane, waiting for company)
-        let by_member = OpenOptions {
-            commit_wait: Duration::ZERO,
-            ..OpenOptions::default()
-        };
         let (grouped, single) = (
-            PgStore::open(&grouped_db, &by_member).await.unwrap(),
+            PgStore::open(&grouped_db, &by_member()).await.unwrap(),
             PgStore::open(&single_db, &OpenOptions::default())
                 .await
                 .unwrap(),
@@ -640,18 +677,7 @@ impl GroupedAndSingle {
         for n in &group {
             one_by_one.push(single.ingest(n, &ctx(&rules)).await.unwrap());
         }
-        // spawned in order on this one thread, they all reach their lane before it takes any
-        let tasks: Vec<_> = group
-            .into_iter()
-            .map(|n| {
-                let (s, rules) = (grouped.clone(), rules.clone());
-                tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
-            })
-            .collect();
-        let mut together = Vec::new();
-        for t in tasks {
-            together.push(t.await.unwrap());
-        }
+        let together = ingest_at_once(&grouped, &rules, group).await;
         Some(Self {
             grouped,
             single,
@@ -728,14 +754,14 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     let mut c = sqlx::PgConnection::connect(&both.grouped_db.to_string())
         .await
         .unwrap();
-    let transactions: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox WHERE transaction_id NOT IN ($1, $2, 'T5') OR refund_id = 'R5'",
+    let (transactions, _) = inbox_writers(
+        &mut c,
+        &format!(
+            "transaction_id NOT IN ('{}', '{}', 'T5') OR refund_id = 'R5'",
+            m[4], m[5]
+        ),
     )
-    .bind(&m[4])
-    .bind(&m[5])
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(transactions, 1, "the callbacks were written as one group");
     let payer = grouped.member(&m[0]).await.unwrap().unwrap();
     assert_eq!(
@@ -765,20 +791,12 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
 /// leaves no payment, ledger entry, balance or sync; the others are stored in full.
 #[tokio::test]
 async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_others() {
-    use crate::contract::{ctx, payment, trusting};
+    use crate::contract::{payment, trusting};
     use pointsync::store::Ingested;
     let Some((_guard, db)) = fresh_database().await else {
         return;
     };
-    let s = PgStore::open(
-        &db,
-        &OpenOptions {
-            commit_wait: Duration::ZERO,
-            ..OpenOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let s = PgStore::open(&db, &by_member()).await.unwrap();
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
     sqlx::raw_sql(
         "CREATE FUNCTION race() RETURNS trigger AS $$
@@ -797,18 +815,11 @@ async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_oth
     let m = one_lane(4);
     let txids = ["T-A", "T-RACE", "T-B", "T-C"];
     let rules = std::sync::Arc::new(trusting());
-    let tasks: Vec<_> = txids
+    let callbacks = txids
         .iter()
         .zip(&m)
-        .map(|(t, o)| {
-            let (s, rules, p) = (s.clone(), rules.clone(), payment(t, o, 10_000, "S1"));
-            tokio::spawn(async move { s.ingest(&p, &ctx(&rules)).await.unwrap() })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for t in tasks {
-        outcomes.push(t.await.unwrap());
-    }
+        .map(|(t, o)| payment(t, o, 10_000, "S1"));
+    let outcomes = ingest_at_once(&s, &rules, callbacks).await;
     assert_eq!(
         outcomes,
         [
@@ -818,11 +829,11 @@ async fn a_key_taken_under_a_grouped_statement_is_a_duplicate_and_spares_the_oth
             Ingested::Payment { points: 100 },
         ]
     );
-    let one: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox")
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(one, 1, "the four were one group");
+    assert_eq!(
+        inbox_writers(&mut c, "note IS DISTINCT FROM 'racer'").await,
+        (1, 1),
+        "the four were one group, written in one statement"
+    );
     let per_payment: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT t, (SELECT COUNT(*) FROM payments WHERE transaction_id = t),
                 (SELECT COUNT(*) FROM ledger WHERE transaction_id = t),
@@ -877,16 +888,17 @@ async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one(
     let mut c = sqlx::PgConnection::connect(&both.grouped_db.to_string())
         .await
         .unwrap();
-    let transactions: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT xmin::TEXT) FROM inbox WHERE refund_id = 'R1' OR transaction_id IN ('T2', 'T3', $1)",
-    )
-    .bind(&m[3])
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
     assert_eq!(
-        transactions, 1,
-        "the four were one group (and R2 released in it)"
+        inbox_writers(
+            &mut c,
+            &format!(
+                "refund_id = 'R1' OR transaction_id IN ('T2', 'T3', '{}')",
+                m[3]
+            )
+        )
+        .await,
+        (1, 1),
+        "the four were one group, written in one statement"
     );
     let mut balances = Vec::new();
     for o in &m[..3] {
