@@ -612,12 +612,42 @@ async fn ingest_at_once(
     rules: &std::sync::Arc<pointsync::rules::Rules>,
     callbacks: impl IntoIterator<Item = pointsync::store::Incoming>,
 ) -> Vec<pointsync::store::Ingested> {
+    ingest_leased_at_once(s, rules, None, callbacks)
+        .await
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`ingest_at_once`], each callback's sync asked for on receipt by `owner` (a 30 s lease) when
+/// given. Their outcomes and the syncs handed, in order.
+async fn ingest_leased_at_once(
+    s: &PgStore,
+    rules: &std::sync::Arc<pointsync::rules::Rules>,
+    owner: Option<&'static str>,
+    callbacks: impl IntoIterator<Item = pointsync::store::Incoming>,
+) -> Vec<(
+    pointsync::store::Ingested,
+    Option<pointsync::store::Claimed>,
+)> {
     use crate::contract::ctx;
+    use pointsync::store::Lease;
     let tasks: Vec<_> = callbacks
         .into_iter()
         .map(|n| {
             let (s, rules) = (s.clone(), rules.clone());
-            tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+            tokio::spawn(async move {
+                match owner {
+                    Some(owner) => {
+                        let lease = Lease {
+                            owner,
+                            lease_ms: 30_000,
+                        };
+                        s.ingest_leased(&n, &ctx(&rules), &lease).await.unwrap()
+                    }
+                    None => (s.ingest(&n, &ctx(&rules)).await.unwrap(), None),
+                }
+            })
         })
         .collect();
     let mut out = Vec::new();
@@ -930,6 +960,116 @@ async fn a_grouped_statement_writes_refunds_releases_and_payments_as_one_by_one(
         };
         assert_eq!(rows(&mut c).await, rows(&mut s1).await, "{table}");
     }
+    assert_no_transaction_left_open(&mut c).await;
+}
+
+/// A group's syncs are leased on receipt by the statement that writes them (no update after):
+/// in the group's order, as many as the shared rate has tokens for, each its caller's first
+/// attempt on the database's clock, the rest pending for a claim. A sync left parked under the
+/// same key is replaced by the leased one with its owner and attempt, so that attempt's outcome
+/// is recorded (the replacement once kept the old row's attempt count and no owner: the outcome
+/// was fenced out and the row stayed in flight, its lease never to expire).
+#[tokio::test]
+async fn a_grouped_statement_leases_syncs_within_the_shared_rate_and_owns_a_parked_one_it_replaces()
+{
+    use crate::contract::{payment, trusting};
+    use pointsync::store::{Ingested, SyncOutcome};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    // a full bucket holds one second's worth: 2 tokens
+    let opts = OpenOptions {
+        rate_qps: 2.0,
+        ..by_member()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (transaction_id, payload, state, attempts, due_at, created_at, last_error)
+         VALUES ('P0', '{}', 'parked', 3, 0, 0, 'an old failure')",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let m = one_lane(4);
+    let rules = std::sync::Arc::new(trusting());
+    let group = (0..4).map(|i| payment(&format!("P{i}"), &m[i], 10_000, "S1"));
+    let stored = ingest_leased_at_once(&s, &rules, Some("A"), group).await;
+    assert!(
+        stored
+            .iter()
+            .all(|(i, _)| *i == Ingested::Payment { points: 100 }),
+        "{stored:?}"
+    );
+    let handed: Vec<(&str, i64)> = stored
+        .iter()
+        .filter_map(|(_, c)| c.as_ref().map(|c| (c.transaction_id.as_str(), c.attempt)))
+        .collect();
+    assert_eq!(handed, [("P0", 1), ("P1", 1)], "the first two, in order");
+    // transaction id, state, owner, attempts, ms of lease left, last error
+    type Sync = (
+        String,
+        String,
+        Option<String>,
+        i64,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Sync> = sqlx::query_as(
+        "SELECT transaction_id, state, lease_owner, attempts,
+                    lease_until - (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT, last_error
+             FROM outbox ORDER BY transaction_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    for (t, state, owner, attempts, left, error) in &rows {
+        let leased = t == "P0" || t == "P1";
+        assert_eq!(
+            (state.as_str(), owner.as_deref(), *attempts, error),
+            if leased {
+                ("inflight", Some("A"), 1, &None)
+            } else {
+                ("pending", None, 0, &None)
+            },
+            "{t}"
+        );
+        assert!(
+            left.is_some_and(|ms| (25_000..=30_000).contains(&ms)) == leased,
+            "{t}: its lease ends {left:?} ms from the server's now"
+        );
+    }
+    let tokens: f64 = sqlx::query_scalar("SELECT tokens FROM rate_limit WHERE name = 'wechat'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(tokens < 1.0, "both tokens spent: {tokens} left");
+    // one statement wrote every inbox row and every sync, leased or not
+    assert_eq!(
+        inbox_writers(&mut c, "transaction_id LIKE 'P%'").await,
+        (1, 1)
+    );
+    let same: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox o JOIN inbox i USING (transaction_id)
+         WHERE o.xmin::TEXT = i.xmin::TEXT AND o.cmin::TEXT = i.cmin::TEXT",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(same, 4, "a sync was leased by a statement of its own");
+    // the replaced row's attempt is recorded, and it is done
+    let p0 = stored[0].1.as_ref().unwrap();
+    assert!(s.complete(p0, "A", &SyncOutcome::Done, 0).await.unwrap());
+    let backlog = s.backlog().await.unwrap();
+    assert_eq!(
+        (
+            backlog.get("inflight"),
+            backlog.get("pending"),
+            backlog.get("parked")
+        ),
+        (Some(&1), Some(&2), None),
+        "{backlog:?}"
+    );
     assert_no_transaction_left_open(&mut c).await;
 }
 

@@ -5,13 +5,14 @@
 //! conditional on its own inbox row, so a key another transaction took meanwhile writes nothing
 //! of that callback's (it is then a duplicate) and nothing of another's is lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
+use super::DB_NOW_MS;
 use super::write::{
-    AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, combinable, count_delivery, outbox_state,
-    payment_written,
+    AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, PgLease, combinable, count_delivery,
+    leased_on_receipt, outbox_state, payment_written, push_bucket,
 };
 use crate::domain::{
     InboxKey, InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow,
@@ -92,15 +93,26 @@ macro_rules! unnest {
     }};
 }
 
-/// Applies [`batchable`] plans, each with its callback's time, in one statement; returns, in
-/// their order, what each stored (a plan whose inbox key another transaction took meanwhile is a
-/// duplicate, its delivery counted). Their syncs are not leased here: a group leases its new
-/// payments' syncs at its end.
+/// A plan of a group, with its callback's time and the lease its sync may take on receipt.
+pub(super) struct Batched<'a> {
+    pub plan: &'a Plan,
+    pub now_ms: i64,
+    pub lease: Option<&'a PgLease<'a>>,
+}
+
+/// Applies [`batchable`] plans in one statement; returns, in their order, what each stored (a
+/// plan whose inbox key another transaction took meanwhile is a duplicate, its delivery counted)
+/// and its sync if leased on receipt: as written alone ([`super::write::apply`]), the syncs whose
+/// callers asked are leased as their first attempt, on the database's clock, in order, as many as
+/// the instances' shared rate has tokens for now (the rate's row taken once for all of them, and
+/// skipped if another transaction holds it). The leases all share one rate (`qps`): a group's
+/// callbacks are one instance's.
 pub(super) async fn apply_batch(
     c: &mut PgConnection,
-    batch: &[(&Plan, i64)],
+    batch: &[Batched<'_>],
 ) -> R<Vec<(Ingested, Option<Claimed>)>> {
-    let (plans, now_ms): (Vec<&Plan>, Vec<i64>) = batch.iter().copied().unzip();
+    let plans: Vec<&Plan> = batch.iter().map(|b| b.plan).collect();
+    let now_ms: Vec<i64> = batch.iter().map(|b| b.now_ms).collect();
     let plans = plans.as_slice();
     let rows: Vec<_> = plans.iter().filter_map(|p| p.inbox.as_ref()).collect();
     if rows.len() != plans.len() {
@@ -263,11 +275,24 @@ pub(super) async fn apply_batch(
             .push(STORED)
             .push(" AND payments.transaction_id = x.transaction_id)");
     }
+    // each plan's sync, with the lease its caller asked for (none for a sync parked as invalid)
+    let asked: Vec<Option<&PgLease<'_>>> = batch
+        .iter()
+        .map(|b| {
+            b.lease
+                .filter(|_| b.plan.outbox.as_ref().is_some_and(|o| o.invalid.is_none()))
+        })
+        .collect();
+    let leasing = asked.iter().flatten().next();
     if plans.iter().any(|p| p.outbox.is_some()) {
-        q.push(
-            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at)
-               SELECT x.transaction_id, x.method, x.path, x.payload, x.state, x.last_error, x.created_at, x.created_at FROM ",
-        );
+        // the lease asked for each sync, in the order of the syncs' rows
+        let leases: Vec<Option<&PgLease<'_>>> = batch
+            .iter()
+            .zip(&asked)
+            .filter(|(b, _)| b.plan.outbox.is_some())
+            .map(|(_, l)| *l)
+            .collect();
+        q.push(", ox AS MATERIALIZED (SELECT x.* FROM ");
         unnest!(q;
             places(plans, outbox) => "BIGINT",
             column(plans, outbox, |o| o.transaction_id.as_str()) => "TEXT",
@@ -277,12 +302,52 @@ pub(super) async fn apply_batch(
             column(plans, outbox, outbox_state) => "TEXT",
             column(plans, outbox, |o| o.invalid.as_deref()) => "TEXT",
             column(plans, outbox, |o| o.created_at) => "BIGINT",
+            leases.iter().map(|l| l.map(|l| l.owner)).collect::<Vec<_>>() => "TEXT",
+            leases.iter().map(|l| l.map(|l| l.lease_ms)).collect::<Vec<_>>() => "BIGINT",
         );
-        q.push(" AS x (n, transaction_id, method, path, payload, state, last_error, created_at)")
-            .push(STORED)
-            .push(" ORDER BY x.n")
+        q.push(
+            " AS x (n, transaction_id, method, path, payload, state, last_error, created_at, lease_owner, lease_ms)",
+        )
+        .push(STORED)
+        .push(")");
+        // the stored syncs asked for, in order, leased as many as the shared rate has tokens for
+        // now (all without one), its row never waited for; the rest stay pending for a claim
+        if let Some(l) = leasing {
+            q.push(
+                ", lw AS MATERIALIZED (SELECT n, row_number() OVER (ORDER BY n) AS k FROM ox WHERE lease_owner IS NOT NULL)",
+            );
+            if l.qps > 0.0 {
+                const GRANTED: &str =
+                    "LEAST(GREATEST(floor(b.available)::BIGINT, 0), (SELECT COUNT(*) FROM lw))";
+                q.push(format_args!(
+                    ", tok AS (UPDATE rate_limit SET tokens = b.available - {GRANTED}, at_ms = b.now FROM "
+                ));
+                push_bucket(&mut q, l.qps);
+                q.push(format_args!(
+                    " WHERE rate_limit.name = 'wechat' AND EXISTS (SELECT 1 FROM lw) RETURNING {GRANTED} AS granted)"
+                ));
+            } else {
+                q.push(", tok AS (SELECT COUNT(*) AS granted FROM lw)");
+            }
+            q.push(", ld AS MATERIALIZED (SELECT n FROM lw WHERE k <= (SELECT granted FROM tok))");
+        }
+        q.push(
+            ", o AS (INSERT INTO outbox (transaction_id, method, path, payload, state, last_error, due_at, created_at, lease_owner, lease_until, attempts)
+               SELECT x.transaction_id, x.method, x.path, x.payload, ",
+        );
+        if leasing.is_some() {
+            const LEASED: &str = "x.n IN (SELECT n FROM ld)";
+            q.push(format_args!(
+                "CASE WHEN {LEASED} THEN 'inflight' ELSE x.state END, x.last_error, x.created_at, x.created_at,
+                 CASE WHEN {LEASED} THEN x.lease_owner END, CASE WHEN {LEASED} THEN {DB_NOW_MS} + x.lease_ms END,
+                 CASE WHEN {LEASED} THEN 1 ELSE 0 END"
+            ));
+        } else {
+            q.push("x.state, x.last_error, x.created_at, x.created_at, NULL, NULL::BIGINT, 0");
+        }
+        q.push(" FROM ox x ORDER BY x.n")
             .push(OUTBOX_REPLACE)
-            .push(")");
+            .push(" RETURNING id, transaction_id, state)");
     }
     if plans.iter().any(|p| !p.released.is_empty()) {
         q.push(", r AS (UPDATE inbox SET status = 'applied', note = 'applied when its payment arrived' WHERE id IN (SELECT x.id FROM ");
@@ -292,17 +357,26 @@ pub(super) async fn apply_batch(
         );
         q.push(" AS x (n, id)").push(STORED).push("))");
     }
-    q.push(" SELECT n FROM ok");
-    let stored: HashSet<i64> = q
-        .build_query_scalar::<i64>()
-        .fetch_all(&mut *c)
-        .await?
-        .into_iter()
+    // the places stored, then the syncs leased (their place unknown to `RETURNING`: by key)
+    q.push(" SELECT n, NULL::BIGINT, NULL::TEXT FROM ok");
+    if leasing.is_some() {
+        q.push(" UNION ALL SELECT NULL, id, transaction_id FROM o WHERE state = 'inflight'");
+    }
+    let rows: Vec<(Option<i64>, Option<i64>, Option<String>)> =
+        q.build_query_as().fetch_all(&mut *c).await?;
+    let stored: HashSet<i64> = rows.iter().filter_map(|r| r.0).collect();
+    let leased: HashMap<&str, i64> = rows
+        .iter()
+        .filter_map(|(_, id, t)| Some((t.as_deref()?, (*id)?)))
         .collect();
     let mut out = Vec::with_capacity(plans.len());
     for (n, p) in plans.iter().enumerate() {
         if stored.contains(&(n as i64 + 1)) {
-            out.push((p.outcome.clone(), None));
+            let claimed = p.outbox.as_ref().and_then(|o| {
+                let id = leased.get(o.transaction_id.as_str())?;
+                Some(leased_on_receipt(*id, o))
+            });
+            out.push((p.outcome.clone(), claimed));
         } else {
             count_delivery(c, &p.key).await?;
             out.push((Ingested::Duplicate, None));

@@ -1,12 +1,11 @@
 //! Claims on PostgreSQL: due outbox rows leased in one statement, with the instances' shared
-//! rate's tokens taken in the same statement; and the same for the syncs a group of callbacks
-//! just enqueued, inside the group's transaction.
+//! rate's tokens taken in the same statement. (A callback's sync leased on receipt is leased by
+//! the statement that writes it: `write.rs`, `batch.rs`.)
 
 use std::sync::LazyLock;
 
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Executor, Postgres};
 
 use super::DB_NOW_MS;
 use crate::store::Claimed;
@@ -26,15 +25,15 @@ fn lease_sql(which: &str, limit_sql: &str) -> String {
 
 /// The lease of `which` (at most `limit` rows) taking the shared rate's tokens in the same
 /// statement: a bucket refilled at `rate` on the database's clock (one second's burst at most),
-/// read from the rate's row locked `lock`, as many rows leased as it holds whole tokens, the rest
-/// written back. A row `SKIP LOCKED` skipped leases nothing and writes nothing back.
-fn rated(which: &str, limit: &str, rate: &str, lock: &str) -> String {
+/// read from the rate's row, waited for, as many rows leased as it holds whole tokens, the rest
+/// written back.
+fn rated(which: &str, limit: &str, rate: &str) -> String {
     format!(
         "WITH bucket AS (
              SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * {rate},
                           GREATEST({rate}, 1.0)) AS available,
                     {DB_NOW_MS} AS now
-             FROM rate_limit WHERE name = 'wechat' {lock}
+             FROM rate_limit WHERE name = 'wechat' FOR UPDATE
          ),
          claimed AS ({}),
          spent AS (
@@ -60,53 +59,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| lease_sql(DUE, "$4"));
 
 /// The claim taking the shared rate's tokens in the same statement ($5 the rate); the rate's row
 /// is waited for.
-static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5", "FOR UPDATE"));
-
-/// The syncs of transactions `$3`, just enqueued by a group of callbacks.
-const ENQUEUED: &str = "transaction_id = ANY($3)";
-
-/// A group's lease ($1 owner, $2 lease, $3 the transaction ids).
-static GROUP_LEASE: LazyLock<String> = LazyLock::new(|| lease_sql(ENQUEUED, "cardinality($3)"));
-
-/// A group's lease taking the shared rate's tokens ($4 the rate); it never waits for the rate's
-/// row: held by another transaction, no token is taken and the syncs stay pending.
-static GROUP_LEASE_RATED: LazyLock<String> =
-    LazyLock::new(|| rated(ENQUEUED, "cardinality($3)", "$4", "FOR UPDATE SKIP LOCKED"));
-
-/// Leases, in the transaction `c` of the group that just enqueued them, the pending syncs of
-/// `transaction_ids` (as many as the shared rate has tokens for now when `qps` > 0), as a
-/// callback written alone leases its own: one statement for the group, the rate's row held from
-/// here to the group's `COMMIT` only. Returns them claimed, by transaction id.
-pub(super) async fn lease_group<'c, E>(
-    c: E,
-    owner: &str,
-    lease_ms: i64,
-    transaction_ids: &[&str],
-    qps: f64,
-) -> R<Vec<Claimed>>
-where
-    E: Executor<'c, Database = Postgres>,
-{
-    if transaction_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql: &str = if qps > 0.0 {
-        &GROUP_LEASE_RATED
-    } else {
-        &GROUP_LEASE
-    };
-    let mut q = sqlx::query(sql)
-        .bind(owner)
-        .bind(lease_ms)
-        .bind(transaction_ids);
-    if qps > 0.0 {
-        q = q.bind(qps);
-    }
-    let rows = q.fetch_all(c).await?;
-    rows.into_iter()
-        .map(|r| claimed(&r).map(|(_, c)| c))
-        .collect()
-}
+static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5"));
 
 /// A claimed row (`RETURNING id, transaction_id, method, path, payload, attempts, created_at,
 /// due_at`) and its due time.

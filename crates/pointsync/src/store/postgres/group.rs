@@ -6,19 +6,21 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
-use super::batch::{apply_batch, batchable};
+use super::batch::{Batched, apply_batch, batchable};
 use super::snapshot::snapshots;
-use super::write::{apply, member_lock, store_locked};
+use super::write::{PgLease, apply, member_lock, store_locked};
 use crate::domain::{self, Plan, Reads};
 use crate::store::{Claimed, Incoming, IngestContext, Ingested};
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// A callback of a group: what deciding it needs and its member's lock key.
+/// A callback of a group: what deciding it needs, its member's lock key and the lease its sync
+/// may take on receipt.
 pub(super) struct Grouped<'a> {
     pub n: &'a Incoming,
     pub ctx: IngestContext<'a>,
     pub key: Option<&'a str>,
+    pub lease: Option<&'a PgLease<'a>>,
 }
 
 /// Decides and applies a group's callbacks inside one transaction that holds all their members'
@@ -27,7 +29,8 @@ pub(super) struct Grouped<'a> {
 /// a plan needs more than one statement of its own); the others (a second callback about the same
 /// member or payment, a refund whose payment's member another callback is about) afterwards, each
 /// with its own snapshot, in their order of arrival. Every decision so reads what the callbacks
-/// applied before it wrote.
+/// applied before it wrote. A new sync is leased on receipt in the statement that writes it, as
+/// by a callback written alone.
 pub(super) async fn store_group(
     c: &mut PgConnection,
     group: &[Grouped<'_>],
@@ -87,22 +90,27 @@ pub(super) async fn store_group(
     }
     // their writes touch no row another one's do: in one statement when each could go in one
     if decided.len() > 1 && batchable(decided.iter().map(|(_, p)| p)) {
-        let batch: Vec<(&Plan, i64)> = decided
+        let batch: Vec<Batched<'_>> = decided
             .iter()
-            .map(|(i, p)| (p, group[*i].ctx.now_ms))
+            .map(|(i, plan)| Batched {
+                plan,
+                now_ms: group[*i].ctx.now_ms,
+                lease: group[*i].lease,
+            })
             .collect();
         for ((i, _), o) in decided.iter().zip(apply_batch(c, &batch).await?) {
             out[*i] = Some(o);
         }
     } else {
         for (i, plan) in &decided {
-            out[*i] = Some(apply(c, plan, group[*i].ctx.now_ms, None).await?);
+            let g = &group[*i];
+            out[*i] = Some(apply(c, plan, g.ctx.now_ms, g.lease).await?);
         }
     }
     after.sort_unstable();
     for i in after {
         let g = &group[i];
-        out[i] = Some(store_locked(c, g.n, &g.ctx, None).await?);
+        out[i] = Some(store_locked(c, g.n, &g.ctx, g.lease).await?);
     }
     out.into_iter()
         .collect::<Option<Vec<_>>>()

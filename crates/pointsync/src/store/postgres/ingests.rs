@@ -12,10 +12,10 @@
 //! lane idle (it keeps its lease on receipt), one whose member another transaction holds (it waits
 //! for the lock; a held member never stalls a lane), and every callback of a group that fails (one
 //! bad callback never fails another; a group cut short mid-`COMMIT` is written again, and what had
-//! committed is then a duplicate). A group leases its new payments' syncs on receipt too, in one
-//! statement at its end (`claim.rs`, `lease_group`), so the shared rate's row is held only from
-//! there to the `COMMIT`, as by a callback written alone; those it has no token for wait for the
-//! dispatcher's claim.
+//! committed is then a duplicate). A group's new payments' syncs are leased on receipt too, as
+//! a callback written alone leases its own: in the statement that writes them, as many as the
+//! shared rate has tokens for (its row taken once, and skipped if another transaction holds it);
+//! those it has no token for wait for the dispatcher's claim.
 //!
 //! At a moderate rate nothing queues, so nothing would group: two lanes at 200 callbacks/s each
 //! see one every 10 ms. There, while callbacks come closer together than the commit wait
@@ -35,7 +35,6 @@ use tokio::sync::{mpsc, oneshot};
 use wechatpay::clock::monotonic;
 use wechatpay::notify::Event;
 
-use super::claim::lease_group;
 use super::group::{Grouped, store_group};
 use super::write::{self, PgLease};
 use super::{classify, retried};
@@ -290,44 +289,6 @@ impl Writer {
         }
     }
 
-    /// Leases, at the end of the group's transaction, the syncs its new payments enqueued, for
-    /// the jobs that asked (as many as the shared rate has tokens for), in one statement: each
-    /// such payment then answers with its sync claimed, as it would written alone.
-    async fn lease(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        jobs: &[Job],
-        mut stored: Vec<(Ingested, Option<Claimed>)>,
-    ) -> Result<Vec<(Ingested, Option<Claimed>)>, sqlx::Error> {
-        let Some((owner, lease_ms)) = jobs.iter().find_map(|j| j.lease.clone()) else {
-            return Ok(stored);
-        };
-        // the new payments that asked, by place in the group (a second delivery of one in the
-        // group is a duplicate, never handed its sync)
-        let wanted: Vec<(usize, &str)> = jobs
-            .iter()
-            .zip(&stored)
-            .enumerate()
-            .filter_map(|(at, (j, (i, c)))| match &j.n.event {
-                Event::MallTransaction(t)
-                    if j.lease.is_some() && c.is_none() && *i != Ingested::Duplicate =>
-                {
-                    Some((at, t.transaction_id.as_str()))
-                }
-                _ => None,
-            })
-            .collect();
-        let ids: Vec<&str> = wanted.iter().map(|&(_, t)| t).collect();
-        let claimed = lease_group(&mut *tx, &owner, lease_ms, &ids, self.rate_qps).await?;
-        // (each is found: the statement leases only the ids asked for)
-        for c in claimed {
-            if let Some(&(at, _)) = wanted.iter().find(|(_, t)| *t == c.transaction_id) {
-                stored[at].1 = Some(c);
-            }
-        }
-        Ok(stored)
-    }
-
     /// Writes `jobs` in one transaction: those whose member lock is free now; the others, and all
     /// of them if the transaction fails, alone.
     async fn group(&self, jobs: Vec<Job>) {
@@ -366,21 +327,30 @@ impl Writer {
         }
         // they wait for their members' locks elsewhere, as they did before grouping
         self.all_alone(waiting);
+        let leases: Vec<Option<PgLease<'_>>> = grouped
+            .iter()
+            .map(|j| {
+                j.lease.as_ref().map(|(owner, lease_ms)| PgLease {
+                    owner,
+                    lease_ms: *lease_ms,
+                    qps: self.rate_qps,
+                })
+            })
+            .collect();
         let each: Vec<Grouped<'_>> = grouped
             .iter()
-            .map(|j| Grouped {
+            .zip(&leases)
+            .map(|(j, lease)| Grouped {
                 n: &j.n,
                 ctx: j.ctx(),
                 key: j.key.as_deref(),
+                lease: lease.as_ref(),
             })
             .collect();
         let written = store_group(&mut tx, &each).await;
         drop(each);
-        let leased = match written {
-            Ok(stored) => self.lease(&mut tx, &grouped, stored).await,
-            Err(e) => Err(e),
-        };
-        let stored = match leased {
+        drop(leases);
+        let stored = match written {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(

@@ -128,12 +128,44 @@ pub(super) fn outbox_state(o: &OutboxRow) -> &'static str {
     }
 }
 
-/// An outbox row of the same key left parked or dead is replaced; any other is kept.
+/// An outbox row of the same key left parked or dead is replaced, with the new row's lease (a
+/// sync leased on receipt replaces it as its first attempt, owned, its lease running); any other
+/// is kept.
 pub(super) const OUTBOX_REPLACE: &str =
     " ON CONFLICT (transaction_id) DO UPDATE SET method = excluded.method, path = excluded.path,
          payload = excluded.payload, state = excluded.state, last_error = excluded.last_error,
-         due_at = excluded.due_at, attempts = 0, created_at = excluded.created_at, done_at = NULL
+         due_at = excluded.due_at, attempts = excluded.attempts, created_at = excluded.created_at,
+         lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, done_at = NULL
      WHERE outbox.state IN ('parked', 'dead')";
+
+/// Pushes the instances' shared rate bucket as a row `b (available, now)` locked for this
+/// transaction, or no row if another transaction holds it (`SKIP LOCKED`: a callback never waits
+/// for the rate): its tokens refilled at `qps` on the database's clock, one second's burst at most.
+pub(super) fn push_bucket(q: &mut QueryBuilder<'_, Postgres>, qps: f64) {
+    q.push(format_args!(
+        "(SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * "
+    ))
+    .push_bind(qps)
+    .push(", GREATEST(")
+    .push_bind(qps)
+    .push(format_args!(
+        ", 1.0)) AS available, {DB_NOW_MS} AS now
+         FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED) AS b"
+    ));
+}
+
+/// The sync `o`, stored as row `id` and leased on receipt: its first attempt.
+pub(super) fn leased_on_receipt(id: i64, o: &OutboxRow) -> Claimed {
+    Claimed {
+        id,
+        transaction_id: o.transaction_id.clone(),
+        method: o.method.clone(),
+        path: o.path.clone(),
+        payload: o.body.clone(),
+        attempt: 1,
+        created_at: o.created_at,
+    }
+}
 
 /// Enqueues a request under `key`, replacing a row of the same key left parked or dead.
 async fn insert_outbox(c: &mut PgConnection, o: &OutboxRow, key: &str) -> R<()> {
@@ -313,19 +345,12 @@ async fn apply_combined(
     if let Some(l) = leasing {
         // whether the sync is leased now: always without a shared rate, else if a token is there
         if l.qps > 0.0 {
-            q.push(format_args!(
-                ", tok AS (UPDATE rate_limit SET tokens = b.available - 1, at_ms = b.now
-                   FROM (SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * "
-            ))
-            .push_bind(l.qps)
-            .push(", GREATEST(")
-            .push_bind(l.qps)
-            .push(format_args!(
-                ", 1.0)) AS available, {DB_NOW_MS} AS now
-                   FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED) AS b
-                   WHERE rate_limit.name = 'wechat' AND b.available >= 1 AND EXISTS (SELECT 1 FROM i)
-                   RETURNING 1)"
-            ));
+            q.push(", tok AS (UPDATE rate_limit SET tokens = b.available - 1, at_ms = b.now FROM ");
+            push_bucket(&mut q, l.qps);
+            q.push(
+                " WHERE rate_limit.name = 'wechat' AND b.available >= 1 AND EXISTS (SELECT 1 FROM i)
+                   RETURNING 1)",
+            );
         } else {
             q.push(", tok AS (SELECT 1 WHERE EXISTS (SELECT 1 FROM i))");
         }
@@ -407,15 +432,9 @@ pub(super) async fn apply(
             count_delivery(c, &plan.key).await?;
             return Ok((Ingested::Duplicate, None));
         }
-        let claimed = leased.zip(plan.outbox.as_ref()).map(|(id, o)| Claimed {
-            id,
-            transaction_id: o.transaction_id.clone(),
-            method: o.method.clone(),
-            path: o.path.clone(),
-            payload: o.body.clone(),
-            attempt: 1,
-            created_at: o.created_at,
-        });
+        let claimed = leased
+            .zip(plan.outbox.as_ref())
+            .map(|(id, o)| leased_on_receipt(id, o));
         return Ok((plan.outcome.clone(), claimed));
     }
     let Some(row) = &plan.inbox else {
