@@ -1,11 +1,12 @@
 //! Store throughput on a real SQLite file: payments ingested one at a time (each waits for its
 //! durable commit), then with 64 callers at once (group commit), then claim + complete.
-//! Usage: cargo run --release -p pointsync --example ingest_bench [N]
+//! Usage: cargo run --release -p pointsync --example ingest_bench [N] [STORES]
+//! STORES: how many per-store rules the mall has (default 0), each with a rate of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pointsync::rules::Rules;
+use pointsync::rules::{Rules, StoreRule, UnknownAuthorization};
 use pointsync::store::sqlite::SqliteStore;
 use pointsync::store::{Incoming, IngestContext, Store, SyncOutcome};
 use wechatpay::notify::{Event, MallTransaction};
@@ -42,7 +43,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store =
         SqliteStore::open_path(&dir.path().join("bench.db"), Duration::from_secs(5)).await?;
-    let rules = Arc::new(Rules::default());
+    let stores: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let rules = Arc::new(Rules {
+        stores: (0..stores)
+            .map(|i| StoreRule {
+                shop_number: format!("S{i}"),
+                points_per_yuan: Some(2.0),
+                exclude: false,
+                no_points_remarks: None,
+            })
+            .collect(),
+        // every payment credited and its sync enqueued, as from an authorized member
+        unknown_authorization: UnknownAuthorization::Credit,
+        ..Rules::default()
+    });
     let now = pointsync::service::now_ms();
 
     let t = wechatpay::clock::monotonic();
