@@ -2,6 +2,8 @@
 //! recorded beside every ledger entry. Changing the rules never rewrites past entries: each entry
 //! keeps the rule version (a hash of the rules) and the figures that produced it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -70,8 +72,8 @@ pub struct Rules {
     /// `no_points` is `hold`).
     #[serde(alias = "unknown_member")]
     pub unknown_authorization: UnknownAuthorization,
-    /// Per-store rates and exclusions.
-    pub stores: Vec<StoreRule>,
+    /// Per-store rates and exclusions: shared, not copied, by every callback's copy of the rules.
+    pub stores: Arc<[StoreRule]>,
 }
 
 impl Default for Rules {
@@ -83,7 +85,7 @@ impl Default for Rules {
             daily_cap: None,
             allow_negative_balance: false,
             unknown_authorization: UnknownAuthorization::Query,
-            stores: Vec::new(),
+            stores: Arc::new([]),
         }
     }
 }
@@ -174,7 +176,25 @@ impl Rules {
     }
 
     /// A short stable id of these rules (hash of their canonical JSON), recorded with each entry.
+    /// Every payment's decision records it, so each thread keeps the last rules it hashed and
+    /// their id: rules equal to those are not serialised and hashed again (with a few hundred
+    /// store rules that was most of a callback's work on the writer, BENCHMARKS.md).
     pub fn version(&self) -> String {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(Rules, String)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| match last {
+            Some((rules, id)) if rules == self => id.clone(),
+            _ => {
+                let id = self.hashed();
+                *last = Some((self.clone(), id.clone()));
+                id
+            }
+        })
+    }
+
+    fn hashed(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
         d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -321,7 +341,8 @@ mod tests {
                     exclude: true,
                     no_points_remarks: Some("影票不积分".into()),
                 },
-            ],
+            ]
+            .into(),
             ..Rules::default()
         };
         let cases: Vec<(Payment<'_>, i64, Option<&str>)> = vec![
@@ -425,6 +446,36 @@ mod tests {
         assert_eq!(a.version(), Rules::default().version());
     }
 
+    /// The id each thread remembers is the id of equal rules only: rules changed in any field
+    /// after it was taken, or taken on another thread, get their own, the same as computed afresh.
+    #[test]
+    fn a_remembered_version_is_never_another_rules_version() {
+        let mut r = Rules::default();
+        let first = r.version();
+        assert_eq!(first, r.hashed());
+        r.stores = vec![StoreRule {
+            shop_number: "S1".into(),
+            points_per_yuan: Some(2.0),
+            exclude: false,
+            no_points_remarks: None,
+        }]
+        .into();
+        let with_store = r.version();
+        assert_ne!(with_store, first);
+        assert_eq!(with_store, r.hashed());
+        let mut stores = r.stores.to_vec();
+        stores[0].exclude = true;
+        r.stores = stores.into();
+        assert_ne!(r.version(), with_store, "a change deep in a store rule");
+        assert_eq!(r.version(), r.hashed());
+        let elsewhere = {
+            let r = r.clone();
+            std::thread::spawn(move || r.version()).join().unwrap()
+        };
+        assert_eq!(elsewhere, r.version());
+        assert_eq!(Rules::default().version(), first);
+    }
+
     #[test]
     fn validation_names_the_key() {
         let bad = Rules {
@@ -442,7 +493,8 @@ mod tests {
                 points_per_yuan: None,
                 exclude: true,
                 no_points_remarks: Some("😀".into()),
-            }],
+            }]
+            .into(),
             ..Rules::default()
         };
         assert!(

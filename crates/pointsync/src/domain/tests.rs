@@ -322,7 +322,8 @@ fn the_sync_is_validated_when_enqueued_and_parked_when_invalid() {
             points_per_yuan: None,
             exclude: true,
             no_points_remarks: None,
-        }],
+        }]
+        .into(),
         ..Rules::default()
     };
     // an openid longer than WeChat's 64 characters: credited, the sync kept but parked

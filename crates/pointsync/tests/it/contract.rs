@@ -236,7 +236,8 @@ pub async fn excluded_store_syncs_zero_points_with_remarks<B: Backend>() {
             points_per_yuan: None,
             exclude: true,
             no_points_remarks: None,
-        }],
+        }]
+        .into(),
         ..trusting()
     };
     assert_eq!(
