@@ -12,7 +12,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use super::DB_NOW_MS;
 use super::write::{
     AUTHORIZATION_UPSERT, BALANCE_UPSERT, OUTBOX_REPLACE, PgLease, combinable, count_delivery,
-    leased_on_receipt, outbox_state, payment_written, push_bucket,
+    leased_on_receipt, outbox_state, payment_written, push_bucket, sync_lease,
 };
 use crate::domain::{
     InboxKey, InboxRow, LedgerRow, MemberWrite, OutboxRow, PaymentCredit, PaymentRow,
@@ -275,23 +275,14 @@ pub(super) async fn apply_batch(
             .push(STORED)
             .push(" AND payments.transaction_id = x.transaction_id)");
     }
-    // each plan's sync, with the lease its caller asked for (none for a sync parked as invalid)
-    let asked: Vec<Option<&PgLease<'_>>> = batch
+    // the lease each sync takes on receipt, in the order of the syncs' rows
+    let leases: Vec<Option<&PgLease<'_>>> = batch
         .iter()
-        .map(|b| {
-            b.lease
-                .filter(|_| b.plan.outbox.as_ref().is_some_and(|o| o.invalid.is_none()))
-        })
+        .filter(|b| b.plan.outbox.is_some())
+        .map(|b| sync_lease(b.plan, b.lease))
         .collect();
-    let leasing = asked.iter().flatten().next();
-    if plans.iter().any(|p| p.outbox.is_some()) {
-        // the lease asked for each sync, in the order of the syncs' rows
-        let leases: Vec<Option<&PgLease<'_>>> = batch
-            .iter()
-            .zip(&asked)
-            .filter(|(b, _)| b.plan.outbox.is_some())
-            .map(|(_, l)| *l)
-            .collect();
+    let leasing = leases.iter().flatten().next();
+    if !leases.is_empty() {
         q.push(", ox AS MATERIALIZED (SELECT x.* FROM ");
         unnest!(q;
             places(plans, outbox) => "BIGINT",

@@ -86,6 +86,15 @@ struct Job {
 }
 
 impl Job {
+    /// The lease its sync may take on receipt, under the instances' shared rate `qps`.
+    fn pg_lease(&self, qps: f64) -> Option<PgLease<'_>> {
+        self.lease.as_ref().map(|(owner, lease_ms)| PgLease {
+            owner,
+            lease_ms: *lease_ms,
+            qps,
+        })
+    }
+
     fn ctx(&self) -> IngestContext<'_> {
         IngestContext {
             rules: &self.rules,
@@ -270,11 +279,7 @@ impl Writer {
     fn alone(&self, job: Job) -> tokio::task::JoinHandle<()> {
         let w = self.clone();
         tokio::spawn(async move {
-            let lease = job.lease.as_ref().map(|(owner, lease_ms)| PgLease {
-                owner,
-                lease_ms: *lease_ms,
-                qps: w.rate_qps,
-            });
+            let lease = job.pg_lease(w.rate_qps);
             let stored = retried(|| ingest_alone(&w.pool, &job, lease.as_ref()))
                 .await
                 .map_err(|e| classify(&w.database, "storing a callback", e));
@@ -327,16 +332,8 @@ impl Writer {
         }
         // they wait for their members' locks elsewhere, as they did before grouping
         self.all_alone(waiting);
-        let leases: Vec<Option<PgLease<'_>>> = grouped
-            .iter()
-            .map(|j| {
-                j.lease.as_ref().map(|(owner, lease_ms)| PgLease {
-                    owner,
-                    lease_ms: *lease_ms,
-                    qps: self.rate_qps,
-                })
-            })
-            .collect();
+        let leases: Vec<Option<PgLease<'_>>> =
+            grouped.iter().map(|j| j.pg_lease(self.rate_qps)).collect();
         let each: Vec<Grouped<'_>> = grouped
             .iter()
             .zip(&leases)

@@ -337,11 +337,7 @@ async fn apply_combined(
             .push_bind(&u.transaction_id)
             .push(" AND EXISTS (SELECT 1 FROM i))");
     }
-    let leasing = plan
-        .outbox
-        .as_ref()
-        .and(lease)
-        .filter(|_| plan.outbox.as_ref().is_some_and(|o| o.invalid.is_none()));
+    let leasing = sync_lease(plan, lease);
     if let Some(l) = leasing {
         // whether the sync is leased now: always without a shared rate, else if a token is there
         if l.qps > 0.0 {
@@ -407,6 +403,15 @@ async fn apply_combined(
         q.push("NULL::BIGINT");
     }
     q.build_query_as::<(bool, Option<i64>)>().fetch_one(c).await
+}
+
+/// The lease `plan`'s sync takes on receipt, given its caller's `lease`: none without a sync, or
+/// for a sync parked as invalid.
+pub(super) fn sync_lease<'a>(
+    plan: &Plan,
+    lease: Option<&'a PgLease<'a>>,
+) -> Option<&'a PgLease<'a>> {
+    lease.filter(|_| plan.outbox.as_ref().is_some_and(|o| o.invalid.is_none()))
 }
 
 /// Who leases a callback's sync in its transaction, and the shared rate (0: none).
