@@ -29,12 +29,7 @@ fn lease_sql(which: &str, limit_sql: &str) -> String {
 /// written back.
 fn rated(which: &str, limit: &str, rate: &str) -> String {
     format!(
-        "WITH bucket AS (
-             SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * {rate},
-                          GREATEST({rate}, 1.0)) AS available,
-                    {DB_NOW_MS} AS now
-             FROM rate_limit WHERE name = 'wechat' FOR UPDATE
-         ),
+        "WITH bucket AS ({}),
          claimed AS ({}),
          spent AS (
              UPDATE rate_limit SET tokens = (SELECT available FROM bucket) - (SELECT COUNT(*) FROM claimed),
@@ -42,12 +37,26 @@ fn rated(which: &str, limit: &str, rate: &str) -> String {
              WHERE name = 'wechat' AND EXISTS (SELECT 1 FROM bucket)
          )
          SELECT * FROM claimed",
+        bucket(rate, "FOR UPDATE"),
         lease_sql(
             which,
             &format!(
                 "LEAST({limit}, GREATEST(COALESCE((SELECT floor(available)::BIGINT FROM bucket), 0), 0))"
             )
         )
+    )
+}
+
+/// The instances' shared rate bucket as a row `(available, now)`, read from the rate's row locked
+/// `lock`: its tokens refilled at `rate` (an SQL expression) on the database's clock, one second's
+/// burst at most. The one definition of the refill, for claims
+/// and for syncs leased on receipt (`write.rs`, `push_bucket`).
+pub(super) fn bucket(rate: &str, lock: &str) -> String {
+    format!(
+        "SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * {rate},
+                      GREATEST({rate}, 1.0)) AS available,
+                {DB_NOW_MS} AS now
+         FROM rate_limit WHERE name = 'wechat' {lock}"
     )
 }
 

@@ -6,6 +6,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::DB_NOW_MS;
+use super::claim::bucket;
 use super::snapshot::snapshot;
 use crate::domain::{
     self, AdjustSnapshot, InboxKey, InboxRow, LedgerRow, MemberWrite, NewParking, OutboxRow, Plan,
@@ -138,20 +139,15 @@ pub(super) const OUTBOX_REPLACE: &str =
          lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, done_at = NULL
      WHERE outbox.state IN ('parked', 'dead')";
 
-/// Pushes the instances' shared rate bucket as a row `b (available, now)` locked for this
-/// transaction, or no row if another transaction holds it (`SKIP LOCKED`: a callback never waits
-/// for the rate): its tokens refilled at `qps` on the database's clock, one second's burst at most.
+/// Pushes the instances' shared rate bucket ([`bucket`], refilled at `qps`, bound once) as a row
+/// `b (available, now)` locked for this transaction, or no row if another transaction holds it
+/// (`SKIP LOCKED`: a callback never waits for the rate).
 pub(super) fn push_bucket(q: &mut QueryBuilder<'_, Postgres>, qps: f64) {
-    q.push(format_args!(
-        "(SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * "
-    ))
-    .push_bind(qps)
-    .push(", GREATEST(")
-    .push_bind(qps)
-    .push(format_args!(
-        ", 1.0)) AS available, {DB_NOW_MS} AS now
-         FROM rate_limit WHERE name = 'wechat' FOR UPDATE SKIP LOCKED) AS b"
-    ));
+    q.push("(SELECT * FROM (SELECT ")
+        .push_bind(qps)
+        .push("::DOUBLE PRECISION AS qps) r, LATERAL (")
+        .push(bucket("r.qps", "FOR UPDATE SKIP LOCKED"))
+        .push(") AS l) AS b");
 }
 
 /// The sync `o`, stored as row `id` and leased on receipt: its first attempt.
