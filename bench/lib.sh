@@ -31,3 +31,15 @@ crypto_speed() {
     verify_s=$(python3 -c "print(max($verify_s, $(echo "$speed" | awk '{print $NF}')))")
   done
 }
+
+# A scratch PostgreSQL database $1 on the server at $PG_ADMIN, created and migrated by pointsync
+# (release build), its URL in $URL; $WORK is a scratch directory. The caller drops it.
+pg_scratch_db() {
+  URL=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$1")
+  psql -q "$PG_ADMIN" -c "CREATE DATABASE $1" >/dev/null
+  # a configuration only for `migrate` (it checks the merchant's settings too): the simulator's
+  SB=$WORK/sandbox; SIM_URL=http://127.0.0.1:9
+  ./target/release/wechatpay-sim init "$SB" >/dev/null
+  { printf '[service]\ndatabase = "%s"\n' "$URL"; wechatpay_toml; } > "$WORK/pointsync.toml"
+  ./target/release/pointsync migrate --config "$WORK/pointsync.toml" >/dev/null
+}

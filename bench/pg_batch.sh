@@ -12,17 +12,11 @@ PAIRS=${2:-2}
 PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 PGBENCH=${PGBENCH:-$(command -v pgbench || echo /usr/lib/postgresql/15/bin/pgbench)}
 DB=pointsync_pg_batch_$$
-URL=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$DB")
 WORK=$(mktemp -d)
 trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 cargo build --release -q -p pointsync -p wechatpay-sim
-psql -q "$PG_ADMIN" -c "CREATE DATABASE $DB" >/dev/null
-# a configuration only for `migrate` (it checks the merchant's settings too): the simulator's
-SB=$WORK/sandbox; SIM_URL=http://127.0.0.1:9
-./target/release/wechatpay-sim init "$SB" >/dev/null
 . bench/lib.sh
-{ printf '[service]\ndatabase = "%s"\n' "$URL"; wechatpay_toml; } > "$WORK/pointsync.toml"
-./target/release/pointsync migrate --config "$WORK/pointsync.toml" >/dev/null
+pg_scratch_db "$DB"
 psql -q "$URL" -c "CREATE SEQUENCE s" >/dev/null
 # four callbacks per transaction either way
 { echo '\set m random(1, 200)'; echo 'BEGIN;'; for _ in 1 2 3 4; do sed -n '2,$p' bench/pg_batch/one.sql; done; echo 'COMMIT;'; } > "$WORK/one_by_one.sql"

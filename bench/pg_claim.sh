@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What the dispatcher's claim reads and writes, on PostgreSQL (BENCHMARKS.md, tenth session): on a
+# scratch database migrated by pointsync, an outbox of 23,000 syncs (20,000 done, 3,000 pending),
+# the claim of 12 rows under EXPLAIN (ANALYZE, BUFFERS) — the buffers it reads to find them against
+# all it touches (each leased row a new version with an entry in every index of the outbox) — then
+# the same statement prepared and executed seven times: literal values in the plan and a planning
+# time each time mean it is planned again on every execution (custom plans). Nothing is kept (each
+# claim is rolled back). The statement is claim.rs's `lease_sql` without the shared rate.
+# Usage: bash bench/pg_claim.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
+DB=pointsync_pg_claim_$$
+WORK=$(mktemp -d)
+trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+cargo build --release -q -p pointsync -p wechatpay-sim
+. bench/lib.sh
+pg_scratch_db "$DB"
+psql -qAt "$URL" -c "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
+  SELECT 'T' || g, repeat('x', 300), CASE WHEN g < 20000 THEN 'done' ELSE 'pending' END, 1000000 + g / 3, 1000000 + g / 3
+  FROM generate_series(1, 23000) g" -c "ANALYZE outbox"
+CLAIM="UPDATE outbox SET state = 'inflight', lease_owner = \$1, lease_until = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT + \$2, attempts = attempts + 1
+  WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= \$3 ORDER BY due_at, id LIMIT \$4 FOR UPDATE SKIP LOCKED)
+  RETURNING id"
+{
+  echo "PREPARE claim(TEXT, BIGINT, BIGINT, BIGINT) AS $CLAIM;"
+  echo "BEGIN; EXPLAIN (ANALYZE, BUFFERS) EXECUTE claim('bench', 30000, 99999999, 12); ROLLBACK;"
+  for _ in $(seq 7); do echo "BEGIN; EXPLAIN (ANALYZE) EXECUTE claim('bench', 30000, 99999999, 12); ROLLBACK;"; done
+} | psql -q "$URL" | grep -E "Buffers|Index Cond: \(\(state|Planning Time|Execution Time|^ Update on"
