@@ -32,9 +32,15 @@ crypto_speed() {
   done
 }
 
-# A scratch PostgreSQL database $1 on the server at $PG_ADMIN, created and migrated by pointsync
-# (release build), its URL in $URL; $WORK is a scratch directory. The caller drops it.
+# A scratch PostgreSQL database $1 on the server at $PG_ADMIN (default the local one), created and
+# migrated by pointsync's release build, its URL in $URL, and a scratch directory in $WORK; both
+# are removed when the script exits.
 pg_scratch_db() {
+  PG_ADMIN=${PG_ADMIN:-${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}}
+  SCRATCH_DB=$1
+  WORK=$(mktemp -d)
+  trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $SCRATCH_DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+  cargo build --release -q -p pointsync -p wechatpay-sim
   URL=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$1")
   psql -q "$PG_ADMIN" -c "CREATE DATABASE $1" >/dev/null
   # a configuration only for `migrate` (it checks the merchant's settings too): the simulator's

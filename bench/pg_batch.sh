@@ -9,14 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
 PAIRS=${2:-2}
-PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 PGBENCH=${PGBENCH:-$(command -v pgbench || echo /usr/lib/postgresql/15/bin/pgbench)}
-DB=pointsync_pg_batch_$$
-WORK=$(mktemp -d)
-trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
-cargo build --release -q -p pointsync -p wechatpay-sim
 . bench/lib.sh
-pg_scratch_db "$DB"
+pg_scratch_db pointsync_pg_batch_$$
 psql -q "$URL" -c "CREATE SEQUENCE s" >/dev/null
 # four callbacks per transaction either way
 { echo '\set m random(1, 200)'; echo 'BEGIN;'; for _ in 1 2 3 4; do sed -n '2,$p' bench/pg_batch/one.sql; done; echo 'COMMIT;'; } > "$WORK/one_by_one.sql"

@@ -11,13 +11,8 @@
 # Usage: bash bench/pg_claim.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
-DB=pointsync_pg_claim_$$
-WORK=$(mktemp -d)
-trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
-cargo build --release -q -p pointsync -p wechatpay-sim
 . bench/lib.sh
-pg_scratch_db "$DB"
+pg_scratch_db pointsync_pg_claim_$$
 psql -qAt "$URL" -c "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
   SELECT 'T' || g, repeat('x', 300), CASE WHEN g < 20000 THEN 'done' ELSE 'pending' END, 1000000 + g / 3, 1000000 + g / 3
   FROM generate_series(1, 23000) g" -c "ANALYZE outbox"
