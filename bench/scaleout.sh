@@ -3,7 +3,8 @@
 # (1 instance) and on the local PostgreSQL (1, 2, 3 instances behind the simulator's round-robin
 # delivery), everything measured in one run. For each setup: a 200 payments/s phase (ack and
 # callback→sync latency, CPU per transaction at a moderate rate) and a phase as fast as the
-# simulator can push (transactions/s beside the machine's crypto ceiling). CPU per transaction is
+# simulator can push (transactions/s beside the machine's crypto ceiling: payments over the time
+# from the simulator's first offer to the last sync recorded done). CPU per transaction is
 # read from /proc for every process: the service (all instances), the simulator, PostgreSQL (its
 # live processes plus what its postmaster reaped) — and, on SQLite, the service's writer thread
 # alone (CPU and write calls) — and the context switches per transaction of the service and the
@@ -161,8 +162,8 @@ while True:
     if done-before>=count and busy==0: break
     time.sleep(0.1)
 PY
-    local wall c1=0 s1 p1 lat ack x1=0 y1
-    wall=$(python3 -c "import time;print(time.time()-$t0)")
+    local polled c1=0 s1 p1 lat ack x1=0 y1
+    polled=$(python3 -c "import time;print(time.time()-$t0)")
     for p in "${svc[@]}"; do c1=$((c1 + $(ticks "$p"))); x1=$((x1 + $(switches "$p"))); done
     s1=$(ticks "$sim"); y1=$(switches "$sim"); p1=$(pg_ticks)
     local w1; w1=$(writer_stats "${svc[0]}")
@@ -173,23 +174,27 @@ PY
 import sqlite3,sys
 c=sqlite3.connect('file:$db?mode=ro',uri=True)
 v=[r[0] for r in c.execute('SELECT done_at-created_at FROM outbox WHERE state=\'done\' AND created_at>=? ORDER BY 1',($since,))]
-print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)])")
+last=c.execute('SELECT MAX(done_at) FROM outbox WHERE state=\'done\' AND created_at>=?',($since,)).fetchone()[0]
+print(v[round((len(v)-1)*0.5)],v[round((len(v)-1)*0.99)],last)")
     else
-      lat=$(psql -qAt "$db" -F ' ' -c "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY done_at-created_at), percentile_disc(0.99) WITHIN GROUP (ORDER BY done_at-created_at) FROM outbox WHERE state='done' AND created_at >= $since")
+      lat=$(psql -qAt "$db" -F ' ' -c "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY done_at-created_at), percentile_disc(0.99) WITHIN GROUP (ORDER BY done_at-created_at), MAX(done_at) FROM outbox WHERE state='done' AND created_at >= $since")
     fi
     ack=$(curl -s "$SIM_URL/sim/ack-latency")
     local counters; counters=$(curl -s "$SIM_URL/sim/counters")
-    python3 - "$store" "$n" "$name" "$count" "$wall" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" "$((leased1 - leased0))" "$g0" "$g1" >> "$RESULTS" <<'PY'
+    python3 - "$store" "$n" "$name" "$count" "$since" "$((c1 - c0))" "$((s1 - s0))" "$((p1 - p0))" "$lat" "$ack" "$FLOOR" "$CEILING" "$counters" "$w0" "$w1" "$((x1 - x0))" "$((y1 - y0))" "$((leased1 - leased0))" "$g0" "$g1" "$polled" >> "$RESULTS" <<'PY'
 import json,sys
 a=sys.argv[1:]
 k=json.loads(a[12])
 (wt0,ww0),(wt1,ww1)=(map(int,x.split()) for x in a[13:15])
 (b0,x0,l0),(b1,x1,l1)=(map(float,x.split()) for x in a[18:20])
 tick=1e6/100 # µs per clock tick
-count,wall=int(a[3]),float(a[4])
+count,since=int(a[3]),int(a[4])
 svc,sim,pg=(int(x)*tick/count for x in a[5:8])
 lat=a[8].split(); ack=json.loads(a[9]); floor,ceiling=float(a[10]),float(a[11])
-print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,"tps":count/wall,
+# the phase lasts from the simulator's first offer to the last sync recorded done (the poller's
+# 0.1 s steps are not the system's time)
+wall=(int(lat[2])-since)/1000
+print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,"tps":count/wall,"wall_s":wall,"polled_s":float(a[20]),
   "of_ceiling":count/wall/ceiling,"ack_p50":ack["p50_ms"],"ack_p99":ack["p99_ms"],
   "sync_p50":int(lat[0]),"sync_p99":int(lat[1]),"svc_us":svc,"svc_floor":svc/floor,"sim_us":sim,"pg_us":pg,
   "deliveries_per_ack":k["callback_attempts"]/max(k["callback_acks"],1),
@@ -201,7 +206,7 @@ PY
 import json,sys
 r=json.load(sys.stdin)
 pg=f\"; PostgreSQL {r['pg_us']:.0f} µs/tx ({r['pg_us']/r['svc_us']:.2f} of the service's), {r['pg_buffers']:.0f} buffer accesses, {r['pg_commits']:.2f} commits, {r['pg_wal_bytes']:.0f} WAL bytes per tx\" if r['store']=='postgres' else f\"; its SQLite writer thread {r['writer_us']:.0f} µs/tx, {r['writer_writes']:.1f} write calls/tx\"
-print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor, {r['svc_switches']:.1f} context switches/tx; simulator {r['sim_us']:.0f} µs/tx, {r['sim_switches']:.1f} switches/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback; {r['leased_on_receipt']:.0%} of syncs leased on receipt{pg}\")"
+print(f\"{r['store']} ×{r['instances']} {r['phase']:>5}: {r['tps']:.0f} tx/s ({r['of_ceiling']:.2f} of the ceiling; {r['wall_s']:.2f} s to the last sync done, the poller saw {r['polled_s']:.2f} s); ack p50 {r['ack_p50']:.1f} p99 {r['ack_p99']:.1f} ms; callback→sync p50 {r['sync_p50']} p99 {r['sync_p99']} ms; service {r['svc_us']:.0f} µs/tx = {r['svc_floor']:.2f}× floor, {r['svc_switches']:.1f} context switches/tx; simulator {r['sim_us']:.0f} µs/tx, {r['sim_switches']:.1f} switches/tx; {r['deliveries_per_ack']:.2f} deliveries per acknowledged callback; {r['leased_on_receipt']:.0%} of syncs leased on receipt{pg}\")"
   done
   kill "${svc[@]}" "$sim" 2>/dev/null || true
   wait "${svc[@]}" "$sim" 2>/dev/null || true

@@ -94,6 +94,8 @@ fn latest() -> i64 {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// The writer thread (none when read-only), unparked when an urgent job ends its group's wait.
+    writer: Option<std::thread::Thread>,
     readers: Arc<Readers>,
     path: PathBuf,
     reserve: Arc<Reserve>,
@@ -171,9 +173,13 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job::new(work, what, tx);
+        let urgent = job.urgent;
         self.jobs.send(job).map_err(|_| StoreError::Closed {
             database: self.path.display().to_string(),
         })?;
+        if let (true, Some(w)) = (urgent, &self.writer) {
+            w.unpark();
+        }
         rx.await.map_err(|e| task_failed(&self.path, e))?
     }
 
@@ -213,12 +219,13 @@ impl Store for SqliteStore {
         let wait = opts.commit_wait;
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("pointsync-writer".into())
             .spawn(move || writer_loop(writer, rx, &p3, wait, &counted))
             .map_err(|e| task_failed(&path, e))?;
         Ok(Self {
             jobs,
+            writer: Some(thread.thread().clone()),
             readers: Arc::new(Readers::new(readers)),
             reserve: Arc::new(Reserve::new(&path, opts.min_free_bytes)),
             path,
@@ -238,6 +245,7 @@ impl Store for SqliteStore {
         let (jobs, _) = std::sync::mpsc::channel();
         Ok(Self {
             jobs,
+            writer: None,
             readers: Arc::new(Readers::new(vec![reader])),
             reserve: Arc::new(Reserve::new(&path, 0)),
             path,

@@ -44,6 +44,10 @@ const LEASE_BOOKKEEPING: [&str; 5] = [CLAIMING, COMPLETING, RENEWING, RELEASING,
 /// Lease bookkeeping that may wait a moment to share the next job's commit (see [`next_group`]):
 /// what a finished send records. A claim or a rescue goes at once; sends wait on them.
 const LINGERING: [&str; 3] = [COMPLETING, RENEWING, RELEASING];
+/// Jobs that end a waiting group's wait: the dispatcher's free slots wait on a claim (and rescued
+/// rows on a rescue), so a group lingering for company commits as soon as one joins it, instead
+/// of leaving every slot idle until its deadline. Whoever queues one wakes the writer.
+const URGENT: [&str; 2] = [CLAIMING, RESCUING];
 pub(super) const CLAIMING: &str = "claiming syncs";
 pub(super) const COMPLETING: &str = "recording a sync outcome";
 pub(super) const RENEWING: &str = "renewing a lease";
@@ -77,6 +81,8 @@ pub(super) struct Job {
     durable: bool,
     /// It may wait [`LINGER`] for company (a finished send's bookkeeping).
     lingers: bool,
+    /// It ends its group's wait, and its sender wakes the writer ([`URGENT`]).
+    pub(super) urgent: bool,
     /// When it was queued (a callback's arrival, for the pace).
     queued: Instant,
 }
@@ -103,17 +109,19 @@ impl Job {
             callback: what == STORING_A_CALLBACK,
             durable: !LEASE_BOOKKEEPING.contains(&what),
             lingers: LINGERING.contains(&what),
+            urgent: URGENT.contains(&what),
             queued: monotonic(),
         }
     }
 }
 
 /// A group being formed, with what decides how long it may wait: whether every job so far is
-/// lingering bookkeeping, and whether any stores a callback.
+/// lingering bookkeeping, whether any stores a callback, and whether any is urgent.
 struct Forming {
     jobs: Vec<Job>,
     lingering: bool,
     callbacks: bool,
+    urgent: bool,
 }
 
 impl Forming {
@@ -124,6 +132,7 @@ impl Forming {
             self.callbacks = true;
         }
         self.lingering &= job.lingers;
+        self.urgent |= job.urgent;
         self.jobs.push(job);
     }
 }
@@ -132,7 +141,8 @@ impl Forming {
 /// arriving within [`LINGER`] of the first; and, while callbacks arrive closer together than
 /// `wait`, any arriving within `wait` of the first, so the group's callbacks share one commit and
 /// one fsync. A group that waits sleeps until its deadline, then takes what queued meanwhile (up
-/// to [`MAX_GROUP`]; the rest starts the next group). `None` once every sender is gone.
+/// to [`MAX_GROUP`]; the rest starts the next group); an urgent job ends the wait at once (its
+/// sender unparks this thread). `None` once every sender is gone.
 fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
     let start = monotonic();
@@ -140,6 +150,7 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
         jobs: Vec::new(),
         lingering: true,
         callbacks: false,
+        urgent: false,
     };
     group.push(first, pace);
     loop {
@@ -149,7 +160,7 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
                 Err(_) => break,
             }
         }
-        if group.jobs.len() >= MAX_GROUP {
+        if group.jobs.len() >= MAX_GROUP || group.urgent {
             return Some(group.jobs);
         }
         let deadline = if group.lingering {
@@ -164,8 +175,9 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
             return Some(group.jobs);
         }
         // jobs queue without waking this thread; those queued by the deadline join the group (a
-        // callback joining bookkeeping that lingered may extend it to the commit wait)
-        std::thread::sleep(left);
+        // callback joining bookkeeping that lingered may extend it to the commit wait). Only an
+        // urgent job's sender unparks it early; a stale or spurious unpark just looks again.
+        std::thread::park_timeout(left);
     }
 }
 
@@ -341,6 +353,54 @@ mod tests {
     fn callback_job() -> Job {
         let (tx, _rx) = oneshot::channel::<Result<(), StoreError>>();
         Job::new(|_| Ok(()), STORING_A_CALLBACK, tx)
+    }
+
+    #[test]
+    fn a_claim_ends_a_waiting_groups_wait_when_its_sender_unparks_the_writer() {
+        // callbacks brisk and a commit wait far longer than the test: only the claim's wake-up
+        // can end this group's wait
+        let wait = Duration::from_secs(60);
+        let mut pace = Pace::default();
+        let t0 = monotonic();
+        for i in 0..10 {
+            pace.arrived(t0 + Duration::from_millis(2 * i));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(callback_job()).unwrap();
+        let writer = std::thread::current();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(callback_job()).unwrap();
+            let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
+            let claim = Job::new(|_| Ok(()), CLAIMING, reply);
+            assert!(claim.urgent, "a claim is urgent");
+            tx.send(claim).unwrap();
+            writer.unpark();
+            tx
+        });
+        let group = next_group(&rx, &mut pace, wait).expect("a group");
+        let took = monotonic() - t0;
+        let _tx = sender.join().unwrap();
+        assert_eq!(
+            group.len(),
+            3,
+            "the callbacks and the claim share the group"
+        );
+        assert!(group.last().is_some_and(|j| j.urgent));
+        assert!(
+            took < Duration::from_secs(30),
+            "the group waited {took:?}: the claim did not end the commit wait"
+        );
+    }
+
+    #[test]
+    fn bookkeeping_and_callbacks_are_not_urgent() {
+        for what in [STORING_A_CALLBACK, COMPLETING, RENEWING, RELEASING] {
+            let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
+            assert!(!Job::new(|_| Ok(()), what, reply).urgent, "{what}");
+        }
+        let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
+        assert!(Job::new(|_| Ok(()), RESCUING, reply).urgent);
     }
 
     #[test]
