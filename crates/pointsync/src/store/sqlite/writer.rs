@@ -20,6 +20,9 @@
 //! waking for each job as it arrives: one wake-up of this thread per group, not one per job, and a
 //! sender finds no sleeping receiver to wake (no futex call on its side either). Each job carries
 //! the time it was queued, so the pace is measured from arrivals, not from when they were taken.
+//! A claim or a rescue is the exception ([`URGENT`]): the dispatcher's free slots wait on it, so
+//! its sender unparks this thread and the group commits at once (on 39baace a claim waited out a
+//! lingering group's deadline, and 13–21 % of the CPUs idled while syncs drained; BENCHMARKS.md).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
