@@ -353,9 +353,24 @@ mod tests {
             .expect("voluntary_ctxt_switches")
     }
 
-    fn callback_job() -> Job {
+    /// A job called `what` that writes nothing.
+    fn job(what: &'static str) -> Job {
         let (tx, _rx) = oneshot::channel::<Result<(), StoreError>>();
-        Job::new(|_| Ok(()), STORING_A_CALLBACK, tx)
+        Job::new(|_| Ok(()), what, tx)
+    }
+
+    fn callback_job() -> Job {
+        job(STORING_A_CALLBACK)
+    }
+
+    /// A pace that saw callbacks coming 2 ms apart (brisk), and when it began.
+    fn brisk_pace() -> (Pace, Instant) {
+        let mut pace = Pace::default();
+        let t0 = monotonic();
+        for i in 0..10 {
+            pace.arrived(t0 + Duration::from_millis(2 * i));
+        }
+        (pace, t0)
     }
 
     #[test]
@@ -363,19 +378,14 @@ mod tests {
         // callbacks brisk and a commit wait far longer than the test: only the claim's wake-up
         // can end this group's wait
         let wait = Duration::from_secs(60);
-        let mut pace = Pace::default();
-        let t0 = monotonic();
-        for i in 0..10 {
-            pace.arrived(t0 + Duration::from_millis(2 * i));
-        }
+        let (mut pace, t0) = brisk_pace();
         let (tx, rx) = std::sync::mpsc::channel();
         tx.send(callback_job()).unwrap();
         let writer = std::thread::current();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             tx.send(callback_job()).unwrap();
-            let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
-            let claim = Job::new(|_| Ok(()), CLAIMING, reply);
+            let claim = job(CLAIMING);
             assert!(claim.urgent, "a claim is urgent");
             tx.send(claim).unwrap();
             writer.unpark();
@@ -399,22 +409,15 @@ mod tests {
     #[test]
     fn bookkeeping_and_callbacks_are_not_urgent() {
         for what in [STORING_A_CALLBACK, COMPLETING, RENEWING, RELEASING] {
-            let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
-            assert!(!Job::new(|_| Ok(()), what, reply).urgent, "{what}");
+            assert!(!job(what).urgent, "{what}");
         }
-        let (reply, _rx) = oneshot::channel::<Result<(), StoreError>>();
-        assert!(Job::new(|_| Ok(()), RESCUING, reply).urgent);
+        assert!(job(RESCUING).urgent);
     }
 
     #[test]
     fn a_waiting_group_takes_what_queued_by_its_deadline_without_waking_for_each_job() {
         let wait = Duration::from_millis(500);
-        let mut pace = Pace::default();
-        // callbacks have been coming 2 ms apart: brisk
-        let t0 = monotonic();
-        for i in 0..10 {
-            pace.arrived(t0 + Duration::from_millis(2 * i));
-        }
+        let (mut pace, _) = brisk_pace();
         let (tx, rx) = std::sync::mpsc::channel();
         tx.send(callback_job()).unwrap();
         let sender = std::thread::spawn(move || {
