@@ -427,8 +427,8 @@ impl<S: Store> Dispatcher<S> {
 
     /// Runs until `stop` turns true. Keeps up to `concurrency` syncs in flight, claiming more as
     /// slots free up (no per-batch barrier); sleeps when nothing is due, woken early by `wake`;
-    /// sends at once what callbacks leased through the [`Handoff`]. On stop it claims nothing
-    /// more, lets in-flight syncs finish, and releases any lease left.
+    /// sends at once what callbacks leased through the handoff ([`Dispatcher::handoff`]). On stop
+    /// it claims nothing more, lets in-flight syncs finish, and releases any lease left.
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
         let taken = self.handed.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut handed) = taken else {
