@@ -1321,8 +1321,8 @@ async fn a_platform_certificate_not_trusted_yet_is_fetched_checked_and_trusted()
 /// run (the whole suite and the browser tests sharing two cores) leased 32 of 40, most likely
 /// because sends slowed until 8 slots were busy at 100 payments/s; the same code leased 39-40 in
 /// every run here, alone and beside `openssl speed -multi 2`. With 64, the slots run short only
-/// if sends take ~0.3 s, and this test is about leasing, not about capacity. (The claim's ramp, which
-/// keeps a claim from taking every slot, has its own test:
+/// if sends take ~0.3 s, and this test is about leasing, not about capacity. (The claim's ramp,
+/// which keeps a claim from taking every slot, has its own test:
 /// `a_claim_after_a_quiet_wait_takes_one_slot_then_twice_as_many_while_claims_come_back_full`.)
 #[tokio::test]
 async fn syncs_are_leased_on_receipt_unless_switched_off() {

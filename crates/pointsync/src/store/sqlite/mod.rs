@@ -29,7 +29,8 @@ use connection::{
 };
 use reserve::Reserve;
 use writer::{
-    CLAIMING, COMPLETING, Job, RELEASING, RENEWING, RESCUING, STORING_A_CALLBACK, writer_loop,
+    CLAIMING, COMPLETING, Job, Queue, RELEASING, RENEWING, RESCUING, STORING_A_CALLBACK,
+    writer_loop,
 };
 
 use std::path::{Path, PathBuf};
@@ -93,9 +94,7 @@ fn latest() -> i64 {
 /// SQLite storage. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    jobs: std::sync::mpsc::Sender<Job>,
-    /// The writer thread (none when read-only), unparked when an urgent job ends its group's wait.
-    writer: Option<std::thread::Thread>,
+    jobs: Queue,
     readers: Arc<Readers>,
     path: PathBuf,
     reserve: Arc<Reserve>,
@@ -173,13 +172,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job::new(work, what, tx);
-        let urgent = job.urgent;
         self.jobs.send(job).map_err(|_| StoreError::Closed {
             database: self.path.display().to_string(),
         })?;
-        if let (true, Some(w)) = (urgent, &self.writer) {
-            w.unpark();
-        }
         rx.await.map_err(|e| task_failed(&self.path, e))?
     }
 
@@ -224,8 +219,7 @@ impl Store for SqliteStore {
             .spawn(move || writer_loop(writer, rx, &p3, wait, &counted))
             .map_err(|e| task_failed(&path, e))?;
         Ok(Self {
-            jobs,
-            writer: Some(thread.thread().clone()),
+            jobs: Queue::new(jobs, Some(thread.thread().clone())),
             readers: Arc::new(Readers::new(readers)),
             reserve: Arc::new(Reserve::new(&path, opts.min_free_bytes)),
             path,
@@ -244,8 +238,7 @@ impl Store for SqliteStore {
         // no writer thread: the receiving end is dropped, so a write is refused at once
         let (jobs, _) = std::sync::mpsc::channel();
         Ok(Self {
-            jobs,
-            writer: None,
+            jobs: Queue::new(jobs, None),
             readers: Arc::new(Readers::new(vec![reader])),
             reserve: Arc::new(Reserve::new(&path, 0)),
             path,

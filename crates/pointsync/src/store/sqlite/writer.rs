@@ -21,12 +21,14 @@
 //! sender finds no sleeping receiver to wake (no futex call on its side either). Each job carries
 //! the time it was queued, so the pace is measured from arrivals, not from when they were taken.
 //! A claim or a rescue is the exception ([`URGENT`]): the dispatcher's free slots wait on it, so
-//! its sender unparks this thread and the group commits at once (on 39baace a claim waited out a
-//! lingering group's deadline, and 13–21 % of the CPUs idled while syncs drained; BENCHMARKS.md).
+//! [`Queue::send`] unparks this thread for it and the group commits at once (on 39baace a claim
+//! waited out a lingering group's deadline, and 13–21 % of the CPUs idled while syncs drained;
+//! BENCHMARKS.md).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -84,8 +86,8 @@ pub(super) struct Job {
     durable: bool,
     /// It may wait [`LINGER`] for company (a finished send's bookkeeping).
     lingers: bool,
-    /// It ends its group's wait, and its sender wakes the writer ([`URGENT`]).
-    pub(super) urgent: bool,
+    /// It ends its group's wait, and [`Queue::send`] wakes the writer for it ([`URGENT`]).
+    urgent: bool,
     /// When it was queued (a callback's arrival, for the pace).
     queued: Instant,
 }
@@ -118,6 +120,32 @@ impl Job {
     }
 }
 
+/// The writer thread's queue: jobs go in without waking it (a waiting group takes them at its
+/// deadline), except an urgent one, for which the thread is unparked ([`next_group`]).
+#[derive(Debug, Clone)]
+pub(super) struct Queue {
+    tx: Sender<Job>,
+    /// The writer thread; none where nothing writes (a read-only store, whose jobs are refused).
+    writer: Option<Thread>,
+}
+
+impl Queue {
+    pub(super) fn new(tx: Sender<Job>, writer: Option<Thread>) -> Self {
+        Self { tx, writer }
+    }
+
+    /// Queues `job`, waking the writer if it is urgent. Gives the job back when the writer is
+    /// gone.
+    pub(super) fn send(&self, job: Job) -> Result<(), Job> {
+        let urgent = job.urgent;
+        self.tx.send(job).map_err(|e| e.0)?;
+        if let (true, Some(w)) = (urgent, &self.writer) {
+            w.unpark();
+        }
+        Ok(())
+    }
+}
+
 /// A group being formed, with what decides how long it may wait: whether every job so far is
 /// lingering bookkeeping, whether any stores a callback, and whether any is urgent.
 struct Forming {
@@ -144,8 +172,8 @@ impl Forming {
 /// arriving within [`LINGER`] of the first; and, while callbacks arrive closer together than
 /// `wait`, any arriving within `wait` of the first, so the group's callbacks share one commit and
 /// one fsync. A group that waits sleeps until its deadline, then takes what queued meanwhile (up
-/// to [`MAX_GROUP`]; the rest starts the next group); an urgent job ends the wait at once (its
-/// sender unparks this thread). `None` once every sender is gone.
+/// to [`MAX_GROUP`]; the rest starts the next group); an urgent job ends the wait at once
+/// ([`Queue::send`] unparks this thread for it). `None` once every sender is gone.
 fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
     let start = monotonic();
@@ -179,7 +207,7 @@ fn next_group(rx: &Receiver<Job>, pace: &mut Pace, wait: Duration) -> Option<Vec
         }
         // jobs queue without waking this thread; those queued by the deadline join the group (a
         // callback joining bookkeeping that lingered may extend it to the commit wait). Only an
-        // urgent job's sender unparks it early; a stale or spurious unpark just looks again.
+        // urgent job unparks it early (Queue::send); a stale or spurious unpark just looks again.
         std::thread::park_timeout(left);
     }
 }
@@ -374,22 +402,22 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_ends_a_waiting_groups_wait_when_its_sender_unparks_the_writer() {
+    fn a_claim_queued_ends_a_waiting_groups_wait() {
         // callbacks brisk and a commit wait far longer than the test: only the claim's wake-up
         // can end this group's wait
         let wait = Duration::from_secs(60);
         let (mut pace, t0) = brisk_pace();
         let (tx, rx) = std::sync::mpsc::channel();
-        tx.send(callback_job()).unwrap();
-        let writer = std::thread::current();
+        // this thread plays the writer; jobs go in as the store queues them
+        let queue = Queue::new(tx, Some(std::thread::current()));
+        assert!(queue.send(callback_job()).is_ok());
         let sender = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            tx.send(callback_job()).unwrap();
+            assert!(queue.send(callback_job()).is_ok());
             let claim = job(CLAIMING);
             assert!(claim.urgent, "a claim is urgent");
-            tx.send(claim).unwrap();
-            writer.unpark();
-            tx
+            assert!(queue.send(claim).is_ok());
+            queue
         });
         let group = next_group(&rx, &mut pace, wait).expect("a group");
         let took = monotonic() - t0;
