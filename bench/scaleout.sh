@@ -4,7 +4,8 @@
 # delivery), everything measured in one run. For each setup: a 200 payments/s phase (ack and
 # callback→sync latency, CPU per transaction at a moderate rate) and a phase as fast as the
 # simulator can push (transactions/s beside the machine's crypto ceiling: payments over the time
-# from the simulator's first offer to the last sync recorded done). CPU per transaction is
+# from asking the simulator to generate them, its members' authorizations first, to the last sync
+# recorded done). CPU per transaction is
 # read from /proc for every process: the service (all instances), the simulator, PostgreSQL (its
 # live processes plus what its postmaster reaped) — and, on SQLite, the service's writer thread
 # alone (CPU and write calls) — and the context switches per transaction of the service and the
@@ -191,8 +192,8 @@ tick=1e6/100 # µs per clock tick
 count,since=int(a[3]),int(a[4])
 svc,sim,pg=(int(x)*tick/count for x in a[5:8])
 lat=a[8].split(); ack=json.loads(a[9]); floor,ceiling=float(a[10]),float(a[11])
-# the phase lasts from the simulator's first offer to the last sync recorded done (the poller's
-# 0.1 s steps are not the system's time)
+# the phase lasts from asking the simulator to generate it to the last sync recorded done (the
+# poller's 0.1 s steps are not the system's time)
 wall=(int(lat[2])-since)/1000
 print(json.dumps({"store":a[0],"instances":int(a[1]),"phase":a[2],"count":count,"tps":count/wall,"wall_s":wall,"polled_s":float(a[20]),
   "of_ceiling":count/wall/ceiling,"ack_p50":ack["p50_ms"],"ack_p99":ack["p99_ms"],
