@@ -570,19 +570,26 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     assert_no_transaction_left_open(&mut holder).await;
 }
 
-/// `n` members whose callbacks share one lane (the lane is the member lock key's hash modulo the
-/// 2 lanes), so callbacks about them sent at once make one group.
-fn one_lane(n: usize) -> Vec<String> {
-    let lane = |openid: &str| {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
-        std::hash::Hasher::finish(&h) % 2
-    };
+/// The lane of `openid`'s callbacks: its member lock key's hash modulo the 2 lanes.
+fn lane_of(openid: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
+    std::hash::Hasher::finish(&h) % 2
+}
+
+/// `n` members whose callbacks share lane `lane`.
+fn in_lane(lane: u64, n: usize) -> Vec<String> {
     (0..)
         .map(|i| format!("o{i}"))
-        .filter(|o| lane(o) == lane("o0"))
+        .filter(|o| lane_of(o) == lane)
         .take(n)
         .collect()
+}
+
+/// `n` members whose callbacks share one lane, so callbacks about them sent at once make one
+/// group.
+fn one_lane(n: usize) -> Vec<String> {
+    in_lane(lane_of("o0"), n)
 }
 
 /// A refund of 100-yuan payment `txid` naming member `openid`.
@@ -811,6 +818,63 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     assert_eq!(
         partly.balance, 60,
         "T8 credited 100, its refund of 40 % debited 40"
+    );
+    assert_no_transaction_left_open(&mut c).await;
+}
+
+/// Faster than a moderate pace (callbacks under 2.5 ms apart), a lane still waits for company
+/// until its group's first callback has waited the commit wait. Thirty payments in the second lane
+/// set the pace, and six in the first lane come with them; six more come 5 ms later, while the
+/// first lane is writing or waiting. All twelve share one transaction, where a lane taking only
+/// what was queued when it looked wrote the later six in a transaction of their own.
+#[tokio::test]
+async fn under_load_a_lane_waits_the_commit_wait_for_company() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let opts = OpenOptions {
+        commit_wait: Duration::from_millis(400),
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    let send = |txid: String, openid: &String| {
+        let n = payment(&txid, openid, 10_000, "S1");
+        let (s, rules) = (s.clone(), rules.clone());
+        tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+    };
+    let (pace, first) = (in_lane(1, 30), in_lane(0, 12));
+    // spawned on this test's one thread, they all reach their lanes at the first await
+    let mut tasks: Vec<_> = pace
+        .iter()
+        .enumerate()
+        .map(|(i, o)| send(format!("TW{i}"), o))
+        .collect();
+    tasks.extend(
+        first[..6]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| send(format!("TL{i}"), o)),
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    tasks.extend(
+        first[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| send(format!("TL{}", i + 6), o)),
+    );
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            pointsync::store::Ingested::Payment { points: 100 }
+        );
+    }
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let (transactions, _) = inbox_writers(&mut c, "transaction_id LIKE 'TL%'").await;
+    assert_eq!(
+        transactions, 1,
+        "transactions writing the first lane's twelve"
     );
     assert_no_transaction_left_open(&mut c).await;
 }

@@ -20,10 +20,17 @@
 //! At a moderate rate nothing queues, so nothing would group: two lanes at 200 callbacks/s each
 //! see one every 10 ms. There, while callbacks come closer together than the commit wait
 //! (`service.commit_wait_ms`) and further apart than [`MODERATE_GAP`], an instance sends them all
-//! to one lane, which waits up to the commit wait after a group's first for the rest to join
+//! to one lane, which waits until a group's first has waited the commit wait for the rest to join
 //! (about four at 200/s), as the SQLite writer does. A member's callbacks may then be in two lanes
 //! for a moment when the rate crosses that line; its lock keeps them apart as it keeps two
 //! instances apart.
+//!
+//! Faster than that, a member's callbacks keep to their own lane, and a lane still waits for
+//! company until its group's first callback has waited the commit wait. Behind several instances
+//! each lane sees a share of the callbacks, and a lane that took what was queued wrote groups of a
+//! few, a fifth of them alone: a transaction, a commit and their round trips each (BENCHMARKS.md,
+//! twelfth session). A lane kept busy does not wait: its first callback has waited longer than that
+//! while the lane wrote the group before.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -80,8 +87,9 @@ struct Job {
     now_ms: i64,
     /// The owner and length of the lease its sync may take on receipt.
     lease: Option<(String, i64)>,
-    /// Its lane waits up to this long after it for others to share its transaction.
-    company: Option<Duration>,
+    /// Its lane waits until then for others to share its transaction: the commit wait after it
+    /// was queued.
+    company: Option<tokio::time::Instant>,
     reply: oneshot::Sender<Stored>,
 }
 
@@ -154,14 +162,20 @@ impl Ingests {
         lease: Option<(String, i64)>,
     ) -> Stored {
         let key = member_key(n);
-        // at a moderate rate, while callbacks come closer together than the commit wait, one
-        // lane gathers them; otherwise a member's callbacks always go to the same lane
-        let company = {
+        // while callbacks come closer together than the commit wait, each may wait that long
+        // for company; at a moderate rate one lane gathers them, otherwise a member's callbacks
+        // always go to the same lane
+        let now = monotonic();
+        let (company, one_lane) = {
             let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
-            pace.arrived(monotonic());
-            (pace.brisk(self.wait) && pace.apart(MODERATE_GAP)).then_some(self.wait)
+            pace.arrived(now);
+            match pace.brisk(self.wait) {
+                true => (Some(now + self.wait), pace.apart(MODERATE_GAP)),
+                false => (None, false),
+            }
         };
-        let lane = if company.is_some() {
+        let company = company.map(tokio::time::Instant::from_std);
+        let lane = if one_lane {
             &self.lanes[0]
         } else {
             let mut h = DefaultHasher::new();
@@ -242,9 +256,7 @@ async fn ingest_alone(
 
 async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = rx.recv().await {
-        let until = first
-            .company
-            .map(|wait| tokio::time::Instant::from_std(monotonic()) + wait);
+        let until = first.company;
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -252,7 +264,8 @@ async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        // the first came while callbacks came that fast: wait for the next ones to join
+        // the first came while callbacks came that fast: wait for the next ones to join, until
+        // it has waited the commit wait (a lane kept busy has made it wait that long already)
         if let Some(until) = until {
             while group.len() < MAX_GROUP {
                 match tokio::time::timeout_at(until, rx.recv()).await {
