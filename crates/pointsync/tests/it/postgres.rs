@@ -879,6 +879,63 @@ async fn under_load_a_lane_waits_the_commit_wait_for_company() {
     assert_no_transaction_left_open(&mut c).await;
 }
 
+/// Under load, a callback whose member another transaction holds when its group is written waits
+/// the commit wait once more and joins the lane's next group, instead of a transaction of its own.
+/// Another connection holds the member of one of two payments sent together under a fast pace;
+/// the other payment's group commits; the lock is let go and a third payment comes: the held
+/// member's payment shares the third's transaction.
+#[tokio::test]
+async fn a_callback_whose_member_is_held_joins_the_next_group() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let opts = OpenOptions {
+        commit_wait: Duration::from_millis(400),
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let rules = std::sync::Arc::new(trusting());
+    let send = |txid: String, openid: &String| {
+        let n = payment(&txid, openid, 10_000, "S1");
+        let (s, rules) = (s.clone(), rules.clone());
+        tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
+    };
+    let (pace, m) = (in_lane(1, 30), in_lane(0, 3));
+    let mut holder = hold_member(&db, &m[0]).await;
+    // spawned on this test's one thread, they all reach their lanes at the first await
+    let mut tasks: Vec<_> = pace
+        .iter()
+        .enumerate()
+        .map(|(i, o)| send(format!("TW{i}"), o))
+        .collect();
+    tasks.push(send("TH".into(), &m[0]));
+    tasks.push(send("TX".into(), &m[1]));
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    while inbox_writers(&mut c, "transaction_id = 'TX'").await.0 == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    tasks.push(send("TY".into(), &m[2]));
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            pointsync::store::Ingested::Payment { points: 100 }
+        );
+    }
+    let (together, _) = inbox_writers(&mut c, "transaction_id IN ('TH', 'TY')").await;
+    assert_eq!(
+        together, 1,
+        "transactions writing the held member's payment and the next"
+    );
+    let (apart, _) = inbox_writers(&mut c, "transaction_id IN ('TH', 'TX')").await;
+    assert_eq!(
+        apart, 2,
+        "the held member's payment was not in its first group"
+    );
+    assert_no_transaction_left_open(&mut c).await;
+}
+
 /// A group's callbacks read together are written in one statement, each conditional on its own
 /// inbox row: when another transaction takes one's key between the group's snapshot and its
 /// write (here a trigger inserts it first), that one is a duplicate, its delivery counted, and it

@@ -10,7 +10,8 @@
 //!
 //! Written alone instead, each in a task of its own as before grouping: a callback that finds its
 //! lane idle (it keeps its lease on receipt), one whose member another transaction holds (it waits
-//! for the lock; a held member never stalls a lane), and every callback of a group that fails (one
+//! for the lock; a held member never stalls a lane; under load it first waits the commit wait
+//! again and tries the next group), and every callback of a group that fails (one
 //! bad callback never fails another; a group cut short mid-`COMMIT` is written again, and what had
 //! committed is then a duplicate). A group's new payments' syncs are leased on receipt too, as
 //! a callback written alone leases its own: in the statement that writes them, as many as the
@@ -30,7 +31,9 @@
 //! each lane sees a share of the callbacks, and a lane that took what was queued wrote groups of a
 //! few, a fifth of them alone: a transaction, a commit and their round trips each (BENCHMARKS.md,
 //! twelfth session). A lane kept busy does not wait: its first callback has waited longer than that
-//! while the lane wrote the group before.
+//! while the lane wrote the group before. Behind several instances a group also finds some of its
+//! members held by another instance's transaction; those callbacks wait the commit wait once more
+//! and join the lane's next group, where each used to take a transaction of its own.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -90,6 +93,9 @@ struct Job {
     /// Its lane waits until then for others to share its transaction: the commit wait after it
     /// was queued.
     company: Option<tokio::time::Instant>,
+    /// Its member was held by another transaction when its group was written, and it waits for
+    /// the next group.
+    carried: bool,
     reply: oneshot::Sender<Stored>,
 }
 
@@ -118,6 +124,8 @@ struct Writer {
     pool: PgPool,
     database: String,
     rate_qps: f64,
+    /// `service.commit_wait_ms`.
+    wait: Duration,
 }
 
 /// The lanes and their writing tasks. Cheap to clone; the tasks end with the last clone.
@@ -137,6 +145,7 @@ impl Ingests {
             pool,
             database: database.clone(),
             rate_qps,
+            wait,
         };
         let lanes = (0..LANES)
             .map(|_| {
@@ -191,6 +200,7 @@ impl Ingests {
             now_ms: ctx.now_ms,
             lease,
             company,
+            carried: false,
             reply,
         };
         let closed = || StoreError::Closed {
@@ -255,9 +265,22 @@ async fn ingest_alone(
 }
 
 async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let until = first.company;
-        let mut group = vec![first];
+    // callbacks that may wait for company whose member another transaction held: they wait the
+    // commit wait again, for that transaction to end, and try the next group before waiting for
+    // their members' locks alone
+    let mut held: Vec<Job> = Vec::new();
+    loop {
+        let mut group = std::mem::take(&mut held);
+        let until = if group.is_empty() {
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            let until = first.company;
+            group.push(first);
+            until
+        } else {
+            Some(tokio::time::Instant::from_std(monotonic()) + w.wait)
+        };
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(j) => group.push(j),
@@ -281,7 +304,14 @@ async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 let _ = tokio::time::timeout(LANE_WAIT, w.alone(j)).await;
             }
         } else {
-            w.group(group).await;
+            for mut j in w.group(group).await {
+                if j.company.is_some() && !j.carried {
+                    j.carried = true;
+                    held.push(j);
+                } else {
+                    drop(w.alone(j));
+                }
+            }
         }
     }
 }
@@ -307,12 +337,15 @@ impl Writer {
         }
     }
 
-    /// Writes `jobs` in one transaction: those whose member lock is free now; the others, and all
-    /// of them if the transaction fails, alone.
-    async fn group(&self, jobs: Vec<Job>) {
+    /// Writes `jobs` in one transaction: those whose member lock is free now, all of them alone
+    /// if the transaction fails; returns the others.
+    async fn group(&self, jobs: Vec<Job>) -> Vec<Job> {
         let mut tx = match self.pool.begin_with(BEGIN).await {
             Ok(tx) => tx,
-            Err(_) => return self.all_alone(jobs),
+            Err(_) => {
+                self.all_alone(jobs);
+                return Vec::new();
+            }
         };
         // text with a NUL cannot be bound: such a callback fails alone, as it always did
         let mut wanted: Vec<&str> = jobs
@@ -330,7 +363,8 @@ impl Writer {
         .await;
         let Ok(locked) = locked else {
             let _ = tx.rollback().await;
-            return self.all_alone(jobs);
+            self.all_alone(jobs);
+            return Vec::new();
         };
         let held: HashSet<String> = locked
             .into_iter()
@@ -343,8 +377,6 @@ impl Writer {
                 _ => grouped.push(job),
             }
         }
-        // they wait for their members' locks elsewhere, as they did before grouping
-        self.all_alone(waiting);
         let leases: Vec<Option<PgLease<'_>>> =
             grouped.iter().map(|j| j.pg_lease(self.rate_qps)).collect();
         let each: Vec<Grouped<'_>> = grouped
@@ -368,7 +400,8 @@ impl Writer {
                     grouped.len()
                 );
                 let _ = tx.rollback().await;
-                return self.all_alone(grouped);
+                self.all_alone(grouped);
+                return waiting;
             }
         };
         if let Err(e) = tx.commit().await {
@@ -376,10 +409,12 @@ impl Writer {
                 "a group of {} callbacks did not commit, written one by one: {e}",
                 grouped.len()
             );
-            return self.all_alone(grouped);
+            self.all_alone(grouped);
+            return waiting;
         }
         for (job, s) in grouped.into_iter().zip(stored) {
             let _ = job.reply.send(Ok(s));
         }
+        waiting
     }
 }
