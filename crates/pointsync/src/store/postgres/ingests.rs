@@ -28,12 +28,13 @@
 //!
 //! Faster than that, a member's callbacks keep to their own lane, and a lane still waits for
 //! company until its group's first callback has waited the commit wait. Behind several instances
-//! each lane sees a share of the callbacks, and a lane that took what was queued wrote groups of a
-//! few, a fifth of them alone: a transaction, a commit and their round trips each (BENCHMARKS.md,
-//! twelfth session). A lane kept busy does not wait: its first callback has waited longer than that
-//! while the lane wrote the group before. Behind several instances a group also finds some of its
-//! members held by another instance's transaction; those callbacks wait the commit wait once more
-//! and join the lane's next group, where each used to take a transaction of its own.
+//! each lane sees a share of the callbacks, and a lane that took only what was queued wrote groups
+//! of a few and a fifth of the callbacks alone: a transaction, a commit and their round trips each
+//! (BENCHMARKS.md, twelfth session). A lane kept busy does not wait: its first callback has
+//! waited longer than that while the lane wrote the group before. Behind several instances a group
+//! also finds some of its members held by another instance's transaction; those callbacks wait the
+//! commit wait once more and join the lane's next group, where each used to take a transaction of
+//! its own.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -265,9 +266,9 @@ async fn ingest_alone(
 }
 
 async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
-    // callbacks that may wait for company whose member another transaction held: they wait the
-    // commit wait again, for that transaction to end, and try the next group before waiting for
-    // their members' locks alone
+    // callbacks whose member another transaction held when their group was written (of those
+    // that may wait for company): they wait the commit wait again, for that transaction to end,
+    // and try the next group before they wait for their members' locks alone
     let mut held: Vec<Job> = Vec::new();
     loop {
         let mut group = std::mem::take(&mut held);
