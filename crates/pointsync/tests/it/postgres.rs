@@ -822,6 +822,61 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
     assert_no_transaction_left_open(&mut c).await;
 }
 
+/// A store on a fresh database whose callbacks may wait 400 ms for company, and 30 payments in the
+/// second lane that set a fast pace (under 2.5 ms apart: each lane waits for company on its own).
+struct Paced {
+    s: PgStore,
+    db: Database,
+    rules: std::sync::Arc<pointsync::rules::Rules>,
+    _guard: DropDatabase,
+}
+
+impl Paced {
+    /// `None`: no server.
+    async fn open() -> Option<Self> {
+        let (guard, db) = fresh_database().await?;
+        let opts = OpenOptions {
+            commit_wait: Duration::from_millis(400),
+            ..OpenOptions::default()
+        };
+        Some(Self {
+            s: PgStore::open(&db, &opts).await.unwrap(),
+            db,
+            rules: std::sync::Arc::new(crate::contract::trusting()),
+            _guard: guard,
+        })
+    }
+
+    /// Ingests a 100-yuan payment `txid` of `openid` in a task of its own. Spawned on the test's
+    /// one thread, the tasks reach their lanes at its next await, in order.
+    fn send(
+        &self,
+        txid: String,
+        openid: &str,
+    ) -> tokio::task::JoinHandle<pointsync::store::Ingested> {
+        let n = crate::contract::payment(&txid, openid, 10_000, "S1");
+        let (s, rules) = (self.s.clone(), self.rules.clone());
+        tokio::spawn(async move { s.ingest(&n, &crate::contract::ctx(&rules)).await.unwrap() })
+    }
+
+    /// The 30 pace-setting payments, sent.
+    fn set_pace(&self) -> Vec<tokio::task::JoinHandle<pointsync::store::Ingested>> {
+        (in_lane(1, 30).iter().enumerate())
+            .map(|(i, o)| self.send(format!("TW{i}"), o))
+            .collect()
+    }
+
+    /// Awaits `tasks`, each a payment credited in full.
+    async fn all_paid(tasks: Vec<tokio::task::JoinHandle<pointsync::store::Ingested>>) {
+        for t in tasks {
+            assert_eq!(
+                t.await.unwrap(),
+                pointsync::store::Ingested::Payment { points: 100 }
+            );
+        }
+    }
+}
+
 /// Faster than a moderate pace (callbacks under 2.5 ms apart), a lane still waits for company
 /// until its group's first callback has waited the commit wait. Thirty payments in the second lane
 /// set the pace, and six in the first lane come with them; six more come 5 ms later, while the
@@ -829,48 +884,18 @@ async fn a_group_decides_each_callback_on_what_those_before_it_wrote() {
 /// what was queued when it looked wrote the later six in a transaction of their own.
 #[tokio::test]
 async fn under_load_a_lane_waits_the_commit_wait_for_company() {
-    use crate::contract::{ctx, payment, trusting};
-    let Some((_guard, db)) = fresh_database().await else {
+    let Some(p) = Paced::open().await else {
         return;
     };
-    let opts = OpenOptions {
-        commit_wait: Duration::from_millis(400),
-        ..OpenOptions::default()
-    };
-    let s = PgStore::open(&db, &opts).await.unwrap();
-    let rules = std::sync::Arc::new(trusting());
-    let send = |txid: String, openid: &String| {
-        let n = payment(&txid, openid, 10_000, "S1");
-        let (s, rules) = (s.clone(), rules.clone());
-        tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
-    };
-    let (pace, first) = (in_lane(1, 30), in_lane(0, 12));
-    // spawned on this test's one thread, they all reach their lanes at the first await
-    let mut tasks: Vec<_> = pace
-        .iter()
-        .enumerate()
-        .map(|(i, o)| send(format!("TW{i}"), o))
-        .collect();
-    tasks.extend(
-        first[..6]
-            .iter()
-            .enumerate()
-            .map(|(i, o)| send(format!("TL{i}"), o)),
-    );
+    let first = in_lane(0, 12);
+    let mut tasks = p.set_pace();
+    tasks.extend((first[..6].iter().enumerate()).map(|(i, o)| p.send(format!("TL{i}"), o)));
     tokio::time::sleep(Duration::from_millis(5)).await;
-    tasks.extend(
-        first[6..]
-            .iter()
-            .enumerate()
-            .map(|(i, o)| send(format!("TL{}", i + 6), o)),
-    );
-    for t in tasks {
-        assert_eq!(
-            t.await.unwrap(),
-            pointsync::store::Ingested::Payment { points: 100 }
-        );
-    }
-    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    tasks.extend((first[6..].iter().enumerate()).map(|(i, o)| p.send(format!("TL{}", i + 6), o)));
+    Paced::all_paid(tasks).await;
+    let mut c = sqlx::PgConnection::connect(&p.db.to_string())
+        .await
+        .unwrap();
     let (transactions, _) = inbox_writers(&mut c, "transaction_id LIKE 'TL%'").await;
     assert_eq!(
         transactions, 1,
@@ -886,43 +911,23 @@ async fn under_load_a_lane_waits_the_commit_wait_for_company() {
 /// member's payment shares the third's transaction.
 #[tokio::test]
 async fn a_callback_whose_member_is_held_joins_the_next_group() {
-    use crate::contract::{ctx, payment, trusting};
-    let Some((_guard, db)) = fresh_database().await else {
+    let Some(p) = Paced::open().await else {
         return;
     };
-    let opts = OpenOptions {
-        commit_wait: Duration::from_millis(400),
-        ..OpenOptions::default()
-    };
-    let s = PgStore::open(&db, &opts).await.unwrap();
-    let rules = std::sync::Arc::new(trusting());
-    let send = |txid: String, openid: &String| {
-        let n = payment(&txid, openid, 10_000, "S1");
-        let (s, rules) = (s.clone(), rules.clone());
-        tokio::spawn(async move { s.ingest(&n, &ctx(&rules)).await.unwrap() })
-    };
-    let (pace, m) = (in_lane(1, 30), in_lane(0, 3));
-    let mut holder = hold_member(&db, &m[0]).await;
-    // spawned on this test's one thread, they all reach their lanes at the first await
-    let mut tasks: Vec<_> = pace
-        .iter()
-        .enumerate()
-        .map(|(i, o)| send(format!("TW{i}"), o))
-        .collect();
-    tasks.push(send("TH".into(), &m[0]));
-    tasks.push(send("TX".into(), &m[1]));
-    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let m = in_lane(0, 3);
+    let mut holder = hold_member(&p.db, &m[0]).await;
+    let mut tasks = p.set_pace();
+    tasks.push(p.send("TH".into(), &m[0]));
+    tasks.push(p.send("TX".into(), &m[1]));
+    let mut c = sqlx::PgConnection::connect(&p.db.to_string())
+        .await
+        .unwrap();
     while inbox_writers(&mut c, "transaction_id = 'TX'").await.0 == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    tasks.push(send("TY".into(), &m[2]));
-    for t in tasks {
-        assert_eq!(
-            t.await.unwrap(),
-            pointsync::store::Ingested::Payment { points: 100 }
-        );
-    }
+    tasks.push(p.send("TY".into(), &m[2]));
+    Paced::all_paid(tasks).await;
     let (together, _) = inbox_writers(&mut c, "transaction_id IN ('TH', 'TY')").await;
     assert_eq!(
         together, 1,
