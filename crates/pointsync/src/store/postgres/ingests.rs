@@ -179,12 +179,13 @@ impl Ingests {
         let (company, one_lane) = {
             let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
             pace.arrived(now);
-            match pace.brisk(self.wait) {
-                true => (Some(now + self.wait), pace.apart(MODERATE_GAP)),
-                false => (None, false),
+            if pace.brisk(self.wait) {
+                let until = tokio::time::Instant::from_std(now + self.wait);
+                (Some(until), pace.apart(MODERATE_GAP))
+            } else {
+                (None, false)
             }
         };
-        let company = company.map(tokio::time::Instant::from_std);
         let lane = if one_lane {
             &self.lanes[0]
         } else {
@@ -305,13 +306,12 @@ async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 let _ = tokio::time::timeout(LANE_WAIT, w.alone(j)).await;
             }
         } else {
-            for mut j in w.group(group).await {
-                if j.company.is_some() && !j.carried {
-                    j.carried = true;
-                    held.push(j);
-                } else {
-                    drop(w.alone(j));
-                }
+            let (again, alone) = (w.group(group).await.into_iter())
+                .partition(|j: &Job| j.company.is_some() && !j.carried);
+            w.all_alone(alone);
+            held = again;
+            for j in &mut held {
+                j.carried = true;
             }
         }
     }
