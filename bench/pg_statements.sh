@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # PostgreSQL's statements per payment, by kind, behind each setup of bench/scaleout.sh: the
 # server logs every statement (ALTER SYSTEM SET log_statement = 'all', reset on exit) while a
-# setup runs MAX payments as fast as the simulator pushes (and 10 at 200/s), then the log's new
-# lines about the bench's databases are counted. Needs the local server and its log readable.
+# setup runs MAX payments as fast as the simulator pushes (and 10 at 200/s) — or, with PHASE=200/s,
+# MAX payments at 200/s (and 10 as fast as it can) — then the log's new lines about the bench's
+# databases are counted. Needs the local server and its log readable.
 # Usage: bash bench/pg_statements.sh [MAX_PAYMENTS] [SETUPS]   (defaults 4000, "postgres:1 postgres:2")
 # PG_LOG: the server's log (default Debian's for PostgreSQL 15).
 set -euo pipefail
@@ -17,12 +18,17 @@ trap 'logging "RESET log_statement"' EXIT
 logging "SET log_statement = 'all'"
 for setup in $SETUPS; do
   from=$(($(stat -c %s "$PG_LOG") + 1))
-  bash bench/scaleout.sh "$MAX" 10 "$setup" | grep "max:"
+  if [ "${PHASE:-max}" = max ]; then
+    bash bench/scaleout.sh "$MAX" 10 "$setup" | grep "max:"
+  else
+    bash bench/scaleout.sh 10 "$MAX" "$setup" | grep "200/s:"
+  fi
   echo "statements per payment behind $setup (authorization callbacks included: 200 members per phase):"
   tail -c +"$from" "$PG_LOG" | grep -a "@pointsync_bench" | grep -a -E "LOG:  (statement|execute [^:]*): " |
     sed -E 's/.*LOG:  (statement|execute [^:]*): //' | awk -v n=$((MAX + 10)) '
     { k = "other: " substr($0, 1, 60)
       if ($0 ~ /^WITH i AS \(INSERT INTO inbox/) k = "callback (one statement of CTEs)"
+      else if ($0 ~ /^WITH v AS MATERIALIZED/) k = "group writes (one statement, batch.rs)"
       else if ($0 ~ /^SELECT s.seen/) k = "group snapshot"
       else if ($0 ~ /pg_try_advisory_xact_lock/) k = "group member locks"
       else if ($0 ~ /^BEGIN/) k = "BEGIN"
