@@ -341,6 +341,33 @@ async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
     );
 }
 
+/// Outcomes 10 ms apart (200 payments/s behind two instances) share one statement: the batch
+/// waits long enough for all eight, where waiting 20 ms would have made three or four.
+#[tokio::test]
+async fn outcomes_ten_milliseconds_apart_share_one_statement() {
+    use pointsync::store::SyncOutcome;
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+    let (claimed, now) = claimed_payments(&s, 8).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in claimed {
+        let s = s.clone();
+        tasks.spawn(async move { s.complete(&c, "A", &SyncOutcome::Done, now).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert!(r.unwrap().unwrap(), "each outcome recorded");
+    }
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let transactions = transactions_that_wrote(&mut c, "outbox WHERE state = 'done'").await;
+    assert!(
+        transactions <= 2,
+        "8 outcomes 10 ms apart were written by {transactions} transactions"
+    );
+}
+
 /// At a moderate rate (here one callback every 6 ms) callbacks arriving closer together than the
 /// commit wait are gathered in one lane and share transactions; further apart — the first ones
 /// after a burst too — each is written at once in a transaction of its own.

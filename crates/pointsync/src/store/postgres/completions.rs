@@ -15,10 +15,15 @@ use crate::store::{Claimed, StoreError, SyncOutcome};
 const MAX_BATCH: usize = 512;
 
 /// How long a batch waits for more outcomes before it is written. Under load the queue fills a
-/// batch on its own; at a moderate rate (200 payments/s: one outcome every 5 ms) each outcome
-/// would otherwise be a statement and a commit of its own. Nothing waits on it: the callback was
-/// acknowledged, the sync sent and its in-flight slot freed before (`Dispatcher::send_one`).
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+/// batch on its own; at a moderate rate (200 payments/s: one outcome every 5 ms, every 10 ms on
+/// each of two instances) each outcome would otherwise be a statement and a commit of its own.
+/// Nothing waits on it: the callback was acknowledged, the sync sent and its in-flight slot freed
+/// before (`Dispatcher::send_one`), and a graceful stop waits for the batch. At 200/s, 100 ms
+/// instead of 20 cut PostgreSQL's commits per payment by a quarter to a third, behind one
+/// instance and behind two, with the acknowledgement's p99 unchanged (BENCHMARKS.md). What a
+/// crash costs is unchanged in kind: outcomes not yet written leave their rows leased, and each
+/// of those syncs (at most this long's worth) is sent again, byte for byte, after its lease.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One attempt's outcome.
 #[derive(Debug)]
