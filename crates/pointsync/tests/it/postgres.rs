@@ -313,28 +313,35 @@ async fn concurrent_outcomes_are_batched_and_each_is_fenced_on_its_own() {
     );
 }
 
-/// Outcomes a few milliseconds apart (a moderate rate) still share a statement: the batch waits
-/// a moment for company. Ten outcomes, one every ~2 ms, are written by a few transactions.
-#[tokio::test]
-async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
+/// Completes `n` claimed payments one every `gap` (each recorded), and returns how many
+/// transactions wrote their outcomes (rows one statement updated share its transaction id);
+/// `None` without PostgreSQL.
+async fn transactions_for_spaced_outcomes(n: usize, gap: Duration) -> Option<i64> {
     use pointsync::store::SyncOutcome;
-    let Some((_guard, db)) = fresh_database().await else {
-        return;
-    };
+    let (_guard, db) = fresh_database().await?;
     let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
-    let (claimed, now) = claimed_payments(&s, 10).await;
+    let (claimed, now) = claimed_payments(&s, n).await;
     let mut tasks = tokio::task::JoinSet::new();
     for c in claimed {
         let s = s.clone();
         tasks.spawn(async move { s.complete(&c, "A", &SyncOutcome::Done, now).await });
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(gap).await;
     }
     while let Some(r) = tasks.join_next().await {
         assert!(r.unwrap().unwrap(), "each outcome recorded");
     }
-    // rows one statement updated share its transaction id
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    let transactions = transactions_that_wrote(&mut c, "outbox WHERE state = 'done'").await;
+    Some(transactions_that_wrote(&mut c, "outbox WHERE state = 'done'").await)
+}
+
+/// Outcomes a few milliseconds apart (a moderate rate) still share a statement: the batch waits
+/// a moment for company. Ten outcomes, one every ~2 ms, are written by a few transactions.
+#[tokio::test]
+async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
+    let Some(transactions) = transactions_for_spaced_outcomes(10, Duration::from_millis(2)).await
+    else {
+        return;
+    };
     assert!(
         (1..=4).contains(&transactions),
         "10 outcomes ~2 ms apart were written by {transactions} transactions"
@@ -345,23 +352,10 @@ async fn outcomes_arriving_milliseconds_apart_share_a_statement() {
 /// waits long enough for all eight, where waiting 20 ms would have made three or four.
 #[tokio::test]
 async fn outcomes_ten_milliseconds_apart_share_one_statement() {
-    use pointsync::store::SyncOutcome;
-    let Some((_guard, db)) = fresh_database().await else {
+    let Some(transactions) = transactions_for_spaced_outcomes(8, Duration::from_millis(10)).await
+    else {
         return;
     };
-    let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
-    let (claimed, now) = claimed_payments(&s, 8).await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in claimed {
-        let s = s.clone();
-        tasks.spawn(async move { s.complete(&c, "A", &SyncOutcome::Done, now).await });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    while let Some(r) = tasks.join_next().await {
-        assert!(r.unwrap().unwrap(), "each outcome recorded");
-    }
-    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    let transactions = transactions_that_wrote(&mut c, "outbox WHERE state = 'done'").await;
     assert!(
         transactions <= 2,
         "8 outcomes 10 ms apart were written by {transactions} transactions"
