@@ -275,6 +275,59 @@ async fn claimed_payments(s: &PgStore, n: usize) -> (Vec<pointsync::store::Claim
     (claimed, now)
 }
 
+/// A claim that finds nothing due (the dispatcher's poll at a quiet hour) neither waits for nor
+/// writes the shared rate's row, so its transaction writes nothing; with a row due it takes that
+/// row's token from the bucket as before.
+#[tokio::test]
+async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let opts = OpenOptions {
+        rate_qps: 5.0,
+        ..OpenOptions::default()
+    };
+    let s = PgStore::open(&db, &opts).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
+    let before: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT tokens FROM rate_limit WHERE name = 'wechat' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let now = pointsync::clock::now_ms();
+    let empty = tokio::time::timeout(Duration::from_secs(5), s.claim("A", now, 30_000, 10))
+        .await
+        .expect("a claim finding nothing due waited for the rate's row")
+        .unwrap();
+    assert!(empty.is_empty(), "{empty:?}");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let after: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    assert_eq!(
+        after, before,
+        "a claim finding nothing due wrote the rate's row"
+    );
+    let rules = trusting();
+    s.ingest(&payment("D1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let claimed = s
+        .claim("A", pointsync::clock::now_ms(), 30_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (spent, tokens): (String, f64) =
+        sqlx::query_as("SELECT xmin::TEXT, tokens FROM rate_limit WHERE name = 'wechat'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_ne!(spent, before, "the claim's token was not written");
+    assert!(tokens < 5.0, "a token taken: {tokens} left");
+}
+
 /// Outcomes recorded concurrently go in batches, each row still fenced on its own: of 40 claimed
 /// rows completed at once, the 10 completed with a stale attempt change nothing and hear `false`.
 #[tokio::test]

@@ -26,7 +26,10 @@ fn lease_sql(which: &str, limit_sql: &str) -> String {
 /// The lease of `which` (at most `limit` rows) taking the shared rate's tokens in the same
 /// statement: a bucket refilled at `rate` on the database's clock (one second's burst at most),
 /// read from the rate's row, waited for, as many rows leased as it holds whole tokens, the rest
-/// written back.
+/// written back. The rate's row is read only while a row is due: a claim finding nothing (the
+/// dispatcher's polls at a quiet hour) neither locks nor writes it, so its transaction writes
+/// nothing and commits without a flush. The bucket it leaves is the same: a refill computed
+/// later from the older state gives the same tokens, one second's burst at most either way.
 fn rated(which: &str, limit: &str, rate: &str) -> String {
     format!(
         "WITH bucket AS ({}),
@@ -37,7 +40,11 @@ fn rated(which: &str, limit: &str, rate: &str) -> String {
              WHERE name = 'wechat' AND EXISTS (SELECT 1 FROM bucket)
          )
          SELECT * FROM claimed",
-        bucket(rate, "FOR UPDATE"),
+        bucket(
+            rate,
+            &format!("AND EXISTS (SELECT 1 FROM outbox WHERE state = 'pending' AND {which})"),
+            "FOR UPDATE"
+        ),
         lease_sql(
             which,
             &format!(
@@ -47,16 +54,17 @@ fn rated(which: &str, limit: &str, rate: &str) -> String {
     )
 }
 
-/// The instances' shared rate bucket as a row `(available, now)`, read from the rate's row locked
-/// `lock`: its tokens refilled at `rate` (an SQL expression) on the database's clock, one second's
-/// burst at most. The one definition of the refill, for claims
-/// and for syncs leased on receipt (`write.rs`, `push_bucket`).
-pub(super) fn bucket(rate: &str, lock: &str) -> String {
+/// The instances' shared rate bucket as a row `(available, now)`, read from the rate's row (only
+/// `when`, an SQL condition after `AND`, or always when empty) locked `lock`: its tokens refilled
+/// at `rate` (an SQL expression) on the database's clock, one second's burst at most. The one
+/// definition of the refill, for claims and for syncs leased on receipt (`write.rs`,
+/// `push_bucket`).
+pub(super) fn bucket(rate: &str, when: &str, lock: &str) -> String {
     format!(
         "SELECT LEAST(tokens + GREATEST({DB_NOW_MS} - at_ms, 0)::DOUBLE PRECISION / 1000.0 * {rate},
                       GREATEST({rate}, 1.0)) AS available,
                 {DB_NOW_MS} AS now
-         FROM rate_limit WHERE name = 'wechat' {lock}"
+         FROM rate_limit WHERE name = 'wechat' {when} {lock}"
     )
 }
 

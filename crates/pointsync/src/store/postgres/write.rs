@@ -146,7 +146,7 @@ pub(super) fn push_bucket(q: &mut QueryBuilder<'_, Postgres>, qps: f64) {
     q.push("(SELECT * FROM (SELECT ")
         .push_bind(qps)
         .push("::DOUBLE PRECISION AS qps) r, LATERAL (")
-        .push(bucket("r.qps", "FOR UPDATE SKIP LOCKED"))
+        .push(bucket("r.qps", "", "FOR UPDATE SKIP LOCKED"))
         .push(") AS l) AS b");
 }
 
