@@ -102,6 +102,18 @@ async fn hold_member(db: &Database, openid: &str) -> sqlx::PgConnection {
     holder
 }
 
+/// A connection holding the shared rate's row (`rate_limit`) locked in an open transaction,
+/// until it commits or drops.
+async fn hold_rate_row(db: &Database) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT tokens FROM rate_limit WHERE name = 'wechat' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
 /// Drops the test database when the test ends (and lets go of the server).
 pub struct DropDatabase(String, Option<tokio::sync::OwnedRwLockReadGuard<()>>);
 
@@ -292,12 +304,7 @@ async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
     let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
     let before: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
-    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT tokens FROM rate_limit WHERE name = 'wechat' FOR UPDATE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_rate_row(&db).await;
     let now = pointsync::clock::now_ms();
     let empty = tokio::time::timeout(Duration::from_secs(5), s.claim("A", now, 30_000, 10))
         .await
@@ -1521,12 +1528,7 @@ async fn a_sync_leased_on_receipt_spends_the_shared_rate_and_never_waits_for_its
     );
     // another transaction holds the bucket's row: the callback is stored at once, not leased
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut holder = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT * FROM rate_limit FOR UPDATE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let mut holder = hold_rate_row(&db).await;
     let started = wechatpay::clock::monotonic();
     let p = payment("T9", "o1", 1_000, "S1");
     let stored = tokio::time::timeout(Duration::from_secs(10), s.ingest_leased(&p, &now(), &lease))
