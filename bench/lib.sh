@@ -53,3 +53,15 @@ pg_scratch_db() {
   { printf '[service]\ndatabase = "%s"\n' "$URL"; wechatpay_toml; } > "$WORK/pointsync.toml"
   ./target/release/pointsync migrate --config "$WORK/pointsync.toml" >/dev/null
 }
+
+# A free loopback port.
+port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
+# CPU ticks (user + system) process $1 has used so far.
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# PostgreSQL's CPU so far: its live processes, plus the children its postmaster reaped
+pg_ticks() {
+  local pm; pm=$(ps -C postgres -o pid=,ppid= | awk '$2==1 {print $1}' | head -1)
+  [ -n "$pm" ] || { echo 0; return; }
+  { for p in $(ps -C postgres -o pid=); do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || true; done
+    awk '{print $16+$17}' "/proc/$pm/stat"; } | awk '{s+=$1} END {print s+0}'
+}

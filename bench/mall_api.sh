@@ -14,7 +14,6 @@ PS=./target/release/pointsync; SIM=./target/release/wechatpay-sim
 SEED=./target/release/examples/mall_seed; LOAD=./target/release/examples/mall_load
 WORK=$(mktemp -d); SB=$WORK/sandbox
 "$SIM" init "$SB" >/dev/null
-port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 PUB=$(port); ADM=$(port); MALL=$(port); SIMP=$(port)
 SIM_URL=http://127.0.0.1:$SIMP
 PIDS=()
@@ -47,14 +46,13 @@ for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sl
 taskset -c 0 "$PS" serve --config "$WORK/pointsync.toml" >/dev/null 2>"$WORK/pointsync.log" &
 SVC=$!; PIDS+=($SVC)
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && break; sleep 0.05; done
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 URL=http://127.0.0.1:$MALL
 taskset -c 1 "$LOAD" "$URL" "$TOKEN" "$MEMBERS" 2 16 0 >/dev/null   # warm the page cache
 for run in 1 2 3; do
-  c0=$(cpu_ticks $SVC)
+  c0=$(ticks $SVC)
   R=$(taskset -c 1 "$LOAD" "$URL" "$TOKEN" "$MEMBERS" "$SECS" 16 0)
-  c1=$(cpu_ticks $SVC)
+  c1=$(ticks $SVC)
   python3 - "$R" "$c0" "$c1" "$HZ" "$SECS" "$ROWS" "$run" <<'PY'
 import json,sys
 r=json.loads(sys.argv[1]); c=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); secs=float(sys.argv[5])

@@ -11,13 +11,6 @@ cd "$(dirname "$0")/.."
 N=${1:-1}; S=${2:-20}
 pg_scratch_db pointsync_idle_$$
 PS_BIN=${PS_BIN:-./target/release/pointsync}
-port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-pg_ticks() {
-  local pm; pm=$(ps -C postgres -o pid=,ppid= | awk '$2==1 {print $1}' | head -1)
-  { for p in $(ps -C postgres -o pid=); do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || true; done
-    awk '{print $16+$17}' "/proc/$pm/stat"; } | awk '{s+=$1} END {print s+0}'
-}
 xacts() { psql -qAt "$URL" -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"; }
 wal() { psql -qAt "$URL" -c "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"; }
 SIM_URL=http://127.0.0.1:$(port)

@@ -17,7 +17,6 @@ POINTSYNC_BIN=${POINTSYNC_BIN:-./target/release/pointsync}
 SIM_BIN=${SIM_BIN:-./target/release/wechatpay-sim}
 WORK=$(mktemp -d); SB=$WORK/sandbox
 "$SIM_BIN" init "$SB" >/dev/null
-port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 PUB=$(port); ADM=$(port); SIMP=$(port)
 SIM_URL=http://127.0.0.1:$SIMP
 PIDS=()
@@ -42,7 +41,6 @@ SIMPID=$!; PIDS+=($SIMPID)
 for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sleep 0.05; done
 start_service
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # progress from the Prometheus scrape (cheap at any history size; /admin/status counts every row)
 done_count() { curl -s "http://127.0.0.1:$ADM/metrics" | awk '/^pointsync_syncs_total\{result="done"\}/ {n=$2} END {print n+0}'; }
 sync_latency() { # since MS → p50 p99 (ms)
@@ -57,7 +55,7 @@ PY
 phase() { # NAME COUNT RATE SEED
   local name=$1 count=$2 rate=$3 seed=$4 before t0 c0 now_ms
   curl -s -X POST "$SIM_URL/sim/reset" >/dev/null
-  before=$(done_count); now_ms=$(($(date +%s%N)/1000000)); t0=$(date +%s.%N); c0=$(cpu_ticks $SVC); s0=$(cpu_ticks $SIMPID)
+  before=$(done_count); now_ms=$(($(date +%s%N)/1000000)); t0=$(date +%s.%N); c0=$(ticks $SVC); s0=$(ticks $SIMPID)
   curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
     -d "{\"count\":$count,\"seed\":$seed,\"members\":200,\"rate_per_sec\":$rate}" >/dev/null
   # one long-lived poller (a python start per poll would eat a good part of a core)
@@ -76,7 +74,7 @@ while True:
 PY
   local wall cpu lat ack
   wall=$(python3 -c "import time;print(time.time()-$t0)")
-  cpu=$(( $(cpu_ticks $SVC) - c0 )); simcpu=$(( $(cpu_ticks $SIMPID) - s0 ))
+  cpu=$(( $(ticks $SVC) - c0 )); simcpu=$(( $(ticks $SIMPID) - s0 ))
   lat=$(sync_latency "$now_ms")
   ack=$(curl -s "$SIM_URL/sim/ack-latency")
   python3 - "$name" "$count" "$wall" "$cpu" "$lat" "$ack" "$FLOOR" "$simcpu" "$SIGN_US" "$VERIFY_US" <<'PY'

@@ -41,8 +41,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # context switches (voluntary and not) of process $1's live threads: its thread hand-offs and wake-ups
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {n+=$2} END {print n+0}'; }
 # syncs of result $1 (done, leased_on_receipt) so far, all instances together (admin ports after)
@@ -62,13 +60,6 @@ writer_stats() {
     echo "$(awk '{print $14+$15}' "$t/stat") $(awk '/^syscw/ {print $2}' "$t/io")"; return
   done
   echo "0 0"
-}
-# PostgreSQL's CPU so far: its live processes, plus the children its postmaster reaped
-pg_ticks() {
-  local pm; pm=$(ps -C postgres -o pid=,ppid= | awk '$2==1 {print $1}' | head -1)
-  [ -n "$pm" ] || { echo 0; return; }
-  { for p in $(ps -C postgres -o pid=); do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || true; done
-    awk '{print $16+$17}' "/proc/$pm/stat"; } | awk '{s+=$1} END {print s+0}'
 }
 
 # PostgreSQL's work in database $1 so far, as counts that no other load on the machine changes:
