@@ -20,7 +20,9 @@
 # compare two builds.
 # MAX_RATE: what the simulator offers in the maximum phase, payments/s (default 5000: an open loop
 # well past capacity). MEMBERS: how many members the generated payments are spread over (default
-# 200).
+# 200). PS_WORKERS: each instance's runtime worker threads (TOKIO_WORKER_THREADS); default its share
+# of the cores, cores ÷ instances and at least 1, as the README advises for instances sharing a
+# machine; "all" leaves tokio's default, one per core, to every instance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -106,8 +108,12 @@ run_setup() { # STORE INSTANCES
   RUST_LOG=warn "$SIM_BIN" serve "$SB" --listen "127.0.0.1:$SIMP" "${notify[@]}" --time-scale 0.01 >/dev/null 2>&1 &
   local sim=$!; PIDS+=("$sim")
   for _ in $(seq 200); do curl -sf "$SIM_URL/sim/counters" >/dev/null && break; sleep 0.05; done
+  local workers=${PS_WORKERS:-$(( CORES / n > 0 ? CORES / n : 1 ))}
+  local env_workers=(env)
+  if [ "$workers" = all ]; then workers="$CORES (tokio's default)"; else env_workers+=(TOKIO_WORKER_THREADS="$workers"); fi
+  echo "$store ×$n: runtime worker threads per instance: $workers"
   for i in $(seq 0 $((n - 1))); do
-    POINTSYNC__SERVICE__DATABASE=$db POINTSYNC__SERVICE__PUBLIC_LISTEN=127.0.0.1:${pubs[$i]} \
+    "${env_workers[@]}" POINTSYNC__SERVICE__DATABASE=$db POINTSYNC__SERVICE__PUBLIC_LISTEN=127.0.0.1:${pubs[$i]} \
       POINTSYNC__SERVICE__ADMIN_LISTEN=127.0.0.1:${adm[$i]} \
       "$PS_BIN" serve --config "$WORK/pointsync.toml" >/dev/null 2>"$WORK/pointsync-$i.log" &
     svc+=($!); PIDS+=($!)
