@@ -4,11 +4,12 @@
 //! Each row keeps its own fence (state, owner, attempt): an outcome whose attempt lost its lease
 //! changes nothing and its caller hears `false`, as one by one.
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use wechatpay::clock::monotonic;
 
-use super::{classify, retried};
+use super::held::Held;
+use super::{again, classify};
 use crate::store::{Claimed, StoreError, SyncOutcome};
 
 /// At most this many outcomes in one statement.
@@ -82,6 +83,8 @@ impl Completions {
 }
 
 async fn record_batches(pool: PgPool, database: String, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    // the recorder's connection, kept while batches come close together
+    let mut conn = Held::new(pool);
     let mut carried: Option<Queued> = None;
     loop {
         let first = match carried.take() {
@@ -114,7 +117,7 @@ async fn record_batches(pool: PgPool, database: String, mut rx: mpsc::UnboundedR
         }
         // one lock order for every instance's batches
         batch.sort_by_key(|(c, _)| c.id);
-        let result = record_batch(&pool, &batch).await;
+        let result = record(&mut conn, &batch).await;
         match result {
             Ok(updated) => {
                 for (c, reply) in batch {
@@ -131,8 +134,27 @@ async fn record_batches(pool: PgPool, database: String, mut rx: mpsc::UnboundedR
     }
 }
 
-/// The ids whose outcome was recorded.
-async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
+/// [`record_batch`] on the recorder's connection, kept for the next batch if it succeeds.
+async fn record(conn: &mut Held, batch: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
+    let mut c = conn.take().await?;
+    let mut attempt = 0;
+    loop {
+        match record_batch(&mut c, batch).await {
+            // run again on the same connection, as `retried` would
+            Err(e) => match again(&e, &mut attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
+            Ok(recorded) => {
+                conn.keep(c);
+                return Ok(recorded);
+            }
+        }
+    }
+}
+
+/// The ids whose outcome was recorded (one statement, its own transaction).
+async fn record_batch(c: &mut PgConnection, batch: &[Queued]) -> Result<Vec<i64>, sqlx::Error> {
     let column = |f: fn(&Completion) -> i64| batch.iter().map(|(c, _)| f(c)).collect::<Vec<_>>();
     let (ids, attempts, nows) = (
         column(|c| c.id),
@@ -143,8 +165,7 @@ async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx:
     let owners: Vec<&str> = batch.iter().map(|(c, _)| c.owner.as_str()).collect();
     let dues: Vec<Option<i64>> = batch.iter().map(|(c, _)| c.due_at).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|(c, _)| c.error.as_deref()).collect();
-    retried(|| {
-        sqlx::query_scalar(
+    sqlx::query_scalar(
             "UPDATE outbox o SET state = v.state, due_at = COALESCE(v.due_at, o.due_at),
                  last_error = COALESCE(v.error, o.last_error),
                  done_at = CASE WHEN v.state = 'done' THEN v.now_ms ELSE o.done_at END,
@@ -161,7 +182,6 @@ async fn record_batch(pool: &PgPool, batch: &[Queued]) -> Result<Vec<i64>, sqlx:
         .bind(&nows)
         .bind(&owners)
         .bind(&attempts)
-        .fetch_all(pool)
-    })
-    .await
+        .fetch_all(c)
+        .await
 }

@@ -41,12 +41,14 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use wechatpay::clock::monotonic;
 use wechatpay::notify::Event;
 
 use super::group::{Grouped, store_group};
+use super::held::Held;
 use super::write::{self, PgLease};
 use super::{classify, retried};
 use crate::rules::Rules;
@@ -267,6 +269,8 @@ async fn ingest_alone(
 }
 
 async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
+    // the lane's connection for its groups, kept while they come close together
+    let mut conn = Held::new(w.pool.clone());
     // callbacks whose member another transaction held when their group was written (of those
     // that may wait for company): they wait the commit wait again, for that transaction to end,
     // and try the next group before they wait for their members' locks alone
@@ -306,7 +310,7 @@ async fn lane(w: Writer, mut rx: mpsc::UnboundedReceiver<Job>) {
                 let _ = tokio::time::timeout(LANE_WAIT, w.alone(j)).await;
             }
         } else {
-            let (again, alone) = (w.group(group).await.into_iter())
+            let (again, alone) = (w.group(&mut conn, group).await.into_iter())
                 .partition(|j: &Job| j.company.is_some() && !j.carried);
             w.all_alone(alone);
             held = again;
@@ -340,8 +344,12 @@ impl Writer {
 
     /// Writes `jobs` in one transaction: those whose member lock is free now, all of them alone
     /// if the transaction fails; returns the others.
-    async fn group(&self, jobs: Vec<Job>) -> Vec<Job> {
-        let mut tx = match self.pool.begin_with(BEGIN).await {
+    async fn group(&self, conn: &mut Held, jobs: Vec<Job>) -> Vec<Job> {
+        let Ok(mut c) = conn.take().await else {
+            self.all_alone(jobs);
+            return Vec::new();
+        };
+        let mut tx = match c.begin_with(BEGIN).await {
             Ok(tx) => tx,
             Err(_) => {
                 self.all_alone(jobs);
@@ -413,6 +421,7 @@ impl Writer {
             self.all_alone(grouped);
             return waiting;
         }
+        conn.keep(c);
         for (job, s) in grouped.into_iter().zip(stored) {
             let _ = job.reply.send(Ok(s));
         }

@@ -17,6 +17,7 @@ mod batch;
 mod claim;
 mod completions;
 mod group;
+mod held;
 mod ingests;
 mod read;
 mod snapshot;
@@ -248,13 +249,22 @@ where
     let mut attempt = 0;
     loop {
         match write().await {
-            Err(e) if retryable(&e) && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-            }
-            r => return r,
+            Err(e) => match again(&e, &mut attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
+            done => return done,
         }
     }
+}
+
+/// [`retried`]'s rule: how long to wait before running again a write that failed with `e` for
+/// the `attempt`-th time (counted here), or `None` when it must not run again.
+fn again(e: &sqlx::Error, attempt: &mut u64) -> Option<Duration> {
+    (retryable(e) && *attempt < 5).then(|| {
+        *attempt += 1;
+        Duration::from_millis(5 * *attempt)
+    })
 }
 
 /// A write of the store's, [`retried`], its error named.
