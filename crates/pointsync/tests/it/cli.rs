@@ -689,10 +689,7 @@ async fn serve_runs_the_worker_threads_it_is_given() {
     // one per core by default; `TOKIO_WORKER_THREADS` (README) sets another number
     let dir = tempfile::tempdir().unwrap();
     let config = demo_config(dir.path());
-    let port = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let port = crate::harness::free_port;
     let (public, admin) = (port(), port());
     let env = [("TOKIO_WORKER_THREADS".to_string(), "3".to_string())];
     let (mut child, _) =
@@ -704,6 +701,20 @@ async fn serve_runs_the_worker_threads_it_is_given() {
         metrics.lines().any(|l| l == "pointsync_runtime_workers 3"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+#[should_panic(expected = "cannot bind")]
+async fn a_child_exiting_during_start_up_is_reported_with_its_stderr() {
+    // what the multi-instance and crash tests print when a `pointsync serve` of theirs dies
+    // before it is healthy: its own words, here that its callback port is taken
+    let dir = tempfile::tempdir().unwrap();
+    let config = demo_config(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let public = taken.local_addr().unwrap().to_string();
+    let admin = crate::harness::free_port();
+    crate::harness::spawn_serve(Path::new(&config), &public, &admin, &[]).await;
+    drop(taken);
 }
 
 #[test]

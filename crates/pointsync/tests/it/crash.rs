@@ -15,7 +15,7 @@ use wechatpay_sim::{
     GenerateSpec, NewMember, NewPayment, PushConfig, Sandbox, SimConfig, Simulator, TrustMode,
 };
 
-use crate::harness::{assert_invariants, fast_push, spawn_serve, wait_quiet};
+use crate::harness::{assert_invariants, fast_push, free_port, spawn_serve, wait_quiet};
 
 struct Rig {
     sim: Simulator,
@@ -26,11 +26,6 @@ struct Rig {
     /// More `POINTSYNC__…` settings for every start.
     env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 impl Rig {

@@ -410,10 +410,17 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A loopback address whose port was free a moment ago, for a child's listener.
+pub fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 /// Starts a `pointsync serve` child on `config` with its listeners on `public` and `admin`, short
 /// leases (2 s) for fault tests, and `env` on top; waits until it answers `/healthz` (only once its
 /// callback listener is bound). Returns the child and how long it took; fails naming the instance
-/// if it exits or does not become healthy within 20 s.
+/// if it exits or does not become healthy within 20 s, with what it wrote to stderr (its errors,
+/// appended over its restarts to `serve-<admin port>.log` beside `config`).
 pub async fn spawn_serve(
     config: &std::path::Path,
     public: &str,
@@ -421,6 +428,18 @@ pub async fn spawn_serve(
     env: &[(String, String)],
 ) -> (std::process::Child, Duration) {
     let started = wechatpay::clock::monotonic();
+    let port = admin.rsplit(':').next().unwrap_or(admin);
+    let log = config.with_file_name(format!("serve-{port}.log"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let said = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pointsync"))
         .args(["serve", "--config"])
         .arg(config)
@@ -433,7 +452,7 @@ pub async fn spawn_serve(
         .env_remove(pointsync::crash::ENV)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = wechatpay::clock::monotonic() + Duration::from_secs(20);
@@ -444,11 +463,15 @@ pub async fn spawn_serve(
             return (child, started.elapsed());
         }
         if let Ok(Some(s)) = child.try_wait() {
-            panic!("pointsync serve ({admin}) exited during start-up: {s}");
+            panic!(
+                "pointsync serve ({admin}) exited during start-up: {s}; its stderr:\n{}",
+                said()
+            );
         }
         assert!(
             wechatpay::clock::monotonic() < deadline,
-            "pointsync serve ({admin}) did not become healthy"
+            "pointsync serve ({admin}) did not become healthy; its stderr:\n{}",
+            said()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

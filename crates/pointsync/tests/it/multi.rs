@@ -9,13 +9,8 @@ use pointsync::store::postgres::PgStore;
 use pointsync::store::{OpenOptions, Store};
 use wechatpay_sim::{GenerateSpec, PushConfig, Sandbox, SimConfig, Simulator, TrustMode};
 
-use crate::harness::{assert_invariants, fast_push, metric, spawn_serve, wait_quiet};
+use crate::harness::{assert_invariants, fast_push, free_port, metric, spawn_serve, wait_quiet};
 use crate::postgres::{DropDatabase, fresh_database, fresh_database_unlocked, server_alone};
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
 
 struct Instance {
     public: String,
