@@ -114,6 +114,15 @@ async fn hold_rate_row(db: &Database) -> sqlx::PgConnection {
     holder
 }
 
+/// A store on `db` whose instances share an outgoing rate of `qps` syncs per second.
+async fn rated_store(db: &Database, qps: f64) -> PgStore {
+    let opts = OpenOptions {
+        rate_qps: qps,
+        ..OpenOptions::default()
+    };
+    PgStore::open(db, &opts).await.unwrap()
+}
+
 /// Drops the test database when the test ends (and lets go of the server).
 pub struct DropDatabase(String, Option<tokio::sync::OwnedRwLockReadGuard<()>>);
 
@@ -296,11 +305,7 @@ async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
     let Some((_guard, db)) = fresh_database().await else {
         return;
     };
-    let opts = OpenOptions {
-        rate_qps: 5.0,
-        ..OpenOptions::default()
-    };
-    let s = PgStore::open(&db, &opts).await.unwrap();
+    let s = rated_store(&db, 5.0).await;
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
     let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
     let before: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
@@ -1491,11 +1496,7 @@ async fn a_sync_leased_on_receipt_spends_the_shared_rate_and_never_waits_for_its
     let Some((_guard, db)) = fresh_database().await else {
         return;
     };
-    let opts = OpenOptions {
-        rate_qps: 2.0,
-        ..OpenOptions::default()
-    };
-    let s = PgStore::open(&db, &opts).await.unwrap();
+    let s = rated_store(&db, 2.0).await;
     let rules = trusting();
     let lease = Lease {
         owner: "A",
