@@ -714,7 +714,6 @@ async fn a_child_exiting_during_start_up_is_reported_with_its_stderr() {
     let public = taken.local_addr().unwrap().to_string();
     let admin = crate::harness::free_port();
     crate::harness::spawn_serve(Path::new(&config), &public, &admin, &[]).await;
-    drop(taken);
 }
 
 #[test]
