@@ -36,6 +36,9 @@ crypto_speed() {
   done
 }
 
+# The URL of database $2 on the server at URL $1 (the same server, user and options).
+db_url() { python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$1" "$2"; }
+
 # A scratch PostgreSQL database $1 on the server at $PG_ADMIN (default the local one), created and
 # migrated by pointsync's release build, its URL in $URL, and a scratch directory in $WORK; both
 # are removed when the script exits.
@@ -45,7 +48,7 @@ pg_scratch_db() {
   WORK=$(mktemp -d)
   trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $SCRATCH_DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
   cargo build --release -q -p pointsync -p wechatpay-sim
-  URL=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$1")
+  URL=$(db_url "$PG_ADMIN" "$1")
   psql -q "$PG_ADMIN" -c "CREATE DATABASE $1" >/dev/null
   # a configuration only for `migrate` (it checks the merchant's settings too): the simulator's
   SB=$WORK/sandbox; SIM_URL=http://127.0.0.1:9

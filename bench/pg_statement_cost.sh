@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 S=${1:-5}
 PG_ADMIN=${POINTSYNC_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=pointsync_cost_$$
-URL=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$DB")
+URL=$(db_url "$PG_ADMIN" "$DB")
 WORK=$(mktemp -d)
 trap 'psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 psql -q "$PG_ADMIN" -c "CREATE DATABASE $DB" >/dev/null

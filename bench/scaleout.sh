@@ -98,7 +98,7 @@ run_setup() { # STORE INSTANCES
   else
     DB_NAME=pointsync_bench_$$_$n
     psql -q "$PG_ADMIN" -c "CREATE DATABASE $DB_NAME" >/dev/null
-    db=$(python3 -c "import urllib.parse as u,sys;p=u.urlparse(sys.argv[1]);print(p._replace(path='/'+sys.argv[2]).geturl())" "$PG_ADMIN" "$DB_NAME")
+    db=$(db_url "$PG_ADMIN" "$DB_NAME")
     # the instances migrate it as they open it (an advisory lock serialises them)
   fi
   local pubs=()
