@@ -3,6 +3,13 @@
 //! of them, so a completion costs a fraction of a round trip, under load and at moderate rates.
 //! Each row keeps its own fence (state, owner, attempt): an outcome whose attempt lost its lease
 //! changes nothing and its caller hears `false`, as one by one.
+//!
+//! The statement runs on a pool of its own whose planner settings ([`PLANNER`]) leave it one plan:
+//! each outcome's row looked up by its key. Left to itself, PostgreSQL planned it once, early, on
+//! a nearly empty outbox, and kept that plan: a hash join over every `inflight` entry of the state
+//! index, which holds a dead entry for every sync finished since the last vacuum (a bitmap scan
+//! never marks them dead). Behind two instances at the maximum each batch read ~15,000 index
+//! entries after 15,000 payments, 8–11 ms a batch, ~70 µs per outcome (BENCHMARKS.md).
 
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
@@ -14,6 +21,29 @@ use crate::store::{Claimed, StoreError, SyncOutcome};
 
 /// At most this many outcomes in one statement.
 const MAX_BATCH: usize = 512;
+
+/// The recorder's pool's planner settings: no sequential, bitmap, hash or merge plan, so the
+/// outcomes (a function scan of the arrays) drive a nested loop over the outbox's primary key,
+/// whatever the table's size and statistics when the plan was made. Only [`RECORD`] runs there.
+pub(super) const PLANNER: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// Records a batch's outcomes, each row fenced by its state, owner and attempt. The state's test
+/// is written `(…) IS TRUE`, which no index can answer: otherwise a plan made while the outbox was
+/// small would scan the state index's `inflight` entries, dead ones included.
+const RECORD: &str = "UPDATE outbox o SET state = v.state, due_at = COALESCE(v.due_at, o.due_at),
+         last_error = COALESCE(v.error, o.last_error),
+         done_at = CASE WHEN v.state = 'done' THEN v.now_ms ELSE o.done_at END,
+         lease_owner = NULL, lease_until = NULL
+     FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
+          AS v (id, state, due_at, error, now_ms, owner, attempt)
+     WHERE o.id = v.id AND (o.state = 'inflight') IS TRUE AND o.lease_owner = v.owner
+       AND o.attempts = v.attempt
+     RETURNING o.id";
 
 /// How long a batch waits for more outcomes before it is written. Under load the queue fills a
 /// batch on its own; at a moderate rate (200 payments/s: one outcome every 5 ms, every 10 ms on
@@ -48,7 +78,8 @@ pub(super) struct Completions {
 }
 
 impl Completions {
-    /// Starts the recording task on the current runtime; it ends when the last clone goes.
+    /// Starts the recording task on the current runtime, on `pool` (its own, opened with
+    /// [`PLANNER`]); the task ends when the last clone goes.
     pub(super) fn start(pool: PgPool, database: String) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(record_batches(pool, database.clone(), rx));
@@ -165,16 +196,7 @@ async fn record_batch(c: &mut PgConnection, batch: &[Queued]) -> Result<Vec<i64>
     let owners: Vec<&str> = batch.iter().map(|(c, _)| c.owner.as_str()).collect();
     let dues: Vec<Option<i64>> = batch.iter().map(|(c, _)| c.due_at).collect();
     let errors: Vec<Option<&str>> = batch.iter().map(|(c, _)| c.error.as_deref()).collect();
-    sqlx::query_scalar(
-            "UPDATE outbox o SET state = v.state, due_at = COALESCE(v.due_at, o.due_at),
-                 last_error = COALESCE(v.error, o.last_error),
-                 done_at = CASE WHEN v.state = 'done' THEN v.now_ms ELSE o.done_at END,
-                 lease_owner = NULL, lease_until = NULL
-             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[])
-                  AS v (id, state, due_at, error, now_ms, owner, attempt)
-             WHERE o.id = v.id AND o.state = 'inflight' AND o.lease_owner = v.owner AND o.attempts = v.attempt
-             RETURNING o.id",
-        )
+    sqlx::query_scalar(RECORD)
         .bind(&ids)
         .bind(&states)
         .bind(&dues)
@@ -184,4 +206,87 @@ async fn record_batch(c: &mut PgConnection, batch: &[Queued]) -> Result<Vec<i64>
         .bind(&attempts)
         .fetch_all(c)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::Executor;
+
+    use super::*;
+    use crate::store::postgres::{connect, migrate_pool, testing};
+
+    /// [`RECORD`]'s generic plan on a connection of `pool` (the plan a prepared statement keeps
+    /// after its fifth run, made from the statistics of the moment), as `EXPLAIN` prints it.
+    async fn plan(pool: &PgPool) -> String {
+        let mut c = pool.acquire().await.unwrap();
+        c.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        c.execute(
+            format!(
+                "PREPARE record_plan (BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[]) AS {RECORD}"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN EXECUTE record_plan('{1,2}', '{done,done}', '{NULL,NULL}', '{NULL,NULL}',
+                                         '{1,1}', '{a,a}', '{1,1}')",
+        )
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        c.execute("DEALLOCATE record_plan; RESET plan_cache_mode")
+            .await
+            .unwrap();
+        lines.join("\n")
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_looked_up_by_their_key_however_large_the_outbox_was_when_planned() {
+        let Some((db, _drop)) = testing::scratch("the outcome statement's plan").await else {
+            return;
+        };
+        let wait = Duration::from_secs(5);
+        let main = connect(&db, wait, 2, &[]).await.unwrap();
+        migrate_pool(&main, "scratch").await.unwrap();
+        let recorder = connect(&db, wait, 1, PLANNER).await.unwrap();
+        // an outbox never analysed (as in its first minute), empty, then with 3,000 rows of which
+        // 200 in flight: sizes at which PostgreSQL left to itself plans a scan of the state index
+        for rows in [0, 3000] {
+            sqlx::query(
+                "INSERT INTO outbox (transaction_id, payload, state, attempts, due_at, created_at,
+                                     lease_owner, lease_until)
+                 SELECT 't' || g, repeat('x', 300),
+                        CASE WHEN g > $1 - 200 THEN 'inflight' ELSE 'done' END, 1, g, g, 'a', 9
+                 FROM generate_series(1, $1) g",
+            )
+            .bind(rows)
+            .execute(&main)
+            .await
+            .unwrap();
+            let pinned = plan(&recorder).await;
+            assert!(
+                pinned.contains("Nested Loop")
+                    && pinned.contains("Index Scan using outbox_pkey on outbox"),
+                "{rows} rows: the outcomes drive lookups by key:\n{pinned}"
+            );
+            for other in ["outbox_due", "Seq Scan on outbox", "Bitmap", "Hash"] {
+                assert!(
+                    !pinned.contains(other),
+                    "{rows} rows: no {other} in the plan:\n{pinned}"
+                );
+            }
+            eprintln!(
+                "{rows} rows, the plan without the recorder's settings:\n{}",
+                plan(&main).await
+            );
+            sqlx::query("TRUNCATE outbox").execute(&main).await.unwrap();
+        }
+        main.close().await;
+        recorder.close().await;
+    }
 }

@@ -59,27 +59,9 @@ mod tests {
             .unwrap()
     }
 
-    /// The server at `POINTSYNC_TEST_POSTGRES` (as the integration tests), or `None` (skipped,
-    /// said) without one unless `POINTSYNC_REQUIRE_POSTGRES=1`.
-    async fn pool() -> Option<PgPool> {
-        let url = std::env::var("POINTSYNC_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        match PgPool::connect(&url).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                assert!(
-                    std::env::var("POINTSYNC_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "PostgreSQL is required but {url} is unreachable: {e}"
-                );
-                eprintln!("SKIPPED: the kept connection's test: {url} is unreachable ({e})");
-                None
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_connection_is_kept_while_used_within_a_second_then_given_back() {
-        let Some(pool) = pool().await else {
+        let Some(pool) = super::super::testing::pool("the kept connection's test").await else {
             return;
         };
         // two idle connections in the pool, `first` at the head of its queue

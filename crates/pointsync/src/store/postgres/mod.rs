@@ -22,6 +22,8 @@ mod held;
 mod ingests;
 mod read;
 mod snapshot;
+#[cfg(test)]
+mod testing;
 mod write;
 
 use std::str::FromStr;
@@ -146,9 +148,18 @@ fn url(db: &Database) -> Result<&str, StoreError> {
     }
 }
 
-async fn connect(db: &Database, timeout: Duration, max: u32) -> Result<PgPool, StoreError> {
+/// A pool of at most `max` connections to `db`, each with the server `settings` given (as
+/// `-c name=value` at connection start).
+async fn connect(
+    db: &Database,
+    timeout: Duration,
+    max: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, StoreError> {
     let name = db.to_string();
-    let opts = PgConnectOptions::from_str(url(db)?).map_err(|e| classify(&name, "parsing", e))?;
+    let opts = PgConnectOptions::from_str(url(db)?)
+        .map_err(|e| classify(&name, "parsing", e))?
+        .options(settings.iter().copied());
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(timeout)
@@ -318,14 +329,12 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn open(db: &Database, opts: &OpenOptions) -> Result<Self, StoreError> {
-        let pool = connect(db, opts.busy_timeout, 16).await?;
+        let pool = connect(db, opts.busy_timeout, 16, &[]).await?;
         let database = db.to_string();
         migrate_pool(&pool, &database).await?;
+        let recorder = connect(db, opts.busy_timeout, 1, completions::PLANNER).await?;
         Ok(Self {
-            completions: Some(completions::Completions::start(
-                pool.clone(),
-                database.clone(),
-            )),
+            completions: Some(completions::Completions::start(recorder, database.clone())),
             ingests: Some(ingests::Ingests::start(
                 pool.clone(),
                 database.clone(),
@@ -340,7 +349,7 @@ impl Store for PgStore {
     }
 
     async fn open_read_only(db: &Database) -> Result<Self, StoreError> {
-        let pool = connect(db, Duration::from_secs(5), 2).await?;
+        let pool = connect(db, Duration::from_secs(5), 2, &[]).await?;
         let database = db.to_string();
         at_latest(&pool, &database).await?;
         Ok(Self {
@@ -354,7 +363,7 @@ impl Store for PgStore {
     }
 
     async fn check(db: &Database) -> Result<String, StoreError> {
-        let pool = connect(db, Duration::from_secs(5), 1).await?;
+        let pool = connect(db, Duration::from_secs(5), 1, &[]).await?;
         let name = db.to_string();
         at_latest(&pool, &name).await?;
         let named = |e| classify(&name, "a test write", e);
@@ -367,7 +376,7 @@ impl Store for PgStore {
     }
 
     async fn migrate(db: &Database) -> Result<Migrated, StoreError> {
-        let pool = connect(db, Duration::from_secs(5), 1).await?;
+        let pool = connect(db, Duration::from_secs(5), 1, &[]).await?;
         let applied = migrate_pool(&pool, &db.to_string()).await?;
         Ok(Migrated {
             applied,
