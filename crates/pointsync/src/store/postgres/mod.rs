@@ -11,8 +11,8 @@
 //! `ingests.rs` stores callbacks (alone, or grouped in lanes), `write.rs` holds the writes
 //! (snapshot, plan application, outbox), `batch.rs` the writes of a group's callbacks read together
 //! in one statement, `claim.rs` the claims, `completions.rs` the batched
-//! sync outcomes, `held.rs` the connection a lane or the outcome recorder keeps between uses,
-//! `read.rs` the queries.
+//! sync outcomes (on a pool of their own), `held.rs` the connection a lane or the outcome recorder
+//! keeps between uses, `read.rs` the queries, `testing.rs` the unit tests' server.
 
 mod batch;
 mod claim;
