@@ -212,37 +212,18 @@ async fn record_batch(c: &mut PgConnection, batch: &[Queued]) -> Result<Vec<i64>
 mod tests {
     use std::time::Duration;
 
-    use sqlx::Executor;
-
     use super::*;
     use crate::store::postgres::{connect, migrate_pool, testing};
 
-    /// [`RECORD`]'s generic plan on a connection of `pool` (the plan a prepared statement keeps
-    /// after its fifth run, made from the statistics of the moment), as `EXPLAIN` prints it.
+    /// [`RECORD`]'s generic plan on a connection of `pool`.
     async fn plan(pool: &PgPool) -> String {
-        let mut c = pool.acquire().await.unwrap();
-        c.execute("SET plan_cache_mode = force_generic_plan")
-            .await
-            .unwrap();
-        c.execute(
-            format!(
-                "PREPARE record_plan (BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[]) AS {RECORD}"
-            )
-            .as_str(),
+        testing::generic_plan(
+            pool,
+            RECORD,
+            "BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[], TEXT[], BIGINT[]",
+            "'{1,2}', '{done,done}', '{NULL,NULL}', '{NULL,NULL}', '{1,1}', '{a,a}', '{1,1}'",
         )
         .await
-        .unwrap();
-        let lines: Vec<String> = sqlx::query_scalar(
-            "EXPLAIN EXECUTE record_plan('{1,2}', '{done,done}', '{NULL,NULL}', '{NULL,NULL}',
-                                         '{1,1}', '{a,a}', '{1,1}')",
-        )
-        .fetch_all(&mut *c)
-        .await
-        .unwrap();
-        c.execute("DEALLOCATE record_plan; RESET plan_cache_mode")
-            .await
-            .unwrap();
-        lines.join("\n")
     }
 
     #[tokio::test]

@@ -2,8 +2,8 @@
 //! one, as the integration tests), skipped with a message when unreachable unless
 //! `POINTSYNC_REQUIRE_POSTGRES=1`, and scratch databases dropped when the test ends.
 
-use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Connection, Executor};
 
 use crate::store::Database;
 
@@ -65,4 +65,25 @@ impl Drop for Scratch {
         })
         .join();
     }
+}
+
+/// `sql`'s generic plan (the plan a prepared statement keeps after its fifth run, made from the
+/// statistics of the moment) on a connection of `pool`, as `EXPLAIN` prints it: `types` are its
+/// parameters' types and `args` the values to explain it with, both as SQL lists.
+pub(super) async fn generic_plan(pool: &PgPool, sql: &str, types: &str, args: &str) -> String {
+    let mut c = pool.acquire().await.unwrap();
+    c.execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    c.execute(format!("PREPARE explained ({types}) AS {sql}").as_str())
+        .await
+        .unwrap();
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE explained({args})"))
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+    c.execute("DEALLOCATE explained; RESET plan_cache_mode")
+        .await
+        .unwrap();
+    lines.join("\n")
 }
