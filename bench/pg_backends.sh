@@ -39,4 +39,4 @@ for k, v in kinds.most_common():
     print(f"{v:6d}  {k} ({n[k]} backends)")
 print(f"{sum(kinds.values()):6d}  in all")
 PY
-grep "max:" "$OUT/bench.txt" | cut -c1-160
+grep "max:" "$OUT/bench.txt" | sed -E "s/; callback.*(PostgreSQL [^,]*, [0-9]+ buffer accesses).*/; \1/"

@@ -26,11 +26,14 @@ fn lease_sql(which: &str, limit_sql: &str) -> String {
 /// The lease of `which` (at most `limit` rows) taking the shared rate's tokens in the same
 /// statement: a bucket refilled at `rate` on the database's clock (one second's burst at most),
 /// read from the rate's row, waited for, as many rows leased as it holds whole tokens, the rest
-/// written back. The rate's row is read only while a row is due: a claim finding nothing (the
-/// dispatcher's polls at a quiet hour) neither locks nor writes it, so its transaction writes
-/// nothing and commits without a flush. The bucket it leaves is the same: a refill computed
-/// later from the older state gives the same tokens, one second's burst at most either way.
-fn rated(which: &str, limit: &str, rate: &str) -> String {
+/// written back. When `checked`, the rate's row is read only while a row is due: a claim finding
+/// nothing (the dispatcher's polls at a quiet hour) neither locks nor writes it, so its
+/// transaction writes nothing and commits without a flush. The bucket it leaves is the same: a
+/// refill computed later from the older state gives the same tokens, one second's burst at most
+/// either way. Unchecked, the statement walks the due rows once instead of twice (the check's
+/// scan passes the same dead index entries of rows claimed since the last vacuum as the lease's).
+fn rated(which: &str, limit: &str, rate: &str, checked: bool) -> String {
+    let due = format!("AND EXISTS (SELECT 1 FROM outbox WHERE state = 'pending' AND {which})");
     format!(
         "WITH bucket AS ({}),
          claimed AS ({}),
@@ -40,11 +43,7 @@ fn rated(which: &str, limit: &str, rate: &str) -> String {
              WHERE name = 'wechat' AND EXISTS (SELECT 1 FROM bucket)
          )
          SELECT * FROM claimed",
-        bucket(
-            rate,
-            &format!("AND EXISTS (SELECT 1 FROM outbox WHERE state = 'pending' AND {which})"),
-            "FOR UPDATE"
-        ),
+        bucket(rate, if checked { &due } else { "" }, "FOR UPDATE"),
         lease_sql(
             which,
             &format!(
@@ -75,8 +74,13 @@ const DUE: &str = "due_at <= $3";
 static CLAIM: LazyLock<String> = LazyLock::new(|| lease_sql(DUE, "$4"));
 
 /// The claim taking the shared rate's tokens in the same statement ($5 the rate); the rate's row
-/// is waited for.
-static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5"));
+/// is waited for, and read only if a row is due.
+static CLAIM_RATED: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5", true));
+
+/// [`CLAIM_RATED`] without the check that a row is due: after a claim that came back full, when
+/// more are most likely due (under load every claim). Finding none, it rewrites the rate's row
+/// once, with the tokens it holds.
+static CLAIM_RATED_BUSY: LazyLock<String> = LazyLock::new(|| rated(DUE, "$4", "$5", false));
 
 /// A claimed row (`RETURNING id, transaction_id, method, path, payload, attempts, created_at,
 /// due_at`) and its due time.
@@ -99,16 +103,21 @@ fn claimed(r: &PgRow) -> R<(i64, Claimed)> {
 /// (`qps` > 0) only as many as the instances' common token bucket holds now (refilled on the
 /// database's clock, one second's burst at most), taken in the same statement, so all instances
 /// together never exceed `qps`. The bucket row's lock serialises claimers; a row another claimer
-/// took meanwhile fails the re-check of `state = 'pending'` and is skipped.
+/// took meanwhile fails the re-check of `state = 'pending'` and is skipped. `busy`: the caller's
+/// last claim came back full, so the rate's row is taken without first checking a row is due.
 pub(super) async fn claim(
     pool: &PgPool,
     owner: &str,
-    now_ms: i64,
-    lease_ms: i64,
+    (now_ms, lease_ms): (i64, i64),
     limit: i64,
     qps: f64,
+    busy: bool,
 ) -> R<Vec<Claimed>> {
-    let sql: &str = if qps > 0.0 { &CLAIM_RATED } else { &CLAIM };
+    let sql: &str = match (qps > 0.0, busy) {
+        (false, _) => &CLAIM,
+        (true, false) => &CLAIM_RATED,
+        (true, true) => &CLAIM_RATED_BUSY,
+    };
     let mut q = sqlx::query(sql)
         .bind(owner)
         .bind(lease_ms)
@@ -122,4 +131,70 @@ pub(super) async fn claim(
     // RETURNING keeps no order: the oldest due first, as claimed
     out.sort_by_key(|(due, c)| (*due, c.id));
     Ok(out.into_iter().map(|(_, c)| c).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::postgres::{connect, migrate_pool, testing};
+
+    async fn due(pool: &PgPool, n: i64) {
+        sqlx::query(
+            "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
+             SELECT 't' || (SELECT COUNT(*) FROM outbox) + g, '{}', 'pending', 0, 0
+             FROM generate_series(1, $1) g",
+        )
+        .bind(n)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_without_the_due_check_leases_the_same_rows_and_spends_the_same_tokens() {
+        let Some((db, _drop)) = testing::scratch("the unchecked claim").await else {
+            return;
+        };
+        let pool = connect(&db, Duration::from_secs(5), 2, &[]).await.unwrap();
+        migrate_pool(&pool, "scratch").await.unwrap();
+        let tokens = || async {
+            sqlx::query_scalar::<_, f64>("SELECT tokens FROM rate_limit WHERE name = 'wechat'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        // a rate of 6 per second, its bucket full (one second's burst)
+        sqlx::query("UPDATE rate_limit SET tokens = 6, at_ms = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
+            .execute(&pool)
+            .await
+            .unwrap();
+        due(&pool, 6).await;
+        for busy in [false, true] {
+            let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, busy).await.unwrap();
+            assert_eq!(
+                rows.len(),
+                3,
+                "busy {busy}: as many as asked and the bucket holds"
+            );
+        }
+        // six leased of six tokens (and the little refilled meanwhile)
+        assert!(tokens().await < 1.5, "every lease spent a token");
+        // nothing due: the unchecked claim leases nothing and leaves the bucket whole
+        sqlx::query("UPDATE outbox SET state = 'done'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, true).await.unwrap();
+        assert!(rows.is_empty());
+        let left = tokens().await;
+        assert!(left >= 2.0, "refilled and none spent: {left}");
+        // a due row: leased by either form
+        due(&pool, 1).await;
+        let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, true).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        pool.close().await;
+    }
 }

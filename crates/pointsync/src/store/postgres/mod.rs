@@ -27,6 +27,7 @@ mod testing;
 mod write;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -97,6 +98,9 @@ pub struct PgStore {
     completions: Option<completions::Completions>,
     /// Callbacks stored, grouped under load (`None` when read-only).
     ingests: Option<ingests::Ingests>,
+    /// Whether the last claim took as many rows as it asked for (the next one then skips its
+    /// check that a row is due: `claim.rs`).
+    claims_full: Arc<AtomicBool>,
 }
 
 fn code(e: &sqlx::Error) -> Option<String> {
@@ -356,6 +360,7 @@ impl Store for PgStore {
             database,
             read_only: false,
             rate_qps: opts.rate_qps,
+            claims_full: Arc::default(),
         })
     }
 
@@ -368,6 +373,7 @@ impl Store for PgStore {
             database,
             read_only: true,
             rate_qps: 0.0,
+            claims_full: Arc::default(),
             completions: None,
             ingests: None,
         })
@@ -417,11 +423,22 @@ impl Store for PgStore {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
-        retrying!(
+        let busy = self.claims_full.load(Ordering::Relaxed);
+        let rows = retrying!(
             self,
             "claiming syncs",
-            claim::claim(&self.pool, owner, now_ms, lease_ms, limit, self.rate_qps)
-        )
+            claim::claim(
+                &self.pool,
+                owner,
+                (now_ms, lease_ms),
+                limit,
+                self.rate_qps,
+                busy
+            )
+        )?;
+        self.claims_full
+            .store(limit > 0 && rows.len() as i64 == limit, Ordering::Relaxed);
+        Ok(rows)
     }
 
     async fn complete(
