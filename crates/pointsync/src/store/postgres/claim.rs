@@ -138,7 +138,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::postgres::{connect, migrate_pool, testing};
+    use crate::store::postgres::testing;
 
     async fn due(pool: &PgPool, n: i64) {
         sqlx::query(
@@ -154,11 +154,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_without_the_due_check_leases_the_same_rows_and_spends_the_same_tokens() {
-        let Some((db, _drop)) = testing::scratch("the unchecked claim").await else {
+        let Some((_, pool, _drop)) = testing::migrated("the unchecked claim").await else {
             return;
         };
-        let pool = connect(&db, Duration::from_secs(5), 2, &[]).await.unwrap();
-        migrate_pool(&pool, "scratch").await.unwrap();
         let tokens = || async {
             sqlx::query_scalar::<_, f64>("SELECT tokens FROM rate_limit WHERE name = 'wechat'")
                 .fetch_one(&pool)

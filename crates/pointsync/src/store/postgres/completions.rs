@@ -213,7 +213,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::postgres::{connect, migrate_pool, testing};
+    use crate::store::postgres::{connect, testing};
 
     /// [`RECORD`]'s generic plan on a connection of `pool`.
     async fn plan(pool: &PgPool) -> String {
@@ -228,13 +228,13 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_are_looked_up_by_their_key_however_large_the_outbox_was_when_planned() {
-        let Some((db, _drop)) = testing::scratch("the outcome statement's plan").await else {
+        let Some((db, main, _drop)) = testing::migrated("the outcome statement's plan").await
+        else {
             return;
         };
-        let wait = Duration::from_secs(5);
-        let main = connect(&db, wait, 2, &[]).await.unwrap();
-        migrate_pool(&main, "scratch").await.unwrap();
-        let recorder = connect(&db, wait, 1, PLANNER).await.unwrap();
+        let recorder = connect(&db, Duration::from_secs(5), 1, PLANNER)
+            .await
+            .unwrap();
         // an outbox never analysed (as in its first minute), empty, then with 3,000 rows of which
         // 200 in flight: sizes at which PostgreSQL left to itself plans a scan of the state index
         for rows in [0, 3000] {

@@ -678,11 +678,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_renewal_looks_its_row_up_by_key_however_small_the_outbox_was_when_planned() {
-        let Some((db, _drop)) = testing::scratch("the renewal's plan").await else {
+        let Some((_, pool, _drop)) = testing::migrated("the renewal's plan").await else {
             return;
         };
-        let pool = connect(&db, Duration::from_secs(5), 1, &[]).await.unwrap();
-        migrate_pool(&pool, "scratch").await.unwrap();
         // empty and never analysed: the state index's scan costs as little as the key's
         let plan = testing::generic_plan(
             &pool,

@@ -43,6 +43,17 @@ pub(super) async fn scratch(test: &str) -> Option<(Database, Scratch)> {
     Some((db, Scratch(name)))
 }
 
+/// A scratch database with the store's schema and a pool of two connections on it (`None`
+/// without a server).
+pub(super) async fn migrated(test: &str) -> Option<(Database, PgPool, Scratch)> {
+    let (db, scratch) = self::scratch(test).await?;
+    let pool = super::connect(&db, std::time::Duration::from_secs(5), 2, &[])
+        .await
+        .unwrap();
+    super::migrate_pool(&pool, "scratch").await.unwrap();
+    Some((db, pool, scratch))
+}
+
 /// Drops its scratch database when the test ends, on a runtime of its own (the test's may be
 /// shutting down).
 pub(super) struct Scratch(String);
