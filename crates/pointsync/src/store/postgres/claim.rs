@@ -108,7 +108,8 @@ fn claimed(r: &PgRow) -> R<(i64, Claimed)> {
 pub(super) async fn claim(
     pool: &PgPool,
     owner: &str,
-    (now_ms, lease_ms): (i64, i64),
+    now_ms: i64,
+    lease_ms: i64,
     limit: i64,
     qps: f64,
     busy: bool,
@@ -170,7 +171,7 @@ mod tests {
             .unwrap();
         due(&pool, 6).await;
         for busy in [false, true] {
-            let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, busy).await.unwrap();
+            let rows = claim(&pool, "a", 1, 60_000, 3, 6.0, busy).await.unwrap();
             assert_eq!(
                 rows.len(),
                 3,
@@ -185,13 +186,13 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, true).await.unwrap();
+        let rows = claim(&pool, "a", 1, 60_000, 3, 6.0, true).await.unwrap();
         assert!(rows.is_empty());
         let left = tokens().await;
         assert!(left >= 2.0, "refilled and none spent: {left}");
         // a due row: leased by either form
         due(&pool, 1).await;
-        let rows = claim(&pool, "a", (1, 60_000), 3, 6.0, true).await.unwrap();
+        let rows = claim(&pool, "a", 1, 60_000, 3, 6.0, true).await.unwrap();
         assert_eq!(rows.len(), 1);
         pool.close().await;
     }

@@ -61,7 +61,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_kept_while_used_within_a_second_then_given_back() {
-        let Some(pool) = super::super::testing::pool("the kept connection's test").await else {
+        let Some(pool) = crate::store::postgres::testing::pool("the kept connection's test").await
+        else {
             return;
         };
         // two idle connections in the pool, `first` at the head of its queue

@@ -430,7 +430,8 @@ impl Store for PgStore {
             claim::claim(
                 &self.pool,
                 owner,
-                (now_ms, lease_ms),
+                now_ms,
+                lease_ms,
                 limit,
                 self.rate_qps,
                 busy
