@@ -340,6 +340,39 @@ async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
     assert!(tokens < 5.0, "a token taken: {tokens} left");
 }
 
+/// Only the claim right after a full one takes the rate's row without checking that a row is
+/// due: finding nothing, it rewrites the row once; the claim after that (the last came back
+/// empty) checks again and leaves it alone.
+#[tokio::test]
+async fn only_a_claim_after_a_full_one_skips_the_check_that_a_row_is_due() {
+    use crate::contract::{ctx, payment, trusting};
+    let Some((_guard, db)) = fresh_database().await else {
+        return;
+    };
+    let s = rated_store(&db, 5.0).await;
+    let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
+    let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
+    let rules = trusting();
+    s.ingest(&payment("F1", "o1", 1_000, "S1"), &ctx(&rules))
+        .await
+        .unwrap();
+    let claim = || s.claim("A", pointsync::clock::now_ms(), 30_000, 1);
+    assert_eq!(claim().await.unwrap().len(), 1, "full: all it asked for");
+    let full: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    assert!(claim().await.unwrap().is_empty());
+    let unchecked: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    assert_ne!(
+        unchecked, full,
+        "after a full claim, the next took the rate's row unchecked"
+    );
+    assert!(claim().await.unwrap().is_empty());
+    let checked: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    assert_eq!(
+        checked, unchecked,
+        "after an empty claim, the next checked and wrote nothing"
+    );
+}
+
 /// Outcomes recorded concurrently go in batches, each row still fenced on its own: of 40 claimed
 /// rows completed at once, the 10 completed with a stale attempt change nothing and hear `false`.
 #[tokio::test]
