@@ -12,7 +12,7 @@ import collections
 import re
 import sys
 
-CRYPTO = re.compile(r"aws_lc|rsaz|bn_|BN_")
+CRYPTO = re.compile(r"aws_lc|rsaz|bn_|BN_|mulx4x|sqrx8x|mont")
 
 
 def activity(comm, frames):

@@ -126,6 +126,7 @@ impl ServiceConfig {
             min_free_bytes: self.min_free_bytes,
             rate_qps: 0.0,
             commit_wait: std::time::Duration::from_millis(self.commit_wait_ms),
+            lanes: None,
         }
     }
 }

@@ -109,6 +109,9 @@ pub struct OpenOptions {
     /// How long a callback's write may wait for the next callbacks to share its commit, while
     /// they arrive closer together than this (`service.commit_wait_ms`; zero: never).
     pub commit_wait: Duration,
+    /// PostgreSQL: how many groups of callbacks one instance writes at once (`None`: one lane
+    /// per two of the runtime's worker threads, at least one; see `store/postgres/ingests.rs`).
+    pub lanes: Option<usize>,
 }
 
 impl Default for OpenOptions {
@@ -118,6 +121,7 @@ impl Default for OpenOptions {
             min_free_bytes: 0,
             rate_qps: 0.0,
             commit_wait: DEFAULT_COMMIT_WAIT,
+            lanes: None,
         }
     }
 }

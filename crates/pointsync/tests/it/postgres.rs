@@ -689,7 +689,8 @@ async fn concurrent_callbacks_are_grouped_each_stored_once_and_a_held_member_sta
     assert_no_transaction_left_open(&mut holder).await;
 }
 
-/// The lane of `openid`'s callbacks: its member lock key's hash modulo the 2 lanes.
+/// The lane of `openid`'s callbacks: its member lock key's hash modulo the 2 lanes of
+/// [`by_member`] and [`Paced`].
 fn lane_of(openid: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&format!("member:{openid}"), &mut h);
@@ -727,6 +728,7 @@ fn refund_by(openid: &str, txid: &str, refund_id: &str, amount: i64) -> pointsyn
 fn by_member() -> OpenOptions {
     OpenOptions {
         commit_wait: Duration::ZERO,
+        lanes: Some(2),
         ..OpenOptions::default()
     }
 }
@@ -956,6 +958,7 @@ impl Paced {
         let (guard, db) = fresh_database().await?;
         let opts = OpenOptions {
             commit_wait: Duration::from_millis(400),
+            lanes: Some(2),
             ..OpenOptions::default()
         };
         Some(Self {

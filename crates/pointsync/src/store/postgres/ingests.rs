@@ -18,8 +18,8 @@
 //! shared rate has tokens for (its row taken once, and skipped if another transaction holds it);
 //! those it has no token for wait for the dispatcher's claim.
 //!
-//! At a moderate rate nothing queues, so nothing would group: two lanes at 200 callbacks/s each
-//! see one every 10 ms. There, while callbacks come closer together than the commit wait
+//! At a moderate rate nothing queues, so nothing would group: with two lanes (an instance of
+//! three or four runtime workers, [`default_lanes`]) at 200 callbacks/s each sees one every 10 ms. There, while callbacks come closer together than the commit wait
 //! (`service.commit_wait_ms`) and further apart than [`MODERATE_GAP`], an instance sends them all
 //! to one lane, which waits until a group's first has waited the commit wait for the rest to join
 //! (about four at 200/s), as the SQLite writer does. A member's callbacks may then be in two lanes
@@ -55,14 +55,20 @@ use crate::rules::Rules;
 use crate::store::pace::Pace;
 use crate::store::{Claimed, Incoming, IngestContext, Ingested, StoreError};
 
-/// Lanes per instance: how many groups one instance writes at once. Fewer lanes make larger
-/// groups but leave a lone instance fewer transactions at once. While a group's callbacks were
-/// written one statement each, 2 lanes made one instance's acknowledgements so slow at the maximum
-/// rate that WeChat re-sent most callbacks and 4 did best; with a group's writes in one statement
-/// (`batch.rs`), at the maximum rate, 2 lanes cost PostgreSQL 0.41–0.44 of the service's CPU per
-/// payment against 0.53–0.54 with 4 behind one instance (0.54–0.57 against 0.62 behind two, 0.51
-/// against 0.58 behind three), with a fifth fewer commits and nothing re-sent (BENCHMARKS.md).
-const LANES: usize = 2;
+/// Lanes per instance by default: one per two runtime worker threads, at least one
+/// (`OpenOptions::lanes` overrides). Fewer lanes make larger groups but leave an instance fewer
+/// transactions at once. While a group's callbacks were written one statement each, 2 lanes made
+/// one instance's acknowledgements so slow at the maximum rate that WeChat re-sent most callbacks
+/// and 4 did best; with a group's writes in one statement (`batch.rs`), 2 lanes cost PostgreSQL
+/// 0.41–0.44 of the service's CPU per payment at the maximum rate against 0.53–0.54 with 4 behind
+/// one instance. One lane for an instance of one or two workers cost ~10 % less again behind one,
+/// two and three instances, with groups half as large again and the same throughput
+/// (BENCHMARKS.md, sixteenth session); a lane's group of [`MAX_GROUP`] takes a few milliseconds,
+/// so one lane is far from the limit of two cores' callbacks. Larger machines were not measured.
+pub(super) fn default_lanes() -> usize {
+    let workers = tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+    workers.div_ceil(2).max(1)
+}
 
 /// At most this many callbacks in one group (and so under one transaction's locks).
 const MAX_GROUP: usize = 16;
@@ -143,14 +149,20 @@ pub(super) struct Ingests {
 
 impl Ingests {
     /// Starts the lanes on the current runtime.
-    pub(super) fn start(pool: PgPool, database: String, rate_qps: f64, wait: Duration) -> Self {
+    pub(super) fn start(
+        pool: PgPool,
+        database: String,
+        rate_qps: f64,
+        wait: Duration,
+        lanes: usize,
+    ) -> Self {
         let w = Writer {
             pool,
             database: database.clone(),
             rate_qps,
             wait,
         };
-        let lanes = (0..LANES)
+        let lanes = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(lane(w.clone(), rx));
@@ -426,5 +438,29 @@ impl Writer {
             let _ = job.reply.send(Ok(s));
         }
         waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_lanes;
+
+    /// An instance writes in one lane per two runtime workers, at least one: one lane on one or
+    /// two workers (two instances sharing two cores, or one alone on them), two on four.
+    #[test]
+    fn an_instance_has_a_lane_per_two_runtime_workers() {
+        let lanes = |workers: usize| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .build()
+                .unwrap();
+            rt.block_on(async { default_lanes() })
+        };
+        assert_eq!([lanes(1), lanes(2), lanes(3), lanes(4)], [1, 1, 2, 2]);
+        let one = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(one.block_on(async { default_lanes() }), 1);
+        assert_eq!(default_lanes(), 1, "outside a runtime");
     }
 }

@@ -355,6 +355,7 @@ impl Store for PgStore {
                 database.clone(),
                 opts.rate_qps,
                 opts.commit_wait,
+                opts.lanes.unwrap_or_else(ingests::default_lanes),
             )),
             pool,
             database,
