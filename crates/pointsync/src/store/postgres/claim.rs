@@ -12,6 +12,22 @@ use crate::store::Claimed;
 
 type R<T> = Result<T, sqlx::Error>;
 
+/// The claims' pool's planner settings, one plan per statement made once on a warm connection: no
+/// sequential, bitmap, hash or merge plan, and no sort of every due row, so whatever the outbox
+/// held when the plan was made, a claim walks the state index's `pending` entries in due order
+/// and stops at its limit (sorting by id only rows due at the same millisecond). Left to itself,
+/// PostgreSQL planned each claim again (~0.15 ms, 9 µs per payment behind two instances at the
+/// maximum, BENCHMARKS.md, sixteenth session); its plan kept from an empty outbox sorts every due
+/// row on each claim.
+pub(super) const PLANNER: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("enable_sort", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+];
+
 /// Leases at most `limit_sql` pending rows matching `which`, oldest due first, on the database's
 /// clock, which every instance shares.
 fn lease_sql(which: &str, limit_sql: &str) -> String {
@@ -195,5 +211,91 @@ mod tests {
         let rows = claim(&pool, "a", 1, 60_000, 3, 6.0, true).await.unwrap();
         assert_eq!(rows.len(), 1);
         pool.close().await;
+    }
+
+    /// Whether `plan` sorts all its input at once (a `Sort` node, not an `Incremental Sort`).
+    fn full_sort(plan: &str) -> bool {
+        plan.lines().any(|l| {
+            let node = l.trim_start().trim_start_matches("->").trim_start();
+            node.starts_with("Sort ") && !node.starts_with("Sort Key")
+        })
+    }
+
+    #[tokio::test]
+    async fn a_claim_walks_the_due_rows_in_order_to_its_limit_however_the_outbox_was_when_planned()
+    {
+        let Some((db, main, _drop)) = testing::migrated("the claim's plan").await else {
+            return;
+        };
+        let claims = super::super::connect(&db, Duration::from_secs(5), 1, PLANNER)
+            .await
+            .unwrap();
+        let statements = [
+            (
+                "the claim",
+                CLAIM.as_str(),
+                "TEXT, BIGINT, BIGINT, BIGINT",
+                "'a', 60000, 1000000, 32",
+            ),
+            (
+                "the rated claim",
+                CLAIM_RATED.as_str(),
+                "TEXT, BIGINT, BIGINT, BIGINT, DOUBLE PRECISION",
+                "'a', 60000, 1000000, 32, 100",
+            ),
+            (
+                "the unchecked rated claim",
+                CLAIM_RATED_BUSY.as_str(),
+                "TEXT, BIGINT, BIGINT, BIGINT, DOUBLE PRECISION",
+                "'a', 60000, 1000000, 32, 100",
+            ),
+        ];
+        // an outbox never analysed (as in its first minute), empty, then with 3,000 rows: 2,000
+        // done, 200 in flight and 800 pending, ten due at each millisecond
+        for rows in [0, 3000] {
+            sqlx::query(
+                "INSERT INTO outbox (transaction_id, payload, state, due_at, created_at)
+                 SELECT 't' || g, repeat('x', 300),
+                        CASE WHEN g <= 2000 THEN 'done' WHEN g <= 2200 THEN 'inflight'
+                             ELSE 'pending' END, (3000 - g) / 10, 0
+                 FROM generate_series(1, $1) g",
+            )
+            .bind(rows)
+            .execute(&main)
+            .await
+            .unwrap();
+            for (name, sql, types, args) in statements {
+                let kept = testing::generic_plan(&claims, sql, types, args).await;
+                assert!(
+                    kept.contains("Index Scan using outbox_due on outbox")
+                        && kept.contains("Incremental Sort"),
+                    "{rows} rows, {name}: the state index walked in due order:\n{kept}"
+                );
+                assert!(
+                    !full_sort(&kept),
+                    "{rows} rows, {name}: no full sort:\n{kept}"
+                );
+                for other in ["Seq Scan on outbox", "Bitmap", "Hash Join"] {
+                    assert!(
+                        !kept.contains(other),
+                        "{rows} rows, {name}: no {other}:\n{kept}"
+                    );
+                }
+            }
+            let (_, sql, types, args) = statements[1];
+            eprintln!(
+                "{rows} rows, the rated claim's plan without the claims' settings:\n{}",
+                testing::generic_plan(&main, sql, types, args).await
+            );
+        }
+        // the oldest due first, ties by id: the last ten rows are due at 0, the ten before at 1
+        let rows = claim(&claims, "a", 1, 60_000, 15, 0.0, false)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
+        let expected: Vec<i64> = (2991..=3000).chain(2981..=2985).collect();
+        assert_eq!(ids, expected);
+        main.close().await;
+        claims.close().await;
     }
 }

@@ -90,6 +90,8 @@ fn latest() -> i64 {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Claims' own connection, opened with [`claim::PLANNER`] (the main pool when read-only).
+    claims: PgPool,
     database: String,
     read_only: bool,
     /// The outgoing rate shared by all instances (0: not limited here).
@@ -348,7 +350,9 @@ impl Store for PgStore {
         let database = db.to_string();
         migrate_pool(&pool, &database).await?;
         let recorder = connect(db, opts.busy_timeout, 1, completions::PLANNER).await?;
+        let claims = connect(db, opts.busy_timeout, 1, claim::PLANNER).await?;
         Ok(Self {
+            claims,
             completions: Some(completions::Completions::start(recorder, database.clone())),
             ingests: Some(ingests::Ingests::start(
                 pool.clone(),
@@ -370,6 +374,7 @@ impl Store for PgStore {
         let database = db.to_string();
         at_latest(&pool, &database).await?;
         Ok(Self {
+            claims: pool.clone(),
             pool,
             database,
             read_only: true,
@@ -429,7 +434,7 @@ impl Store for PgStore {
             self,
             "claiming syncs",
             claim::claim(
-                &self.pool,
+                &self.claims,
                 owner,
                 now_ms,
                 lease_ms,
