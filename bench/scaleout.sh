@@ -22,8 +22,10 @@
 # well past capacity). MEMBERS: how many members the generated payments are spread over (default
 # 200). PS_WORKERS: each instance's runtime worker threads (TOKIO_WORKER_THREADS); default its share
 # of the cores, cores ÷ instances and at least 1, as the README advises for instances sharing a
-# machine; "all" leaves tokio's default, one per core, to every instance. PG_VACUUM=0: no
-# VACUUM (ANALYZE) of the PostgreSQL database before each phase (default: one, its CPU counted).
+# machine; "all" leaves tokio's default, one per core, to every instance. PG_VACUUM=1: a VACUUM
+# (ANALYZE) of the PostgreSQL database before each phase, its CPU counted in the phase's (default
+# none: on a server running with autovacuum off, as this machine's, the analyse before the first
+# phase freezes an empty database's statistics for the whole run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -137,10 +139,9 @@ run_setup() { # STORE INSTANCES
     local c0=0 s0 p0 t0 since x0=0 y0
     for p in "${svc[@]}"; do c0=$((c0 + $(ticks "$p"))); x0=$((x0 + $(switches "$p"))); done
     s0=$(ticks "$sim"); y0=$(switches "$sim"); p0=$(pg_ticks)
-    # PostgreSQL: the database vacuumed and analysed first, as pgbench vacuums before each run and
-    # as autovacuum would between bursts on a production server (this machine's server runs with
-    # autovacuum off); its CPU counts in the phase's, its time does not. PG_VACUUM=0 skips it.
-    if [ "$store" != sqlite ] && [ "${PG_VACUUM:-1}" != 0 ]; then psql -q "$db" -c "VACUUM (ANALYZE)"; fi
+    # PG_VACUUM=1: the database vacuumed and analysed first, as pgbench vacuums before each run;
+    # its CPU counts in the phase's, its time does not
+    if [ "$store" != sqlite ] && [ "${PG_VACUUM:-0}" = 1 ]; then psql -q "$db" -c "VACUUM (ANALYZE)"; fi
     t0=$(date +%s.%N); since=$(($(date +%s%N)/1000000))
     local w0; w0=$(writer_stats "${svc[0]}")
     curl -s -X POST "$SIM_URL/sim/generate" -H 'content-type: application/json' \
