@@ -10,9 +10,10 @@
 //!
 //! `ingests.rs` stores callbacks (alone, or grouped in lanes), `write.rs` holds the writes
 //! (snapshot, plan application, outbox), `batch.rs` the writes of a group's callbacks read together
-//! in one statement, `claim.rs` the claims, `completions.rs` the batched
+//! in one statement, `claim.rs` the claims (on a pool of their own), `completions.rs` the batched
 //! sync outcomes (on a pool of their own), `held.rs` the connection a lane or the outcome recorder
-//! keeps between uses, `read.rs` the queries, `testing.rs` the unit tests' server.
+//! keeps between uses, `read.rs` the queries, `migrate.rs` the schema's versions, `testing.rs` the
+//! unit tests' server.
 
 mod batch;
 mod claim;
@@ -20,6 +21,7 @@ mod completions;
 mod group;
 mod held;
 mod ingests;
+mod migrate;
 mod read;
 mod snapshot;
 #[cfg(test)]
@@ -41,31 +43,11 @@ use super::{
     SyncOutcome,
 };
 use crate::domain::OutboxRow;
+use migrate::{at_latest, migrate_pool, schema};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "rate limit",
-        include_str!("../../../migrations/postgres/0002_rate_limit.sql"),
-    ),
-    (
-        3,
-        "outbox vacuum",
-        include_str!("../../../migrations/postgres/0003_outbox_vacuum.sql"),
-    ),
-];
-
-/// The session advisory lock migrators hold ("pointsyn").
 /// The database server's clock in Unix milliseconds: leases and the shared rate bucket are
 /// measured on it, never on an instance's clock, which may be skewed or paused.
 const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
-
-const MIGRATION_LOCK: i64 = 0x706f_696e_7473_796e;
 
 /// A lease's renewal by its holder (`$1` the lease, `$2` the row, `$3` the owner, `$4` the
 /// attempt). The state's test is written `(…) IS TRUE`, which no index answers: a plan made while
@@ -77,14 +59,6 @@ static RENEW: LazyLock<String> = LazyLock::new(|| {
          WHERE id = $2 AND (state = 'inflight') IS TRUE AND lease_owner = $3 AND attempts = $4"
     )
 });
-
-fn schema() -> String {
-    super::schema_of(MIGRATIONS)
-}
-
-fn latest() -> i64 {
-    super::latest_of(MIGRATIONS)
-}
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -195,77 +169,6 @@ async fn connect(
         .connect_with(opts)
         .await
         .map_err(|e| classify(&name, "connecting", e))
-}
-
-async fn stored_version(pool: &PgPool, name: &str) -> Result<Option<i64>, StoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('pointsync_schema') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| classify(name, "reading the schema version", e))?;
-    if !exists {
-        return Ok(None);
-    }
-    sqlx::query_scalar("SELECT MAX(version) FROM pointsync_schema")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| classify(name, "reading the schema version", e))
-}
-
-async fn at_latest(pool: &PgPool, name: &str) -> Result<(), StoreError> {
-    match stored_version(pool, name).await? {
-        Some(v) if v == latest() => Ok(()),
-        Some(found) => Err(StoreError::SchemaMismatch {
-            database: name.to_string(),
-            found,
-            expected: latest(),
-        }),
-        None => Err(StoreError::NotFound {
-            database: name.to_string(),
-        }),
-    }
-}
-
-async fn migrate_pool(pool: &PgPool, name: &str) -> Result<Vec<String>, StoreError> {
-    let named = |e| classify(name, "migrating", e);
-    let mut c = pool.acquire().await.map_err(named)?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *c)
-        .await
-        .map_err(named)?;
-    let result = async {
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS pointsync_schema (
-                 version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM pointsync_schema")
-            .fetch_one(&mut *c)
-            .await?;
-        let mut applied = Vec::new();
-        for (version, label, sql) in MIGRATIONS {
-            if *version > current.unwrap_or(0) {
-                let mut tx = sqlx::Connection::begin(&mut *c).await?;
-                tx.execute(*sql).await?;
-                sqlx::query("INSERT INTO pointsync_schema (version, name) VALUES ($1, $2)")
-                    .bind(version)
-                    .bind(label)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                applied.push(format!("{version} {label}"));
-            }
-        }
-        Ok::<_, sqlx::Error>(applied)
-    }
-    .await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *c)
-        .await;
-    let applied = result.map_err(named)?;
-    unlocked.map_err(named)?;
-    Ok(applied)
 }
 
 /// Runs `write` again (up to five times, 5 ms more each time) while PostgreSQL reports a
