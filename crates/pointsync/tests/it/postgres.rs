@@ -296,6 +296,14 @@ async fn claimed_payments(s: &PgStore, n: usize) -> (Vec<pointsync::store::Claim
     (claimed, now)
 }
 
+/// The version of the shared rate's row (its `xmin`): it changes whenever the row is written.
+async fn rate_row_version(c: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'")
+        .fetch_one(c)
+        .await
+        .unwrap()
+}
+
 /// A claim that finds nothing due (the dispatcher's poll at a quiet hour) neither waits for nor
 /// writes the shared rate's row, so its transaction writes nothing; with a row due it takes that
 /// row's token from the bucket as before.
@@ -307,8 +315,7 @@ async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
     };
     let s = rated_store(&db, 5.0).await;
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
-    let before: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let before: String = rate_row_version(&mut c).await;
     let mut holder = hold_rate_row(&db).await;
     let now = pointsync::clock::now_ms();
     let empty = tokio::time::timeout(Duration::from_secs(5), s.claim("A", now, 30_000, 10))
@@ -317,7 +324,7 @@ async fn a_claim_finding_nothing_due_leaves_the_rate_row_alone() {
         .unwrap();
     assert!(empty.is_empty(), "{empty:?}");
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    let after: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let after: String = rate_row_version(&mut c).await;
     assert_eq!(
         after, before,
         "a claim finding nothing due wrote the rate's row"
@@ -351,22 +358,21 @@ async fn only_a_claim_after_a_full_one_skips_the_check_that_a_row_is_due() {
     };
     let s = rated_store(&db, 5.0).await;
     let mut c = sqlx::PgConnection::connect(&db.to_string()).await.unwrap();
-    let version = "SELECT xmin::TEXT FROM rate_limit WHERE name = 'wechat'";
     let rules = trusting();
     s.ingest(&payment("F1", "o1", 1_000, "S1"), &ctx(&rules))
         .await
         .unwrap();
     let claim = || s.claim("A", pointsync::clock::now_ms(), 30_000, 1);
     assert_eq!(claim().await.unwrap().len(), 1, "full: all it asked for");
-    let full: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let full: String = rate_row_version(&mut c).await;
     assert!(claim().await.unwrap().is_empty());
-    let unchecked: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let unchecked: String = rate_row_version(&mut c).await;
     assert_ne!(
         unchecked, full,
         "after a full claim, the next took the rate's row unchecked"
     );
     assert!(claim().await.unwrap().is_empty());
-    let checked: String = sqlx::query_scalar(version).fetch_one(&mut c).await.unwrap();
+    let checked: String = rate_row_version(&mut c).await;
     assert_eq!(
         checked, unchecked,
         "after an empty claim, the next checked and wrote nothing"
