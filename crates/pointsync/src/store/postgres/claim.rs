@@ -12,21 +12,24 @@ use crate::store::Claimed;
 
 type R<T> = Result<T, sqlx::Error>;
 
-/// The claims' pool's planner settings, one plan per statement made once on a warm connection: no
-/// sequential, bitmap, hash or merge plan, and no sort of every due row, so whatever the outbox
-/// held when the plan was made, a claim walks the state index's `pending` entries in due order
-/// and stops at its limit (sorting by id only rows due at the same millisecond). Left to itself,
-/// PostgreSQL planned each claim again (~0.15 ms, 9 µs per payment behind two instances at the
-/// maximum, BENCHMARKS.md, sixteenth session); its plan kept from an empty outbox sorts every due
-/// row on each claim.
-pub(super) const PLANNER: &[(&str, &str)] = &[
-    ("enable_seqscan", "off"),
-    ("enable_bitmapscan", "off"),
-    ("enable_hashjoin", "off"),
-    ("enable_mergejoin", "off"),
-    ("enable_sort", "off"),
-    ("plan_cache_mode", "force_generic_plan"),
-];
+/// The claims' pool's planner settings, one plan per statement made once on a warm connection:
+/// the outcome recorder's (no sequential, bitmap, hash or merge plan, `completions::PLANNER`) and
+/// no sort of every due row, so whatever the outbox held when the plan was made, a claim walks
+/// the state index's `pending` entries in due order and stops at its limit (sorting by id only
+/// rows due at the same millisecond). Left to itself, PostgreSQL planned each claim again (~0.15
+/// ms, 9 µs per payment behind two instances at the maximum, BENCHMARKS.md, sixteenth session);
+/// its plan kept from an empty outbox sorts every due row on each claim.
+pub(super) const PLANNER: &[(&str, &str)] = &{
+    let [a, b, c, d] = super::completions::PLANNER;
+    [
+        a,
+        b,
+        c,
+        d,
+        ("enable_sort", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+    ]
+};
 
 /// Leases at most `limit_sql` pending rows matching `which`, oldest due first, on the database's
 /// clock, which every instance shares. The rows are chosen once, as an array (an init plan), and

@@ -25,7 +25,7 @@ const MAX_BATCH: usize = 512;
 /// The recorder's pool's planner settings: no sequential, bitmap, hash or merge plan, so the
 /// outcomes (a function scan of the arrays) drive a nested loop over the outbox's primary key,
 /// whatever the table's size and statistics when the plan was made. Only [`RECORD`] runs there.
-pub(super) const PLANNER: &[(&str, &str)] = &[
+pub(super) const PLANNER: [(&str, &str); 4] = [
     ("enable_seqscan", "off"),
     ("enable_bitmapscan", "off"),
     ("enable_hashjoin", "off"),
@@ -232,7 +232,7 @@ mod tests {
         else {
             return;
         };
-        let recorder = connect(&db, Duration::from_secs(5), 1, PLANNER)
+        let recorder = connect(&db, Duration::from_secs(5), 1, &PLANNER)
             .await
             .unwrap();
         // an outbox never analysed (as in its first minute), empty, then with 3,000 rows of which

@@ -252,7 +252,7 @@ impl Store for PgStore {
         let pool = connect(db, opts.busy_timeout, 16, &[]).await?;
         let database = db.to_string();
         migrate_pool(&pool, &database).await?;
-        let recorder = connect(db, opts.busy_timeout, 1, completions::PLANNER).await?;
+        let recorder = connect(db, opts.busy_timeout, 1, &completions::PLANNER).await?;
         let claims = connect(db, opts.busy_timeout, 1, claim::PLANNER).await?;
         Ok(Self {
             claims,
