@@ -605,4 +605,29 @@ mod tests {
         );
         pool.close().await;
     }
+
+    /// A store claims on a connection of its own opened with the claims' planner settings
+    /// (`claim::PLANNER`); the pool everything else uses keeps PostgreSQL's defaults.
+    #[tokio::test]
+    async fn claims_run_on_a_connection_with_their_own_planner_settings() {
+        let Some((db, _drop)) = testing::scratch("the store's pools").await else {
+            return;
+        };
+        let s = PgStore::open(&db, &OpenOptions::default()).await.unwrap();
+        let setting = |pool: PgPool, name: &'static str| async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(setting(s.claims.clone(), "enable_sort").await, "off");
+        assert_eq!(
+            setting(s.claims.clone(), "plan_cache_mode").await,
+            "force_generic_plan"
+        );
+        assert_eq!(setting(s.pool.clone(), "enable_sort").await, "on");
+        assert_eq!(setting(s.pool.clone(), "plan_cache_mode").await, "auto");
+        s.claims.close().await;
+        s.pool.close().await;
+    }
 }
